@@ -1,0 +1,1 @@
+"""Sans-IO protocol code: STS tokens, the Modbus register map, MQTT topics and payloads."""
