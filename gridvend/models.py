@@ -1,0 +1,11 @@
+"""Every package's table metadata, for migrations."""
+
+from __future__ import annotations
+
+from sqlalchemy import MetaData
+
+from headend.models import Base as HeadendBase
+
+
+def metadata_targets() -> list[MetaData]:
+    return [HeadendBase.metadata]
