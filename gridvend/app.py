@@ -9,6 +9,8 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session, sessionmaker
 
 import gridvend
+from gridvend.auth import Auth
+from gridvend.auth import make_router as make_auth_router
 from headend.api import make_router as make_headend_router
 from headend.ingest import IngestStats
 
@@ -23,7 +25,9 @@ def create_app(
         version=gridvend.__version__,
         description="Prepaid smart-meter head-end and vending API.",
     )
-    app.include_router(make_headend_router(session_factory, ingest_stats))
+    auth = Auth(session_factory)
+    app.include_router(make_auth_router(session_factory, auth))
+    app.include_router(make_headend_router(session_factory, ingest_stats, require=auth.require))
 
     @app.get("/api/health", tags=["system"])
     def health() -> dict[str, str]:

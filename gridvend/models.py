@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy import MetaData
 
+from gridvend.auth import Base as AuthBase
 from headend.models import Base as HeadendBase
 
 
 def metadata_targets() -> list[MetaData]:
-    return [HeadendBase.metadata]
+    return [HeadendBase.metadata, AuthBase.metadata]

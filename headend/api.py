@@ -60,9 +60,18 @@ def _error(status_code: int, code: str, message: str) -> HTTPException:
     return HTTPException(status_code, detail={"code": code, "message": message})
 
 
+# Role names as the composition root's auth knows them.
+READERS = ("admin", "supervisor", "clerk", "technician")
+ENGINEERS = ("admin", "supervisor", "technician")
+
+
 def make_router(
-    session_factory: sessionmaker[Session], stats: Callable[[], IngestStats | None]
+    session_factory: sessionmaker[Session],
+    stats: Callable[[], IngestStats | None],
+    *,
+    require: Callable[..., Any],
 ) -> APIRouter:
+    """The head-end routes; ``require(*roles)`` is the caller-check dependency to use."""
     router = APIRouter(prefix="/api", tags=["head-end"])
 
     def db() -> Iterator[Session]:
@@ -80,13 +89,14 @@ def make_router(
     @router.get("/meters", response_model=list[MeterOut])
     def list_meters(
         session: DB,
+        _: Any = require(*READERS),
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> Any:
         return session.scalars(select(Meter).order_by(Meter.id).limit(limit).offset(offset)).all()
 
     @router.post("/meters", response_model=MeterOut, status_code=status.HTTP_201_CREATED)
-    def create_meter(session: DB, body: MeterRegistration) -> Any:
+    def create_meter(session: DB, body: MeterRegistration, _: Any = require(*ENGINEERS)) -> Any:
         try:
             with session.begin():
                 return register_meter(session, body)
@@ -98,13 +108,14 @@ def make_router(
             ) from None
 
     @router.get("/meters/{meter_id}", response_model=MeterOut)
-    def read_meter(session: DB, meter_id: int) -> Any:
+    def read_meter(session: DB, meter_id: int, _: Any = require(*READERS)) -> Any:
         return get_meter(session, meter_id)
 
     @router.get("/meters/{meter_id}/readings", response_model=list[ReadingOut])
     def list_readings(
         session: DB,
         meter_id: int,
+        _: Any = require(*READERS),
         quantity: Quantity | None = None,
         since: AwareDatetime | None = None,
         until: AwareDatetime | None = None,
@@ -124,6 +135,7 @@ def make_router(
     @router.get("/headend/rejected-messages", response_model=list[RejectedMessageOut])
     def list_rejected(
         session: DB,
+        _: Any = require(*ENGINEERS),
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> Any:
         rows = session.scalars(
@@ -142,7 +154,7 @@ def make_router(
         ]
 
     @router.get("/headend/stats")
-    def ingest_stats() -> dict[str, Any]:
+    def ingest_stats(_: Any = require(*ENGINEERS)) -> dict[str, Any]:
         current = stats()
         return {"ingest": current.as_dict() if current else None}
 

@@ -88,3 +88,26 @@ def mqtt5_broker(mqtt_broker: BrokerEndpoint) -> BrokerEndpoint:
 def topic_prefix() -> str:
     """A prefix of its own for each test, so tests never see each other's messages."""
     return f"test-{uuid.uuid4().hex[:10]}/"
+
+
+TEST_PASSWORD = "correct horse battery"
+
+
+def add_user(session_factory: sessionmaker[Session], username: str, role: str) -> None:
+    from gridvend.auth import NewUser, Role, create_user
+
+    with session_factory() as session, session.begin():
+        create_user(session, NewUser(username=username, role=Role(role), password=TEST_PASSWORD))
+
+
+def bearer_headers(session_factory: sessionmaker[Session], role: str) -> dict[str, str]:
+    """Authorization headers of a fresh user with ``role``."""
+    from datetime import UTC, datetime
+
+    from gridvend.auth import issue_token
+
+    username = f"{role}-{uuid.uuid4().hex[:8]}"
+    add_user(session_factory, username, role)
+    with session_factory() as session, session.begin():
+        token = issue_token(session, username, TEST_PASSWORD, datetime.now(UTC))
+    return {"Authorization": f"Bearer {token.access_token}"}

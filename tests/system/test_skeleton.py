@@ -18,6 +18,7 @@ from gridvend.runtime import System
 from gridvend.settings import Settings
 from protocols.mqtt import MeterChannel, TelemetryReport, TopicScheme
 from protocols.quantities import Quantity
+from tests.conftest import bearer_headers
 
 
 @pytest.fixture
@@ -36,7 +37,9 @@ async def system(
 
 @pytest.fixture
 async def api(system: System) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=system.base_url, timeout=10) as client:
+    """An API client signed in as a technician."""
+    headers = bearer_headers(system.session_factory, "technician")
+    async with httpx.AsyncClient(base_url=system.base_url, timeout=10, headers=headers) as client:
         yield client
 
 
