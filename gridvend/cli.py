@@ -6,10 +6,14 @@ import asyncio
 import logging
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
+from gridvend.audit import AuditLog, verify_chain
+from gridvend.auth import AuthError, NewUser, Role, create_user
 from gridvend.broker import BrokerError, provide_broker
-from gridvend.db import make_engine, upgrade
+from gridvend.db import make_engine, make_session_factory, upgrade
 from gridvend.runtime import System
 from gridvend.settings import Settings
 
@@ -20,6 +24,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+user_app = typer.Typer(help="Users and their roles.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+audit_app = typer.Typer(help="The append-only audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 console = Console()
 
@@ -32,6 +40,55 @@ def db_upgrade() -> None:
     upgrade(engine)
     engine.dispose()
     console.print(f"database at {_redacted(settings.effective_database_url)} is up to date")
+
+
+@user_app.command("create")
+def user_create(
+    username: str,
+    role: Role = typer.Option(..., help="admin, supervisor, clerk, technician or channel."),
+    full_name: str = typer.Option("", help="Shown on receipts and reports."),
+    password: str = typer.Option(
+        ..., prompt=True, hide_input=True, confirmation_prompt=True, help="At least 10 characters."
+    ),
+) -> None:
+    """Create a user (the first admin is created this way)."""
+    settings = Settings()
+    engine = make_engine(settings.effective_database_url)
+    upgrade(engine)
+    try:
+        new_user = NewUser(username=username, role=role, full_name=full_name, password=password)
+        with make_session_factory(engine)() as session, session.begin():
+            create_user(session, new_user)
+            AuditLog().record(
+                session,
+                actor="cli",
+                action="user.create",
+                subject=f"user:{username}",
+                detail={"role": role.value},
+            )
+    except (ValidationError, AuthError) as exc:
+        console.print(escape(str(exc)), style="red")
+        raise typer.Exit(2) from None
+    finally:
+        engine.dispose()
+    console.print(f"user {username} ({role.value}) created")
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Recompute the audit log's hash chain; exit 1 if any entry was changed or removed."""
+    settings = Settings()
+    engine = make_engine(settings.effective_database_url)
+    with make_session_factory(engine)() as session:
+        report = verify_chain(session)
+    engine.dispose()
+    if report.intact:
+        console.print(f"audit log intact: {report.entries} entries")
+        return
+    console.print(
+        f"[red]audit log broken at entry {report.first_broken_id}: {report.problem}[/red]"
+    )
+    raise typer.Exit(1)
 
 
 @app.command()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy import MetaData
 
+from gridvend.audit import Base as AuditBase
 from gridvend.auth import Base as AuthBase
 from headend.models import Base as HeadendBase
 
 
 def metadata_targets() -> list[MetaData]:
-    return [HeadendBase.metadata, AuthBase.metadata]
+    return [HeadendBase.metadata, AuthBase.metadata, AuditBase.metadata]
