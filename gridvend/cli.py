@@ -92,6 +92,20 @@ def audit_verify() -> None:
 
 
 @app.command()
+def demo(
+    meters: int = typer.Option(5, min=1, max=10_000, help="How many simulated MQTT meters."),
+    speed: float = typer.Option(60.0, min=1.0, help="Simulated seconds per real second."),
+    seed: int = typer.Option(1, help="Seed of the simulated fleet (same seed, same meters)."),
+    port: int = typer.Option(8000, min=0, max=65535, help="API port (0: any free port)."),
+) -> None:
+    """Run the whole system on embedded defaults: broker, SQLite, head-end, API, meters."""
+    from gridvend.demo import run_demo
+
+    settings = Settings(api_port=port, data_dir=Settings().data_dir / "demo")
+    _run(run_demo(settings, meters=meters, speed=speed, seed=seed, announce=_plain))
+
+
+@app.command()
 def serve(
     host: str | None = typer.Option(None, help="API address (default GRIDVEND_API_HOST)."),
     port: int | None = typer.Option(None, help="API port (default GRIDVEND_API_PORT)."),
@@ -107,6 +121,10 @@ async def _serve(settings: Settings) -> None:
         async with System(settings, broker) as system:
             console.print(f"gridvend serves on {system.base_url} (broker {broker.url})")
             await system.wait_closed()
+
+
+def _plain(text: str) -> None:
+    console.print(text, markup=False, highlight=False)
 
 
 def _run(main: object) -> None:
