@@ -113,18 +113,24 @@ class Prepaid(enum.StrEnum):
 
 
 class RelayReason(enum.IntEnum):
-    """Why the relay is in its current state (register RELAY_REASON)."""
+    """Why the relay last changed state (register RELAY_REASON).
 
-    NONE = 0
+    Member names are the simulator's relay reasons, upper-cased.
+    """
+
+    INITIAL = 0  # as it was at power-up
     CREDIT_EXHAUSTED = 1
-    REMOTE = 2
+    REMOTE = 2  # a connect/disconnect command
     POWER_LIMIT = 3
     TAMPER = 4
+    CREDIT_RESTORED = 5  # a credit token closed it again
+    AUTO_RECONNECT = 6  # reconnected after a power-limit trip
+    TAMPER_CLEARED = 7
 
 
 class PrepaidMode(enum.IntEnum):
-    TOKEN = 0
-    CENTRAL = 1
+    TOKEN = 0  # STS: credit lives in the meter
+    CENTRAL = 1  # credit lives in the head-end; the relay obeys commands
 
 
 class TokenResult(enum.IntEnum):
@@ -135,8 +141,10 @@ class TokenResult(enum.IntEnum):
     USED = 2
     OLD = 3
     KEY_EXPIRED = 4
-    ERROR = 5  # the digits did not decode (bad CRC, wrong key, not 20 digits)
-    REJECT = 6  # decoded but not applicable (wrong class/subclass, not for this mode)
+    ERROR = 5  # format, range, function, overflow or key type error
+    REJECT = 6  # CRC mismatch: wrong key, wrong meter or a typo
+    KEY_CHANGE_1ST = 7  # first half of a key change accepted, waiting for the second
+    NOT_SUPPORTED = 8  # no STS decoder (central-mode meter)
 
 
 # Event codes in the event log; the names are the MQTT event kinds, so an event means the
@@ -348,7 +356,6 @@ SDM630_INPUT: tuple[Register, ...] = (
     _m(Quantity.FREQUENCY_HZ, 0x0046),
     _m(Quantity.ENERGY_IMPORT_KWH, 0x0048),
     _m(Quantity.ENERGY_EXPORT_KWH, 0x004A),
-    *(_m(Quantity.ENERGY_IMPORT_KWH, 0x015A + 2 * i, phase=i + 1) for i in range(3)),
 )
 SDM630_INPUT_SPAN = Span(Block.INPUT, 0x0000, 0x016C)
 
@@ -397,7 +404,7 @@ def prepaid_extension(
     3 last token result, 4 token count, 5 reserved, 6-7 credit kWh, 8-9 power limit W,
     10-11 event count (UINT32),
     16-25 token entry (20 ASCII digits), 32-41 STS meter number (ASCII, 20 chars),
-    48-55 serial (ASCII, 16 chars), 64-111 event log (8 records of 6 registers).
+    48-79 serial (ASCII, 64 chars), 80-127 event log (8 records of 6 registers).
 
     Returns the registers, the event log and the span the meter answers.
     """
@@ -417,9 +424,9 @@ def prepaid_extension(
         Register(Prepaid.EVENT_COUNT, Block.HOLDING, base + 10, ScaledInt(words=2), Access.READ),
         Register(Prepaid.TOKEN_ENTRY, Block.HOLDING, base + 16, Ascii(10), Access.WRITE),
         Register(Prepaid.METER_NUMBER, Block.HOLDING, base + 32, Ascii(10), Access.READ),
-        Register(Prepaid.METER_SERIAL, Block.HOLDING, base + 48, Ascii(8), Access.READ),
+        Register(Prepaid.METER_SERIAL, Block.HOLDING, base + 48, Ascii(32), Access.READ),
     ]
-    log = EventLog(base + 64, 8)
+    log = EventLog(base + 80, 8)
     return tuple(regs), log, Span(Block.HOLDING, base, log.end - base)
 
 

@@ -150,7 +150,7 @@ def test_prepaid_identity_decodes_as_text() -> None:
         "eastron-sdm120-prepaid",
         {Prepaid.METER_NUMBER: "01234567890", Prepaid.METER_SERIAL: "SIM-000042"},
     )
-    request = ReadRequest(Block.HOLDING, 0x1000, 56)
+    request = ReadRequest(Block.HOLDING, 0x1000, 80)
     points = decode_points(profile, request, _read(memory, request))
     assert points[Prepaid.METER_NUMBER] == "01234567890"
     assert points[Prepaid.METER_SERIAL] == "SIM-000042"
