@@ -56,6 +56,7 @@ from protocols.modbus import (
     RelayReason,
     TokenResult,
     get_profile,
+    profile_for_phases,
 )
 from protocols.modbus.registers import Setting
 from protocols.quantities import Quantity
@@ -287,6 +288,11 @@ class ModbusSimServer:
         except _RequestRefused as refused:
             log.debug("unit %s: %s", unit.meter.unit_id, refused)
             return refused.code
+        except MeterError as exc:
+            # The clock left the model's range, or the model refused in some other way:
+            # a real meter would report an internal failure, not crash the bus.
+            log.warning("unit %s: %s", unit.meter.unit_id, exc)
+            return ExcCodes.DEVICE_FAILURE
         return None
 
     def _refresh(
@@ -376,8 +382,8 @@ class ModbusSimServer:
         elif reg.point is Prepaid.TOKEN_ENTRY:
             if len(text) != 20 or not text.isdigit():
                 raise _RequestRefused(ExcCodes.ILLEGAL_VALUE, "a token is 20 ASCII digits")
-            unit.token_count = (unit.token_count + 1) % 0x10000
             model.enter_token(text, model.now)
+            unit.token_count = (unit.token_count + 1) % 0x10000
         else:
             raise _RequestRefused(ExcCodes.ILLEGAL_ADDRESS, f"{reg.point} is not writable")
 
@@ -488,7 +494,9 @@ def _as_meters(
 ) -> list[ModbusMeter]:
     default = get_profile(profile) if isinstance(profile, str) else profile
     return [
-        m if isinstance(m, ModbusMeter) else ModbusMeter(index + 1, m, default)
+        m
+        if isinstance(m, ModbusMeter)
+        else ModbusMeter(index + 1, m, profile_for_phases(default, m.config.phases))
         for index, m in enumerate(meters)
     ]
 
@@ -506,7 +514,9 @@ async def serve_modbus_tcp(
 ) -> AsyncIterator[ModbusSimServer]:
     """Serve ``meters`` on ``host:port`` until the context exits.
 
-    A bare ``MeterModel`` at index i is unit id i+1 with ``profile``; pass
+    A bare ``MeterModel`` at index i is unit id i+1 with ``profile`` (or its sibling
+    for the model's number of phases: a three-phase model under
+    ``eastron-sdm120-prepaid`` is served as ``eastron-sdm630-prepaid``); pass
     :class:`ModbusMeter` items to choose unit ids and profiles per meter. ``now`` gives
     the simulated time each read advances the models to. ``port=0`` picks a free
     port; the bound one is in ``server.address``. ``framer=FramerType.RTU``

@@ -1,7 +1,14 @@
 """The Modbus register map of gridvend meters (sans-IO): codecs, profiles, read planning."""
 
 from protocols.modbus.codecs import Ascii, Codec, CodecError, Float32, ScaledInt
-from protocols.modbus.profiles import PROFILES, Profile, ProfileError, RelayActuator, get_profile
+from protocols.modbus.profiles import (
+    PROFILES,
+    Profile,
+    ProfileError,
+    RelayActuator,
+    get_profile,
+    profile_for_phases,
+)
 from protocols.modbus.reading import (
     PointValue,
     ReadRequest,
@@ -64,6 +71,7 @@ __all__ = [
     "meter_totals",
     "plan_reads",
     "power_limit_write",
+    "profile_for_phases",
     "relay_write",
     "token_write",
 ]
