@@ -41,6 +41,7 @@ from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from meter_sim.clock import SimClock
 from meter_sim.faults import FaultInjector
 from meter_sim.model import CommandRefused, MeterError, MeterModel, TokenStatus
 from protocols.modbus import (
@@ -62,10 +63,12 @@ from protocols.modbus.registers import Setting
 from protocols.quantities import Quantity
 
 __all__ = [
+    "Clock",
     "ModbusMeter",
     "ModbusSimServer",
     "serve_modbus_rtu",
     "serve_modbus_tcp",
+    "sim_clock_now",
 ]
 
 log = logging.getLogger(__name__)
@@ -487,6 +490,16 @@ class _Snapshot:
                 detail = TokenResult[TokenStatus(str(event.detail["status"])).name]
             result.append(EventRecord(event.seq, event.kind, event.ts, detail))
         return result
+
+
+def sim_clock_now(clock: SimClock) -> Clock:
+    """A ``now`` for the servers: ``clock``'s simulated time at the running loop's time.
+
+    ``clock`` must have been created with ``real_origin=loop.time()`` of this loop.
+    Raise RuntimeError when called outside a running event loop.
+    """
+    loop = asyncio.get_running_loop()
+    return lambda: clock.now(loop.time())
 
 
 def _as_meters(

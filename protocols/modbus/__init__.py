@@ -20,6 +20,7 @@ from protocols.modbus.reading import (
     plan_reads,
     power_limit_write,
     relay_write,
+    routine_points,
     token_write,
 )
 from protocols.modbus.registers import (
@@ -73,5 +74,6 @@ __all__ = [
     "power_limit_write",
     "profile_for_phases",
     "relay_write",
+    "routine_points",
     "token_write",
 ]

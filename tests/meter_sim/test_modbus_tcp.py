@@ -345,3 +345,59 @@ async def test_three_phase_models_get_the_three_phase_eastron_map_by_default():
         # Unit 1 stays single-phase: its 0x002A (SDM630 average voltage) is an unused zero.
         reply = await rig.client.read_input_registers(0x002A, count=2, device_id=1)
         assert reply.registers == [0, 0]
+
+
+async def _routine(rig: Rig, profile, unit: int) -> dict:
+    from protocols.modbus import routine_points
+
+    values: dict = {}
+    for request, data in await read_all(rig.client, profile, unit, routine_points(profile)):
+        values.update(decode_points(profile, request, data))
+    return values
+
+
+async def test_running_out_of_credit_shows_as_open_relay_and_events_over_modbus():
+    clock = ManualClock()
+    async for rig in _rig([make_meter(1, credit_kwh="0.5", clock=clock)], clock):
+        clock.forward(days=2)
+        values = await _routine(rig, EASTRON, 1)
+        assert values[Prepaid.RELAY_CLOSED] == 0
+        assert values[Prepaid.RELAY_REASON] == RelayReason.CREDIT_EXHAUSTED
+        assert values[Measurand(Quantity.CREDIT_KWH)] == 0
+        assert values[Measurand(Quantity.ACTIVE_POWER_W)] == 0
+        log = EASTRON.event_log
+        request = ReadRequest(Block.HOLDING, log.address, log.count)
+        events = decode_event_log(EASTRON, request, (await read(rig.client, request, 1)).registers)
+        kinds = [e.kind for e in events]
+        assert kinds[:2] == [EventKind.RELAY_CHANGED, EventKind.CREDIT_EXHAUSTED]
+        assert events[0].detail == 0  # relay opened
+
+
+async def test_power_limit_set_over_modbus_trips_the_relay(gateway: Rig):
+    assert not (await write(gateway.client, power_limit_write(DDS238, Decimal(1)), 3)).isError()
+    gateway.clock.forward(minutes=5)
+    values = await _routine(gateway, DDS238, 3)
+    assert values[Prepaid.RELAY_CLOSED] == 0
+    assert values[Prepaid.RELAY_REASON] == RelayReason.POWER_LIMIT
+    assert values[Prepaid.POWER_LIMIT_W] == 1
+
+
+async def test_rtu_framing_over_tcp_serves_a_transparent_gateway():
+    from pymodbus import FramerType
+
+    clock = ManualClock()
+    faults = FaultConfig(corrupt_frame_rate=1.0)
+    meters = [make_meter(1, clock=clock), make_meter(2, clock=clock, faults=faults)]
+    async with serve_modbus_tcp(meters, now=clock, port=0, framer=FramerType.RTU) as sim:
+        assert sim.address is not None
+        client = AsyncModbusTcpClient(
+            "127.0.0.1", port=sim.address[1], framer=FramerType.RTU, timeout=0.5, retries=0
+        )
+        await client.connect()
+        try:
+            assert not (await client.read_input_registers(0, count=2, device_id=1)).isError()
+            with pytest.raises(ModbusIOException):
+                await client.read_input_registers(0, count=2, device_id=2)
+            assert sim.corrupted_replies == 1
+        finally:
+            client.close()
