@@ -3,10 +3,10 @@
 A missing interval boundary of a cumulative register is estimated by linear
 interpolation between the real reads on either side. The register's delta is split in
 whole resolution steps (0.001 kWh for a three-decimal register) by rounding the
-*cumulative* share at each boundary, half to even. Because every estimate is the first
-read plus a rounded share of one fixed delta, the estimates never go backwards, each
-interval gets the floor or the ceiling of its exact share, and the intervals of a gap sum
-exactly to the real delta: no energy appears or vanishes, and nothing is folded into the
+*cumulative* share at each boundary, half up. Because every estimate is the first read
+plus a rounded share of one fixed delta, the estimates never go backwards, each interval
+gets the floor or the ceiling of its exact share, and the intervals of a gap sum exactly
+to the real delta: no energy appears or vanishes, and nothing is folded into the
 interval after the gap.
 
 Estimates are recomputed from the real reads, never from other estimates, so when a late
@@ -20,7 +20,6 @@ import itertools
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
-from fractions import Fraction
 
 from headend.validation import (
     DEFAULT_SETTINGS,
@@ -67,8 +66,10 @@ def interpolate(
                 f"{ts} is outside the interpolation span {before.timestamp}..{after.timestamp}"
             )
         elapsed = (ts - before.timestamp) // _MICROSECOND
-        # round() of a Fraction rounds half to even, exactly.
-        values.append(from_steps(first + round(Fraction(delta * elapsed, span)), decimals))
+        # Round half up (towards +inf), in integers: each boundary's error is in
+        # (-1/2, 1/2], so every interval gets the floor or the ceiling of its exact share.
+        share = (2 * delta * elapsed + span) // (2 * span)
+        values.append(from_steps(first + share, decimals))
     return tuple(values)
 
 
