@@ -16,6 +16,7 @@ from gridvend.broker import BrokerError, provide_broker
 from gridvend.db import make_engine, make_session_factory, upgrade
 from gridvend.runtime import System
 from gridvend.settings import Settings
+from gridvend.sts_cli import app as sts_app
 
 app = typer.Typer(
     help="gridvend: prepaid smart-meter head-end, STS vending and meter simulator.",
@@ -28,6 +29,7 @@ user_app = typer.Typer(help="Users and their roles.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
 audit_app = typer.Typer(help="The append-only audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+app.add_typer(sts_app, name="sts", help="STS tokens by hand: keys, encode, decode, key change.")
 
 console = Console()
 
