@@ -55,7 +55,7 @@ async def _eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 10
 
 
 async def _register(api: httpx.AsyncClient, serial: str) -> int:
-    response = await api.post("/api/meters", json={"serial": serial, "meter_number": "60072712345"})
+    response = await api.post("/api/meters", json={"serial": serial, "meter_number": "60072712346"})
     assert response.status_code == 201, response.text
     return int(response.json()["id"])
 
