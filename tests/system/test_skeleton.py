@@ -55,7 +55,7 @@ async def _eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 10
         await asyncio.sleep(0.05)
 
 
-async def _register(api: httpx.AsyncClient, serial: str, meter_number: str = "60072712345") -> int:
+async def _register(api: httpx.AsyncClient, serial: str, meter_number: str = "60072712346") -> int:
     response = await api.post("/api/meters", json={"serial": serial, "meter_number": meter_number})
     assert response.status_code == 201, response.text
     return int(response.json()["id"])
