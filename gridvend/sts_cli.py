@@ -170,7 +170,12 @@ def _encode_rounded(base_units: int) -> int:
 @_technician_errors
 def decoder_key_command(
     dkga: str = typer.Option(..., "--dkga", help="Key generation algorithm: 02 or 04."),
-    vending_key: str = typer.Option(..., "--vending-key", help="Vending key in hex."),
+    vending_key: str = typer.Option(
+        ...,
+        "--vending-key",
+        envvar="GRIDVEND_STS_VENDING_KEY",
+        help="Vending key in hex (or set GRIDVEND_STS_VENDING_KEY, kept out of shell history).",
+    ),
     sgc: str = typer.Option(..., "--sgc", help="Supply group code (6 digits)."),
     ti: str = typer.Option(..., "--ti", help="Tariff index (2 digits)."),
     krn: int = typer.Option(..., "--krn", help="Key revision number (1..9)."),
@@ -287,7 +292,12 @@ def key_change_command(
     pan: str = typer.Option(..., "--pan", help="Meter PAN (18 digits) or DRN (11/13)."),
     dkga: str = typer.Option(..., "--dkga", help="Key generation algorithm: 02 or 04."),
     ea: str = typer.Option("07", "--ea", help="Encryption algorithm: 07, 09 or 11."),
-    vending_key: str = typer.Option(..., "--vending-key", help="Current vending key, hex."),
+    vending_key: str = typer.Option(
+        ...,
+        "--vending-key",
+        envvar="GRIDVEND_STS_VENDING_KEY",
+        help="Current vending key in hex (or set GRIDVEND_STS_VENDING_KEY).",
+    ),
     sgc: str = typer.Option(..., "--sgc", help="Current supply group code."),
     ti: str = typer.Option(..., "--ti", help="Current tariff index."),
     krn: int = typer.Option(..., "--krn", help="Current key revision number."),
