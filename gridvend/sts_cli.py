@@ -103,7 +103,7 @@ def describe_token(token: Token) -> dict[str, Any]:
     }
     for item in dataclass_fields(token):
         value = getattr(token, item.name)
-        data[item.name] = int(value) if isinstance(value, int) else value
+        data[item.name] = value if isinstance(value, bool) else int(value)
     if isinstance(token, CreditToken):
         data["unit"] = token.credit_type.unit
     return data

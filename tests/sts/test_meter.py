@@ -285,3 +285,15 @@ def test_meter_never_raises_for_typed_input(text: str) -> None:
     result = process_token(meter, text, NOW)
     if not result.accepted:
         assert result.state == meter
+
+
+def test_meter_state_for_a_key_configuration_accepts_that_configurations_tokens() -> None:
+    from protocols.sts import KeyConfig, meter_state_for, parse_meter_number
+
+    pan = parse_meter_number("0100000000008")  # 4-digit manufacturer code 0100
+    config = KeyConfig(bytes(20), "123457", "07", 3, key_expiry_number=200)
+    state = meter_state_for(config, pan)
+    assert (state.manufacturer_code, state.tariff_index, state.key_revision) == ("0100", "07", 3)
+    assert state.key_expiry_number == 200
+    token = encode_token(CreditToken(CreditType.ELECTRICITY, 42, 7), state.decoder_key)
+    assert process_token(state, token, NOW).state.credit[0] == 7
