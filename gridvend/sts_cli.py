@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from dataclasses import fields as dataclass_fields
 from datetime import datetime
+from decimal import Decimal
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
@@ -20,12 +21,15 @@ from protocols.sts import (
     BaseDate,
     CreditToken,
     CreditType,
+    CurrencyCreditToken,
     DecoderKey,
     Dkga,
     EncryptionAlgorithm,
     KeyConfig,
     KeyType,
     MeterTestToken,
+    SetMaximumPowerLimitToken,
+    SetPhaseUnbalanceLimitToken,
     StsError,
     Token,
     TokenClass,
@@ -106,6 +110,13 @@ def describe_token(token: Token) -> dict[str, Any]:
         data[item.name] = value if isinstance(value, bool) else int(value)
     if isinstance(token, CreditToken):
         data["unit"] = token.credit_type.unit
+        unit = ("kWh", "m3", "m3", "min")[token.credit_type]
+        data["quantity"] = f"{Decimal(token.amount) / 10} {unit}"
+    elif isinstance(token, CurrencyCreditToken):
+        sign = "-" if token.negative else ""
+        data["quantity"] = f"{sign}{Decimal(token.amount).scaleb(-5)} currency units"
+    elif isinstance(token, SetMaximumPowerLimitToken | SetPhaseUnbalanceLimitToken):
+        data["quantity"] = f"{token.watts} W"
     return data
 
 

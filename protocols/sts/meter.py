@@ -196,16 +196,18 @@ class MeterState:
         if unknown:
             raise MeterStateError(f"unknown meter state fields: {sorted(unknown)}")
         values = dict(data)
-        for name in ("tid_memory", "credit", "credit_types"):
-            if name in values:
-                values[name] = tuple(values[name])
-        if "pending_sections" in values:
-            values["pending_sections"] = tuple(
-                (int(s), int(b)) for s, b in values["pending_sections"]
-            )
         try:
+            for name in ("tid_memory", "credit", "credit_types"):
+                if name in values:
+                    values[name] = tuple(int(x) for x in values[name])
+            if "pending_sections" in values:
+                values["pending_sections"] = tuple(
+                    (int(s), int(b)) for s, b in values["pending_sections"]
+                )
             return cls(**values)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, MeterStateError):
+                raise
             raise MeterStateError(f"invalid meter state: {exc}") from None
 
 

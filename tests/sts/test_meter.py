@@ -271,6 +271,9 @@ def test_meter_state_survives_json_round_trip() -> None:
         {"credit": [0]},
         {"colour": "red"},
         {"manufacturer_code": "1"},
+        {"credit": "abcdefgh"},
+        {"pending_sections": [["a", 1]]},
+        {"tid_memory_size": "many"},
     ],
 )
 def test_invalid_meter_state_is_refused(change: dict[str, object]) -> None:
