@@ -300,3 +300,26 @@ def test_meter_state_for_a_key_configuration_accepts_that_configurations_tokens(
     assert state.key_expiry_number == 200
     token = encode_token(CreditToken(CreditType.ELECTRICITY, 42, 7), state.decoder_key)
     assert process_token(state, token, NOW).state.credit[0] == 7
+
+
+TOKEN_VECTORS = [v for v in load_vectors("token")]
+
+
+@pytest.mark.parametrize("vector", TOKEN_VECTORS, ids=[v["id"] for v in TOKEN_VECTORS])
+def test_meter_with_the_vectors_key_accepts_every_compliance_token(
+    vector: dict[str, object],
+) -> None:
+    if vector["token_class"] == 1:
+        key = KEY
+        mfr = str(vector["manufacturer_code"])
+    else:
+        key = DecoderKey.from_hex(str(vector["decoder_key_hex"]), str(vector["ea"]))
+        mfr = "00"
+    meter = new_meter_state(
+        key,
+        key_expiry_number=int(vector.get("key_expiry_number", 255)),  # type: ignore[call-overload]
+        manufacturer_code=mfr,
+        credit_types=tuple(range(8)),
+    )
+    result = process_token(meter, str(vector["expected_token"]), NOW)
+    assert result.status is TokenStatus.ACCEPT, result.message
