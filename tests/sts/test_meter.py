@@ -323,3 +323,32 @@ def test_meter_with_the_vectors_key_accepts_every_compliance_token(
     )
     result = process_token(meter, str(vector["expected_token"]), NOW)
     assert result.status is TokenStatus.ACCEPT, result.message
+
+
+@settings(derandomize=True, deadline=None, max_examples=60)
+@given(
+    entries=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 500)), max_size=30),
+    size=st.integers(1, 6),
+)
+def test_meter_credits_each_tid_once_and_keeps_its_memory_bounded(
+    entries: list[tuple[int, int]], size: int
+) -> None:
+    decoder = MeterDecoder(_meter(tid_memory_size=size))
+    accepted: list[int] = []
+    credited = 0
+    for tid, amount in entries:
+        remembered = decoder.state.tid_memory
+        result = decoder.enter(_credit(tid, amount), NOW)
+        if tid in remembered:
+            assert result.status is TokenStatus.USED
+        elif len(remembered) == size and tid < remembered[0]:
+            assert result.status is TokenStatus.OLD
+        else:
+            assert result.status is TokenStatus.ACCEPT
+            accepted.append(tid)
+            credited += amount
+        memory = decoder.state.tid_memory
+        assert list(memory) == sorted(set(memory))
+        assert len(memory) <= size
+    assert len(accepted) == len(set(accepted))
+    assert decoder.state.credit[0] == credited

@@ -259,3 +259,18 @@ def test_amount_encoding_matches_the_reference_examples(
 
     assert encode_amount(value) == field
     assert decode_amount(field) == carried
+
+
+@pytest.mark.parametrize(
+    ("pan", "key_type", "block"),
+    [
+        ("600727000000000009", 2, "0072700000000000"),
+        ("000001000000000082", 2, "0000100000000008"),
+        ("600727121234567876", 2, "0072712123456787"),
+        ("600727121234567876", 3, "0072700000000000"),  # common key: no DRN
+    ],
+)
+def test_pan_block_per_key_type(pan: str, key_type: int, block: str) -> None:
+    from protocols.sts.keys import KeyType
+
+    assert pan_block(parse_meter_number(pan), KeyType(key_type)).hex() == block
