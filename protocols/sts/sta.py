@@ -155,3 +155,16 @@ def sta_encrypt(key: int, block: int) -> int:
 def sta_decrypt(key: int, block: int) -> int:
     """Decrypt a 64-bit block with a 64-bit decoder key (both big-endian integers)."""
     return _run(_decrypt_stages(key), block & _MASK64)
+
+
+def sta_encrypt_with_tables(
+    key: int, block: int, s1: tuple[int, ...], s2: tuple[int, ...], p: tuple[int, ...]
+) -> int:
+    """Encrypt with other STA tables (e.g. the example tables printed in the standard).
+
+    Slow (tables are built on every call): for checking the bit conventions against
+    published examples, not for tokens.
+    """
+    by_key = _by_key_byte(_tables((s1, s2), p))
+    stages = tuple(_stage(by_key, rk) for rk in _round_keys(key))
+    return _run(stages, block & _MASK64)

@@ -274,3 +274,23 @@ def test_pan_block_per_key_type(pan: str, key_type: int, block: str) -> None:
     from protocols.sts.keys import KeyType
 
     assert pan_block(parse_meter_number(pan), KeyType(key_type)).hex() == block
+
+
+def test_informative_sample_table_example_has_the_same_bit_conventions() -> None:
+    # Not a compliance vector: the example tables printed in the standard, as computed by
+    # an independent public tool. It checks bit order and class transposition.
+    import json
+
+    from protocols.sts.sta import sta_encrypt_with_tables
+    from tests.sts.vectors import VECTORS_PATH
+
+    (vector,) = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))["informative"][:1]
+    cipher = sta_encrypt_with_tables(
+        int(vector["decoder_key_hex"], 16),
+        int(vector["plaintext_block_hex"], 16),
+        tuple(vector["sample_s1"]),
+        tuple(vector["sample_s2"]),
+        tuple(vector["sample_p"]),
+    )
+    token = transpose_class(cipher, vector["token_class"])
+    assert f"{token:x}" == vector["expected_token_66bit_hex"]
