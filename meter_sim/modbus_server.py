@@ -9,7 +9,7 @@ the model (relay, power limit, token entry).
 Bad writes are answered with a Modbus exception and change nothing:
 
 - exception 1 (ILLEGAL_FUNCTION): a function the profile does not support (FC06 on
-  Eastron and DDS238, FC22/FC23);
+  Eastron and DDS238, FC22/FC23), whatever the address;
 - exception 2 (ILLEGAL_ADDRESS): an address no register answers, a write to a
   read-only register, or a write that covers part of a multi-register value or more
   than one value;
@@ -37,7 +37,7 @@ from decimal import Decimal
 
 from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
-from pymodbus.pdu import ModbusPDU
+from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -176,13 +176,17 @@ class ModbusSimServer:
     # --- pymodbus hooks -----------------------------------------------------------------
 
     def trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU | None:
-        """Drop requests for absent or offline unit ids, so the master times out."""
+        """Drop requests for absent or offline unit ids, so the master times out, and
+        answer functions the meter lacks with exception 1 before any address check."""
         if sending:
             return pdu
         unit = self._units.get(pdu.dev_id)
         if unit is None or unit.offline:
             self.dropped_requests += 1
             return None
+        fc = pdu.function_code
+        if fc in _UNSUPPORTED_FCS or (fc == 6 and not unit.meter.profile.fc06_supported):
+            return _UnsupportedRequest(pdu)
         return pdu
 
     def trace_packet(self, sending: bool, packet: bytes) -> bytes:
@@ -275,7 +279,7 @@ class ModbusSimServer:
                 return ExcCodes.DEVICE_FAILURE
         block = _BLOCK_OF_FC.get(fc)
         profile = unit.meter.profile
-        if block is None or (fc == 6 and not profile.fc06_supported):
+        if block is None:
             return ExcCodes.ILLEGAL_FUNCTION
         if not block.is_bits and count > profile.max_registers_per_request:
             return ExcCodes.ILLEGAL_VALUE
@@ -396,6 +400,22 @@ class ModbusSimServer:
             model.set_relay(closed)
         except CommandRefused as exc:
             raise _RequestRefused(ExcCodes.DEVICE_FAILURE, str(exc)) from None
+
+
+# Mask write (FC22) and read/write multiple (FC23): no meter gridvend knows implements them.
+_UNSUPPORTED_FCS = frozenset({22, 23})
+
+
+class _UnsupportedRequest(ModbusPDU):
+    """Stands in for a request whose function the meter lacks: answers exception 1,
+    whatever its address, as the meter's firmware would."""
+
+    def __init__(self, request: ModbusPDU) -> None:
+        super().__init__(dev_id=request.dev_id, transaction_id=request.transaction_id)
+        self.function_code = request.function_code
+
+    async def datastore_update(self, context: object, device_id: int) -> ModbusPDU:
+        return ExceptionResponse(self.function_code, ExcCodes.ILLEGAL_FUNCTION)
 
 
 def _filler(address: int, count: int, *, readonly: bool) -> SimData:

@@ -401,3 +401,16 @@ async def test_rtu_framing_over_tcp_serves_a_transparent_gateway():
             assert sim.corrupted_replies == 1
         finally:
             client.close()
+
+
+@pytest.mark.parametrize("address", [0x001A, 0x0000, 0x7000])
+async def test_fc06_is_refused_as_a_function_whatever_the_address(gateway: Rig, address: int):
+    reply = await gateway.client.write_register(address, 1, device_id=3)
+    assert reply.isError() and reply.exception_code == 1
+
+
+async def test_read_write_multiple_is_not_implemented(gateway: Rig):
+    reply = await gateway.client.readwrite_registers(
+        read_address=0x1000, read_count=2, write_address=0x1008, values=[0, 0], device_id=1
+    )
+    assert reply.isError() and reply.exception_code == 1
