@@ -414,3 +414,32 @@ async def test_read_write_multiple_is_not_implemented(gateway: Rig):
         read_address=0x1000, read_count=2, write_address=0x1008, values=[0, 0], device_id=1
     )
     assert reply.isError() and reply.exception_code == 1
+
+
+async def test_random_register_writes_never_crash_and_refused_ones_change_nothing(gateway: Rig):
+    import random
+
+    rng = random.Random(20261124)
+    refused = 0
+    for _ in range(150):
+        unit, base = rng.choice([(1, 0x1000), (3, 0x0100), (3, 0x0000)])
+        address = base + rng.randrange(0, 0x40)
+        values = [
+            rng.choice([0, 1, 0x3031, 0x4142, 0xFFFF, rng.randrange(0x10000)])
+            for _ in range(rng.randint(1, 12))
+        ]
+        model = gateway.sim.model(unit)
+        before = state_of(model)
+        reply = await gateway.client.write_registers(address, values, device_id=unit)
+        if reply.isError():
+            refused += 1
+            assert reply.exception_code in (1, 2, 3, 4)
+            assert state_of(model) == before, (unit, hex(address), values)
+    assert refused > 100
+    # The meters still answer normally afterwards.
+    for unit in (1, 3):
+        assert not (
+            await gateway.client.read_holding_registers(
+                0x0100 if unit == 3 else 0x1000, count=2, device_id=unit
+            )
+        ).isError()
