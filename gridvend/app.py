@@ -1,0 +1,56 @@
+"""The FastAPI application: every package's routers under one app."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+from sqlalchemy.orm import Session, sessionmaker
+
+import gridvend
+from gridvend.auth import Auth
+from gridvend.auth import make_router as make_auth_router
+from headend.api import make_router as make_headend_router
+from headend.ingest import IngestStats
+
+
+def create_app(
+    session_factory: sessionmaker[Session],
+    *,
+    ingest_stats: Callable[[], IngestStats | None] = lambda: None,
+) -> FastAPI:
+    app = FastAPI(
+        title="gridvend",
+        version=gridvend.__version__,
+        description="Prepaid smart-meter head-end and vending API.",
+    )
+    auth = Auth(session_factory)
+    app.include_router(make_auth_router(session_factory, auth))
+    app.include_router(make_headend_router(session_factory, ingest_stats, require=auth.require))
+
+    @app.get("/api/health", tags=["system"])
+    def health() -> dict[str, str]:
+        return {"status": "ok", "version": gridvend.__version__}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> str:
+        return _INDEX_PAGE
+
+    return app
+
+
+_INDEX_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>gridvend</title></head>
+<body style="font-family: sans-serif; max-width: 40em; margin: 2em auto">
+<h1>gridvend</h1>
+<p>Prepaid smart-meter head-end and vending.</p>
+<ul>
+<li><a href="/api/meters">/api/meters</a>: registered meters</li>
+<li><a href="/api/headend/stats">/api/headend/stats</a>: ingestion counters</li>
+<li><a href="/api/headend/rejected-messages">/api/headend/rejected-messages</a>:
+quarantined messages</li>
+<li><a href="/docs">/docs</a>: the API, interactive</li>
+</ul>
+</body></html>
+"""

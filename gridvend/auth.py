@@ -1,0 +1,266 @@
+"""Users, roles and bearer tokens for the API.
+
+Passwords are hashed with argon2id (pwdlib). Access tokens are random, shown once, and
+stored only as their SHA-256 digest, so a copy of the database yields no usable token.
+"""
+
+import enum
+import hashlib
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, HTTPException, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pwdlib import PasswordHash
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Boolean, ForeignKey, MetaData, String, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from headend.models import NAMING_CONVENTION, BigId
+from headend.sqltypes import UtcDateTime
+
+TOKEN_LIFETIME = timedelta(hours=12)
+_password_hash = PasswordHash.recommended()
+
+
+class Role(enum.StrEnum):
+    ADMIN = "admin"
+    SUPERVISOR = "supervisor"
+    CLERK = "clerk"
+    TECHNICIAN = "technician"
+    CHANNEL = "channel"
+
+
+STAFF_ROLES = (Role.ADMIN, Role.SUPERVISOR, Role.CLERK, Role.TECHNICIAN)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    full_name: Mapped[str] = mapped_column(String(128), default="")
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class AccessToken(Base):
+    __tablename__ = "access_tokens"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the authenticated user and their role."""
+
+    user_id: int
+    username: str
+    role: Role
+
+
+class AuthError(ValueError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+USERNAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{2,63}$"
+
+
+class NewUser(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    username: Annotated[str, Field(pattern=USERNAME_PATTERN)]
+    full_name: Annotated[str, Field(max_length=128)] = ""
+    role: Role
+    password: Annotated[str, Field(min_length=10, max_length=256)]
+
+
+class UserOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    username: str
+    full_name: str
+    role: Role
+    active: bool
+    created_at: datetime
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_at: datetime
+    role: Role
+
+
+def create_user(session: Session, new_user: NewUser) -> User:
+    """Add a user; raise AuthError("user_exists") if the username is taken."""
+    if session.scalar(select(User.id).where(User.username == new_user.username)) is not None:
+        raise AuthError("user_exists", f"user {new_user.username!r} already exists")
+    user = User(
+        username=new_user.username,
+        full_name=new_user.full_name,
+        role=new_user.role.value,
+        password_hash=_password_hash.hash(new_user.password),
+        active=True,
+        created_at=datetime.now(UTC),
+    )
+    session.add(user)
+    session.flush()
+    return user
+
+
+def set_password(session: Session, username: str, password: str) -> User:
+    """Replace a user's password (and re-enable the user); AuthError("user_not_found")."""
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise AuthError("user_not_found", f"no user {username!r}")
+    user.password_hash = _password_hash.hash(password)
+    user.active = True
+    return user
+
+
+def issue_token(session: Session, username: str, password: str, now: datetime) -> TokenOut:
+    """Check a password and return a new bearer token; AuthError("invalid_credentials")."""
+    user = session.scalar(select(User).where(User.username == username))
+    # Verify against a dummy hash for unknown users so timing does not reveal them.
+    stored = user.password_hash if user else _DUMMY_HASH
+    if not _password_hash.verify(password, stored) or user is None or not user.active:
+        raise AuthError("invalid_credentials", "wrong username or password, or user disabled")
+    token = secrets.token_urlsafe(32)
+    expires_at = now + TOKEN_LIFETIME
+    session.add(
+        AccessToken(
+            token_sha256=_digest(token),
+            user_id=user.id,
+            created_at=now,
+            expires_at=expires_at,
+            revoked=False,
+        )
+    )
+    return TokenOut(access_token=token, expires_at=expires_at, role=Role(user.role))
+
+
+def principal_for_token(session: Session, token: str, now: datetime) -> Principal | None:
+    row = session.execute(
+        select(User, AccessToken)
+        .join(AccessToken, AccessToken.user_id == User.id)
+        .where(AccessToken.token_sha256 == _digest(token))
+    ).first()
+    if row is None:
+        return None
+    user, access = row
+    if access.revoked or access.expires_at <= now or not user.active:
+        return None
+    return Principal(user.id, user.username, Role(user.role))
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+_DUMMY_HASH = _password_hash.hash(secrets.token_urlsafe(16))
+
+
+RoleDependency = Callable[..., Any]
+
+
+class Auth:
+    """Builds FastAPI dependencies that authenticate the caller and check the role."""
+
+    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+        self._session_factory = session_factory
+        self._bearer = HTTPBearer(auto_error=False)
+
+    def require(self, *roles: Role | str) -> Any:
+        """A dependency (``Depends(auth.require(Role.CLERK))``) giving the Principal;
+        401 without a valid token, 403 when the role is not one of ``roles``."""
+        allowed = {Role(r) for r in roles}
+        bearer = self._bearer
+
+        def dependency(
+            credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+        ) -> Principal:
+            if credentials is None:
+                raise _http_error(401, "not_authenticated", "send Authorization: Bearer <token>")
+            with self._session_factory() as session:
+                principal = principal_for_token(session, credentials.credentials, datetime.now(UTC))
+            if principal is None:
+                raise _http_error(401, "invalid_token", "the token is unknown, expired or revoked")
+            if principal.role not in allowed:
+                raise _http_error(
+                    403,
+                    "forbidden_role",
+                    f"role {principal.role.value} may not do this; "
+                    f"allowed: {', '.join(sorted(r.value for r in allowed))}",
+                )
+            return principal
+
+        return Depends(dependency)
+
+
+def _http_error(status_code: int, code: str, message: str) -> HTTPException:
+    headers = {"WWW-Authenticate": "Bearer"} if status_code == 401 else None
+    return HTTPException(status_code, detail={"code": code, "message": message}, headers=headers)
+
+
+def make_router(session_factory: sessionmaker[Session], auth: Auth) -> APIRouter:
+    router = APIRouter(prefix="/api/auth", tags=["auth"])
+
+    def db() -> Iterator[Session]:
+        with session_factory() as session:
+            yield session
+
+    @router.post("/token", response_model=TokenOut)
+    def login(
+        username: Annotated[str, Form()],
+        password: Annotated[str, Form()],
+        session: Annotated[Session, Depends(db)],
+    ) -> TokenOut:
+        """Exchange a username and password (form fields) for a bearer token."""
+        try:
+            with session.begin():
+                return issue_token(session, username, password, datetime.now(UTC))
+        except AuthError as exc:
+            raise _http_error(status.HTTP_401_UNAUTHORIZED, exc.code, str(exc)) from None
+
+    @router.get("/me")
+    def me(principal: Principal = auth.require(*Role)) -> dict[str, Any]:
+        return {"username": principal.username, "role": principal.role.value}
+
+    @router.post("/users", response_model=UserOut, status_code=status.HTTP_201_CREATED)
+    def add_user(
+        body: NewUser,
+        session: Annotated[Session, Depends(db)],
+        _: Principal = auth.require(Role.ADMIN),
+    ) -> Any:
+        try:
+            with session.begin():
+                return create_user(session, body)
+        except AuthError as exc:
+            raise _http_error(status.HTTP_409_CONFLICT, exc.code, str(exc)) from None
+
+    @router.get("/users", response_model=list[UserOut])
+    def list_users(
+        session: Annotated[Session, Depends(db)],
+        _: Principal = auth.require(Role.ADMIN),
+    ) -> Any:
+        return session.scalars(select(User).order_by(User.id)).all()
+
+    return router

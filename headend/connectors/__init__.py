@@ -1,0 +1,1 @@
+"""Transports that bring meter data into the head-end."""

@@ -1,0 +1,171 @@
+"""MQTT subscriber: meters' telemetry, events and status into the ingestion path.
+
+Each message is acknowledged to the broker only after its batch is committed (paho's
+manual acks), and the session is persistent, so a worker that dies mid-batch gets the
+unacknowledged messages again on reconnect. Ingestion de-duplicates, so a redelivery
+never doubles a reading. With a shared-subscription group, several workers split the
+fleet between them (MQTT 5 brokers only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from headend.ingest import InboundMessage
+from protocols.mqtt import MeterChannel, TopicScheme
+
+log = logging.getLogger(__name__)
+
+IngestFunction = Callable[[Sequence[InboundMessage]], Any]
+
+# How long the broker keeps a disconnected worker's session (and its unacked messages).
+SESSION_EXPIRY_S = 3600
+
+
+class MqttIngestWorker:
+    """Subscribes to every meter's telemetry, events and status and feeds ``ingest``."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        scheme: TopicScheme,
+        ingest: IngestFunction,
+        client_id: str,
+        mqtt_v5: bool = True,
+        share_group: str | None = None,
+        batch_size: int = 500,
+        batch_wait_s: float = 0.05,
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        if share_group and not mqtt_v5:
+            raise ValueError("shared subscriptions need an MQTT 5 broker connection")
+        self._host = host
+        self._port = port
+        self._scheme = scheme
+        self._ingest = ingest
+        self._client_id = client_id
+        self._mqtt_v5 = mqtt_v5
+        self._share_group = share_group
+        self._batch_size = batch_size
+        self._batch_wait_s = batch_wait_s
+        self._max_backoff_s = max_backoff_s
+        self.connected = asyncio.Event()
+
+    def subscriptions(self) -> list[str]:
+        filters = [self._scheme.all_meters(channel) for channel in _CONSUMED]
+        if self._share_group:
+            return [self._scheme.shared(self._share_group, f) for f in filters]
+        return filters
+
+    async def run(self) -> None:
+        """Run until cancelled, reconnecting with backoff after any broker failure."""
+        backoff = 0.5
+        while True:
+            try:
+                await self._run_connected()
+            except aiomqtt.MqttError as exc:
+                self.connected.clear()
+                delay = min(backoff, self._max_backoff_s) * random.uniform(0.8, 1.2)
+                log.warning("MQTT connection lost (%s); reconnecting in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                backoff *= 2
+            else:
+                backoff = 0.5
+
+    async def _run_connected(self) -> None:
+        client = self._make_client()
+        # aiomqtt 2.x does not expose manual acks; its paho client does.
+        paho = client._client
+        paho.manual_ack_set(True)
+        queue: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+        async with client:
+            for topic_filter in self.subscriptions():
+                await client.subscribe(topic_filter, qos=1)
+            self.connected.set()
+            log.info("head-end subscribed to %s", ", ".join(self.subscriptions()))
+            writer = asyncio.create_task(self._write_batches(queue, paho))
+            try:
+                async for message in client.messages:
+                    queue.put_nowait(message)
+                    if writer.done():
+                        writer.result()
+            finally:
+                writer.cancel()
+
+    def _make_client(self) -> aiomqtt.Client:
+        if self._mqtt_v5:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = SESSION_EXPIRY_S
+            return aiomqtt.Client(
+                self._host,
+                self._port,
+                identifier=self._client_id,
+                protocol=aiomqtt.ProtocolVersion.V5,
+                clean_start=False,
+                properties=properties,
+            )
+        return aiomqtt.Client(
+            self._host,
+            self._port,
+            identifier=self._client_id,
+            protocol=aiomqtt.ProtocolVersion.V311,
+            clean_session=False,
+        )
+
+    async def _write_batches(self, queue: asyncio.Queue[aiomqtt.Message], paho: Any) -> None:
+        while True:
+            batch = [await queue.get()]
+            deadline = asyncio.get_running_loop().time() + self._batch_wait_s
+            while len(batch) < self._batch_size:
+                timeout = deadline - asyncio.get_running_loop().time()
+                if timeout <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(queue.get(), timeout))
+                except TimeoutError:
+                    break
+            await self._ingest_until_stored(batch)
+            for message in batch:
+                if message.qos > 0:
+                    paho.ack(message.mid, message.qos)
+
+    async def _ingest_until_stored(self, batch: list[aiomqtt.Message]) -> None:
+        now = datetime.now(UTC)
+        inbound = [
+            InboundMessage(topic=m.topic.value, payload=_payload_bytes(m), received_at=now)
+            for m in batch
+        ]
+        backoff = 0.2
+        while True:
+            try:
+                await asyncio.to_thread(self._ingest, inbound)
+                return
+            except Exception:
+                # The database is the one thing ingestion can fail on; keep the batch
+                # (unacknowledged) and retry rather than lose it.
+                log.exception("storing %d messages failed; retrying in %.1f s", len(batch), backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff_s)
+
+
+_CONSUMED = (MeterChannel.TELEMETRY, MeterChannel.EVENTS, MeterChannel.STATUS)
+
+
+def _payload_bytes(message: aiomqtt.Message) -> bytes:
+    payload = message.payload
+    if isinstance(payload, bytes | bytearray):
+        return bytes(payload)
+    if isinstance(payload, str):
+        return payload.encode()
+    return b"" if payload is None else str(payload).encode()
