@@ -43,7 +43,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from meter_sim.clock import SimClock
 from meter_sim.faults import FaultInjector
-from meter_sim.model import CommandRefused, MeterError, MeterModel, TokenStatus
+from meter_sim.model import CommandRefused, MeterError, MeterModel, PhaseValues, TokenStatus
 from protocols.modbus import (
     Ascii,
     Block,
@@ -428,11 +428,14 @@ class _Snapshot:
     def __init__(self, unit: _Unit) -> None:
         self._unit = unit
         self._measurements: dict[Quantity, Decimal] | None = None
+        self._phases: tuple[PhaseValues, ...] | None = None
 
     def _measurement(self, measurand: Measurand) -> Decimal:
         model = self._unit.meter.model
         if measurand.phase is not None:
-            phases = model.phase_values()
+            if self._phases is None:
+                self._phases = model.phase_values()
+            phases = self._phases
             if measurand.phase > len(phases):
                 return Decimal(0)
             values = phases[measurand.phase - 1]
