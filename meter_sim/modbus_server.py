@@ -561,7 +561,7 @@ async def serve_modbus_tcp(
     Raises:
         ValueError: no meters, a duplicate unit id or a unit id outside 1..247.
         ProfileError: an unknown profile name.
-        RuntimeError: the port cannot be bound (pymodbus reports it so).
+        OSError: the port cannot be bound.
     """
     sim = ModbusSimServer(_as_meters(meters, profile), now, framer=framer, seed=seed)
     server = ModbusTcpServer(
@@ -571,7 +571,10 @@ async def serve_modbus_tcp(
         trace_pdu=sim.trace_pdu,  # type: ignore[arg-type]
         trace_packet=sim.trace_packet,
     )
-    await server.serve_forever(background=True)
+    try:
+        await server.serve_forever(background=True)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen for Modbus TCP on {host}:{port}") from exc
     listener = server.transport
     sockets = getattr(listener, "sockets", None)
     sim.address = sockets[0].getsockname()[:2] if sockets else (host, port)
@@ -605,7 +608,10 @@ async def serve_modbus_rtu(
         trace_pdu=sim.trace_pdu,  # type: ignore[arg-type]
         trace_packet=sim.trace_packet,
     )
-    await server.serve_forever(background=True)
+    try:
+        await server.serve_forever(background=True)
+    except RuntimeError as exc:
+        raise OSError(f"cannot open serial port {device!r} for Modbus RTU") from exc
     try:
         yield sim
     finally:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
+from pymodbus import FramerType
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusIOException
 
@@ -393,8 +394,6 @@ async def test_power_limit_set_over_modbus_trips_the_relay(gateway: Rig):
 
 
 async def test_rtu_framing_over_tcp_serves_a_transparent_gateway():
-    from pymodbus import FramerType
-
     clock = ManualClock()
     faults = FaultConfig(corrupt_frame_rate=1.0)
     meters = [make_meter(1, clock=clock), make_meter(2, clock=clock, faults=faults)]
@@ -453,3 +452,22 @@ async def test_random_register_writes_never_crash_and_refused_ones_change_nothin
                 0x0100 if unit == 3 else 0x1000, count=2, device_id=unit
             )
         ).isError()
+
+
+async def test_a_port_in_use_is_a_clear_os_error(gateway: Rig):
+    assert gateway.sim.address is not None
+    with pytest.raises(OSError, match="cannot listen"):
+        async with serve_modbus_tcp(
+            [make_meter(9)], now=gateway.clock, port=gateway.sim.address[1]
+        ):
+            pass
+
+
+def test_duplicate_unit_ids_are_refused() -> None:
+    from meter_sim.modbus_server import ModbusSimServer
+
+    meters = [ModbusMeter(1, make_meter(1), EASTRON), ModbusMeter(1, make_meter(2), EASTRON)]
+    with pytest.raises(ValueError, match="used twice"):
+        ModbusSimServer(meters, ManualClock(), framer=FramerType.SOCKET)
+    with pytest.raises(ValueError, match=r"1\.\.247"):
+        ModbusMeter(248, make_meter(1), EASTRON)
