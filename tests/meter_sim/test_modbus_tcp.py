@@ -471,3 +471,29 @@ def test_duplicate_unit_ids_are_refused() -> None:
         ModbusSimServer(meters, ManualClock(), framer=FramerType.SOCKET)
     with pytest.raises(ValueError, match=r"1\.\.247"):
         ModbusMeter(248, make_meter(1), EASTRON)
+
+
+async def test_offline_fault_takes_the_meter_off_the_bus_for_whole_intervals():
+    clock = ManualClock()
+    faults = FaultConfig(offline_rate=0.5, offline_intervals=2)
+    meters = [make_meter(1, faults=faults, clock=clock), make_meter(2, clock=clock)]
+    async for rig in _rig(meters, clock, seed=3):
+        history = []
+        for _ in range(40):
+            history.append(rig.sim.is_offline(1))
+            clock.forward(minutes=15)
+        assert any(history) and not all(history)
+        # Once off, a meter stays off for offline_intervals (2) intervals at least.
+        runs = "".join("x" if h else "." for h in history).split(".")
+        complete_runs = [run for run in runs[:-1] if run]  # the last one may be cut short
+        assert complete_runs
+        assert all(len(run) >= 2 for run in complete_runs)
+        assert not rig.sim.is_offline(2)
+        # Over the wire: silent while offline, answering once back.
+        while not rig.sim.is_offline(1):
+            clock.forward(minutes=15)
+        with pytest.raises(ModbusIOException):
+            await rig.client.read_input_registers(0, count=2, device_id=1)
+        while rig.sim.is_offline(1):
+            clock.forward(minutes=15)
+        assert not (await rig.client.read_input_registers(0, count=2, device_id=1)).isError()
