@@ -54,8 +54,8 @@ from vending.tariffs import (
     TimeOfUse,
 )
 
-# No single token carries more; it only stops a search on a broken tariff.
-_MAX_STEPS = 10**10
+# 10^11 kWh: far beyond any token; it only stops a search on a broken tariff.
+_MAX_STEPS = 10**12
 
 
 class PricingError(ValueError):
@@ -210,12 +210,16 @@ class _Plan:
         for hi_kwh in [*breaks, None]:
             probe = lo_kwh + 1 if hi_kwh is None else hi_kwh
             hi_cost = self.exact_cost(probe)
-            if hi_cost > budget or hi_kwh is None:
-                if hi_cost == lo_cost:
+            if hi_kwh is not None and hi_cost <= budget:
+                lo_kwh, lo_cost = hi_kwh, hi_cost
+                continue
+            if hi_cost == lo_cost:
+                if hi_kwh is None:
                     raise NoChargeableRate("the tariff sells energy without a price limit")
-                kwh = lo_kwh + (budget - lo_cost) * (probe - lo_kwh) / (hi_cost - lo_cost)
-                return max(0, math.floor(kwh / exact(UNIT_STEP_KWH)))
-            lo_kwh, lo_cost = hi_kwh, hi_cost
+                # A free stretch: it costs nothing, whatever rounding makes of the rest.
+                return math.floor(hi_kwh / exact(UNIT_STEP_KWH))
+            kwh = lo_kwh + (budget - lo_cost) * (probe - lo_kwh) / (hi_cost - lo_cost)
+            return max(0, math.floor(kwh / exact(UNIT_STEP_KWH)))
         raise AssertionError("unreachable: the last break is unbounded")
 
     def most_steps(self, funds: Money) -> int:
@@ -224,12 +228,12 @@ class _Plan:
         Starts from the unrounded estimate, which rounding can move by a few steps only,
         and gallops out from it to bracket the answer before bisecting.
         """
-        guess = min(self.estimate_steps(funds), _MAX_STEPS)
+        guess = self.estimate_steps(funds)
         if self.cost(guess) <= funds.minor:
             lo, step = guess, 1
             while self.cost(guess + step) <= funds.minor:
                 lo, step = guess + step, step * 2
-                if step > _MAX_STEPS:
+                if guess + step > _MAX_STEPS:
                     raise NoChargeableRate("the tariff sells energy without a price limit")
             hi = guess + step
         else:
