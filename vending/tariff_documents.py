@@ -45,7 +45,8 @@ Amount = Annotated[Decimal, Field(allow_inf_nan=False)]
 
 
 class FlatRateDocument(_Document):
-    kind: Literal["flat"] = "flat"
+    # No default: a dump with exclude_defaults must keep the discriminator.
+    kind: Literal["flat"]
     rate_per_kwh: Amount
 
 
@@ -55,7 +56,7 @@ class BlockDocument(_Document):
 
 
 class SteppedBlocksDocument(_Document):
-    kind: Literal["blocks"] = "blocks"
+    kind: Literal["blocks"]
     blocks: list[BlockDocument]
 
 
@@ -77,7 +78,7 @@ class SeasonDocument(_Document):
 
 
 class TimeOfUseDocument(_Document):
-    kind: Literal["time_of_use"] = "time_of_use"
+    kind: Literal["time_of_use"]
     band_rates: dict[str, Amount]
     seasons: list[SeasonDocument]
     holidays: list[date] = []
@@ -250,15 +251,17 @@ def _energy_document(
     energy: EnergyCharge,
 ) -> FlatRateDocument | SteppedBlocksDocument | TimeOfUseDocument:
     if isinstance(energy, FlatRate):
-        return FlatRateDocument(rate_per_kwh=energy.rate_per_kwh)
+        return FlatRateDocument(kind="flat", rate_per_kwh=energy.rate_per_kwh)
     if isinstance(energy, SteppedBlocks):
         return SteppedBlocksDocument(
+            kind="blocks",
             blocks=[
                 BlockDocument(up_to_kwh=b.up_to_kwh, rate_per_kwh=b.rate_per_kwh)
                 for b in energy.blocks
             ]
         )
     return TimeOfUseDocument(
+        kind="time_of_use",
         band_rates=dict(energy.band_rates),
         seasons=[
             SeasonDocument(
