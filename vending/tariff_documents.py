@@ -258,7 +258,7 @@ def _energy_document(
             blocks=[
                 BlockDocument(up_to_kwh=b.up_to_kwh, rate_per_kwh=b.rate_per_kwh)
                 for b in energy.blocks
-            ]
+            ],
         )
     return TimeOfUseDocument(
         kind="time_of_use",
