@@ -30,6 +30,7 @@ from vending.charging import (
     Accrual,
     Charges,
     Usage,
+    UsageCostCurve,
     compute_charges,
     fraction_to_decimal,
     price_breaks,
@@ -178,6 +179,8 @@ class _Plan:
         recovered = recover_from_purchase(tendered, self.account.debt, self.account.debt_recovery)
         return recovered, tendered + self.account.carry_over - recovered
 
+    curve: UsageCostCurve
+
     def charges(self, steps: int) -> Charges:
         usage = Usage(
             self.version,
@@ -189,13 +192,10 @@ class _Plan:
         return compute_charges(self.tariff.currency, [usage], self.accruals)
 
     def cost(self, steps: int) -> int:
-        return self.charges(steps).total.minor
+        return self.curve.total(steps * exact(UNIT_STEP_KWH))
 
     def exact_cost(self, kwh: Fraction) -> Fraction:
-        usage = Usage(
-            self.version, self.month_to_date, kwh, self.band, self.account.terms.free_units_eligible
-        )
-        return compute_charges(self.tariff.currency, [usage], self.accruals).exact_total
+        return self.curve.exact(kwh)
 
     def estimate_steps(self, funds: Money) -> int:
         """Where the unrounded cost reaches `funds`: it is linear between price breaks,
@@ -358,7 +358,17 @@ def _plan(tariff: Tariff, account: VendAccount, at: datetime) -> _Plan:
     same_month = last is not None and localtime.same_local_month(last, instant, tz)
     month_to_date = exact(account.month_to_date_kwh) if same_month else Fraction(0)
     accruals, charged_through = _fixed_accruals(tariff, version, account, wall.date())
-    return _Plan(tariff, account, instant, version, band, month_to_date, accruals, charged_through)
+    curve = UsageCostCurve(
+        tariff.currency,
+        version,
+        month_to_date,
+        band,
+        account.terms.free_units_eligible,
+        accruals,
+    )
+    return _Plan(
+        tariff, account, instant, version, band, month_to_date, accruals, charged_through, curve
+    )
 
 
 def _check_account(tariff: Tariff, account: VendAccount, at: datetime) -> None:
