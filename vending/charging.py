@@ -59,6 +59,18 @@ class ChargeLine:
     kwh: Fraction | None = None
     rate: Decimal | None = None
 
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready form for storing a breakdown (amounts in minor units)."""
+        kwh = self.kwh_decimal
+        return {
+            "kind": self.kind.value,
+            "label": self.label,
+            "amount_minor": self.amount.minor,
+            "effective_from": self.effective_from.isoformat(),
+            "kwh": None if kwh is None else str(kwh),
+            "rate": None if self.rate is None else str(self.rate),
+        }
+
     @property
     def kwh_decimal(self) -> Decimal | None:
         """`kwh` as a Decimal for display and storage (exact for vend lines, which are
@@ -103,6 +115,18 @@ class Charges:
 
     def _sum(self, lines: Iterable[ChargeLine]) -> Money:
         return Money(sum(line.amount.minor for line in lines), self.currency)
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready form: currency, lines and totals by kind (minor units)."""
+        return {
+            "currency": self.currency.code,
+            "lines": [line.to_dict() for line in self.lines],
+            "energy_minor": self.energy_amount.minor,
+            "fixed_minor": self.fixed_amount.minor,
+            "levy_minor": self.levy_amount.minor,
+            "tax_minor": self.tax_amount.minor,
+            "total_minor": self.total.minor,
+        }
 
     @property
     def lines(self) -> tuple[ChargeLine, ...]:

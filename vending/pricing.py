@@ -161,6 +161,22 @@ class VendBreakdown:
         """Fixed + energy + levies + VAT: what the customer paid for supply."""
         return self.charges.total
 
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready breakdown to store with the vend and print on the receipt."""
+        return {
+            "tariff_code": self.tariff_code,
+            "effective_from": self.effective_from.isoformat(),
+            "at": self.at.isoformat(),
+            "currency": self.tendered.currency.code,
+            "tendered_minor": self.tendered.minor,
+            "carry_in_minor": self.carry_in.minor,
+            "debt_recovered_minor": self.debt_recovered.minor,
+            "units_kwh": str(self.units_kwh),
+            "free_units_kwh": str(self.free_units_kwh),
+            "carry_out_minor": self.carry_out.minor,
+            "charges": self.charges.to_dict(),
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class _Plan:

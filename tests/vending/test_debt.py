@@ -97,3 +97,26 @@ def test_weekly_instalments_stop_at_the_debt() -> None:
     assert weekly_instalments_due(Money(12_000, ZAR), rule, 3) == Money(12_000, ZAR)
     with pytest.raises(DebtRuleError):
         weekly_instalments_due(Money(12_000, ZAR), rule, -1)
+
+
+@PROPERTY
+@given(rules)
+def test_a_rule_survives_its_stored_form(rule: DebtRecoveryRule) -> None:
+    import json
+
+    stored = json.loads(json.dumps(rule.to_document()))
+    assert DebtRecoveryRule.from_document(stored) == rule
+
+
+@pytest.mark.parametrize(
+    "document",
+    [{"percent": "25"}, {"percent_of_purchase": "abc"}, {"max_share_percent": "100"}, [1]],
+)
+def test_a_bad_stored_rule_is_refused(document: object) -> None:
+    with pytest.raises(DebtRuleError):
+        DebtRecoveryRule.from_document(document)
+
+
+def test_an_empty_stored_rule_recovers_nothing() -> None:
+    rule = DebtRecoveryRule.from_document({})
+    assert recover_from_purchase(Money(1000, ZAR), Money(1000, ZAR), rule) == Money(0, ZAR)

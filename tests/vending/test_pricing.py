@@ -344,3 +344,20 @@ def test_vended_units_cost_what_rating_the_same_kwh_in_the_same_band_costs(
         include_fixed=False,
     )
     assert rated.charges == b.charges
+
+
+def test_a_breakdown_has_a_json_form_for_storage_and_receipts() -> None:
+    import json
+
+    b = price_vend(residential_stepped(), Money(50000, ZAR), VendAccount.new(ZAR), AUG_3)
+    stored = json.loads(json.dumps(b.to_dict()))
+    assert stored["units_kwh"] == "286.2"
+    assert stored["carry_out_minor"] == 20
+    assert stored["charges"]["total_minor"] == 49980
+    assert [line["amount_minor"] for line in stored["charges"]["lines"]] == [
+        0,
+        42150,
+        484,
+        827,
+        6519,
+    ]
