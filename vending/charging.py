@@ -38,6 +38,7 @@ class LineKind(enum.StrEnum):
     ENERGY = "energy"
     FIXED = "fixed"
     CAPACITY = "capacity"
+    DEMAND = "demand"
     LEVY = "levy"
     VAT = "vat"
 
@@ -99,6 +100,15 @@ class Accrual:
     version: TariffVersion
     share: Fraction
     capacity_kva: Decimal | None
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """`share` of a month's demand charge of `version` on a maximum demand of `kw`."""
+
+    version: TariffVersion
+    kw: Fraction
+    share: Fraction
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,15 +251,21 @@ def _block_label(blocks: SteppedBlocks, i: int) -> str:
 
 
 def compute_charges(
-    currency: Currency, usages: Sequence[Usage], accruals: Sequence[Accrual]
+    currency: Currency,
+    usages: Sequence[Usage],
+    accruals: Sequence[Accrual],
+    demands: Sequence[Demand] = (),
 ) -> Charges:
-    """Price `usages` and `accruals` (see the module docstring for the rules).
+    """Price `usages`, `accruals` and `demands` (see the module docstring for the rules).
+
+    Fixed, capacity and demand lines are all in `Charges.fixed` (told apart by `kind`).
 
     Raises MissingCapacity when a version with a capacity charge is accrued for an
     account without contracted kVA.
     """
     by_date = {u.version.effective_from: u.version for u in usages}
     by_date.update({a.version.effective_from: a.version for a in accruals})
+    by_date.update({d.version.effective_from: d.version for d in demands})
     versions = sorted(by_date.items(), key=lambda item: item[0])
     energy: list[ChargeLine] = []
     fixed: list[ChargeLine] = []
@@ -262,6 +278,8 @@ def compute_charges(
         )
         group_fixed = _fixed_lines(
             currency, version, [a for a in accruals if a.version.effective_from == eff]
+        ) + _demand_lines(
+            currency, version, [d for d in demands if d.version.effective_from == eff]
         )
         chargeable_kwh = sum(
             (line.kwh or Fraction(0) for line in group_energy if line.kind is LineKind.ENERGY),
@@ -344,6 +362,25 @@ def _energy_lines(currency: Currency, eff: date, usages: Sequence[Usage]) -> lis
             )
         )
     return lines
+
+
+def _demand_lines(
+    currency: Currency, version: TariffVersion, demands: Sequence[Demand]
+) -> list[ChargeLine]:
+    if not demands or version.demand is None:
+        return []
+    rate = major_to_minor(version.demand.rate_per_kw_month, currency)
+    value = sum((d.kw * d.share * rate for d in demands), Fraction(0))
+    return [
+        ChargeLine(
+            kind=LineKind.DEMAND,
+            label="demand charge",
+            amount=Money(round_charge(value), currency),
+            exact_minor=value,
+            effective_from=version.effective_from,
+            rate=version.demand.rate_per_kw_month,
+        )
+    ]
 
 
 def _fixed_lines(

@@ -22,6 +22,7 @@ from vending.tariffs import (
     CapacityCharge,
     DaySchedule,
     DayType,
+    DemandCharge,
     EnergyCharge,
     FixedCharge,
     FixedChargeMode,
@@ -109,6 +110,7 @@ class TariffVersionDocument(_Document):
     fixed_charges: list[FixedChargeDocument] = []
     fixed_charge_mode: FixedChargeMode = FixedChargeMode.PRO_RATA
     capacity_rate_per_kva_month: Amount | None = None
+    demand_rate_per_kw_month: Amount | None = None
     free_units_kwh_per_month: Amount = Decimal(0)
     levies: list[LevyDocument] = []
     vat_percent: Amount = Decimal(0)
@@ -126,6 +128,11 @@ class TariffVersionDocument(_Document):
                 None
                 if self.capacity_rate_per_kva_month is None
                 else CapacityCharge(self.capacity_rate_per_kva_month)
+            ),
+            demand=(
+                None
+                if self.demand_rate_per_kw_month is None
+                else DemandCharge(self.demand_rate_per_kw_month)
             ),
             free_units_kwh_per_month=self.free_units_kwh_per_month,
             levies=tuple(
@@ -146,6 +153,9 @@ class TariffVersionDocument(_Document):
             fixed_charge_mode=version.fixed_charge_mode,
             capacity_rate_per_kva_month=(
                 None if version.capacity is None else version.capacity.rate_per_kva_month
+            ),
+            demand_rate_per_kw_month=(
+                None if version.demand is None else version.demand.rate_per_kw_month
             ),
             free_units_kwh_per_month=version.free_units_kwh_per_month,
             levies=[

@@ -14,6 +14,7 @@ from vending.tariffs import (
     CapacityCharge,
     DaySchedule,
     DayType,
+    DemandCharge,
     EnergyCharge,
     FixedCharge,
     FixedChargeMode,
@@ -155,6 +156,7 @@ _levies = st.lists(
 )
 _fixed = st.lists(money_rates, max_size=2)
 _capacity = st.none() | money_rates.map(CapacityCharge)
+_demand = st.none() | money_rates.map(DemandCharge)
 _free_units = st.sampled_from([D(0), D(0), D(50), D(100)])
 _vat = st.sampled_from([D(0), D(15), D("7.5"), D(16), D(18)])
 _band_counts = st.integers(1, 3)
@@ -228,6 +230,7 @@ def tariff_versions(draw: st.DrawFn, effective_from: date) -> TariffVersion:
             for i, (per_kwh, pct, taxable) in enumerate(levies)
         ),
         vat_percent=draw(_vat),
+        demand=draw(_demand),
     )
 
 

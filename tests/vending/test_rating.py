@@ -24,10 +24,17 @@ from tests.vending.factories import (
 )
 from vending.charging import Charges, LineKind
 from vending.localtime import NaiveDatetime, day_start, days_in_month
-from vending.rating import EmptyInterval, IntervalCharge, NegativeConsumption, rate_interval
+from vending.rating import (
+    EmptyInterval,
+    IntervalCharge,
+    NegativeConsumption,
+    rate_demand,
+    rate_interval,
+)
 from vending.tariffs import (
     AccountTerms,
     DaySchedule,
+    DemandCharge,
     FixedCharge,
     FlatRate,
     MissingCapacity,
@@ -320,3 +327,26 @@ def test_a_whole_local_day_carries_one_day_of_each_monthly_charge(
             capacity.exact_minor
             == share * 10 * Fraction(version.capacity.rate_per_kva_month) * scale
         )
+
+
+def test_the_demand_charge_is_billed_on_the_months_maximum_demand_with_vat() -> None:
+    version = replace(commercial_tou().versions[0], demand=DemandCharge(D("95.40")))
+    tariff = replace(commercial_tou(), versions=(version,))
+    charges = rate_demand(tariff, date(2026, 7, 15), D("42.5"))
+    assert [(line.kind, str(line.amount)) for line in charges.lines] == [
+        (LineKind.DEMAND, "4054.50 ZAR"),  # 42.5 kW x 95.40
+        (LineKind.VAT, "608.18 ZAR"),  # 15% of 4054.50 = 608.175, tie to even
+    ]
+
+
+def test_a_tariff_change_mid_month_splits_the_demand_charge_by_days() -> None:
+    old = TariffVersion(date(2026, 1, 1), FlatRate(D(1)), demand=DemandCharge(D(30)))
+    new = TariffVersion(date(2026, 6, 11), FlatRate(D(1)), demand=DemandCharge(D(60)))
+    tariff = Tariff("T", "t", ZAR, "Africa/Johannesburg", (old, new))
+    charges = rate_demand(tariff, date(2026, 6, 1), D(10))
+    # 10 days at 30/kW and 20 days at 60/kW of a 30-day month.
+    assert sum(line.exact_minor for line in charges.fixed) == 10 * (30 * 10 + 60 * 20) * 100 / 30
+    with pytest.raises(NegativeConsumption):
+        rate_demand(tariff, date(2026, 6, 1), D(-1))
+    with pytest.raises(NoTariffInForce):
+        rate_demand(tariff, date(2025, 12, 1), D(1))
