@@ -1,6 +1,6 @@
 import contextlib
 from dataclasses import replace
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from fractions import Fraction
 
@@ -21,7 +21,7 @@ from tests.vending.factories import (
 from vending.charging import Charges, LineKind
 from vending.debt import DebtRecoveryRule
 from vending.localtime import NaiveDatetime, local_date, wall_segments
-from vending.money import CurrencyMismatch, InvalidAmount, Money
+from vending.money import Currency, CurrencyMismatch, InvalidAmount, Money
 from vending.pricing import (
     AmountBelowMinimum,
     InvalidAccountState,
@@ -35,10 +35,17 @@ from vending.pricing import (
 from vending.rating import rate_interval
 from vending.tariffs import (
     AccountTerms,
+    DaySchedule,
+    DayType,
+    FixedCharge,
     FixedChargeMode,
     MissingCapacity,
     NoTariffInForce,
+    Period,
+    Season,
     Tariff,
+    TariffVersion,
+    TimeOfUse,
 )
 
 D = Decimal
@@ -361,3 +368,68 @@ def test_a_breakdown_has_a_json_form_for_storage_and_receipts() -> None:
         827,
         6519,
     ]
+
+
+def test_pro_rata_days_are_charged_under_the_version_in_force_on_each_day() -> None:
+    base = residential_stepped().versions[0]
+    june = replace(
+        base,
+        effective_from=date(2026, 1, 1),
+        fixed_charges=(FixedCharge("service charge", D(100)),),
+    )
+    july = replace(base, effective_from=date(2026, 7, 1))
+    tariff = replace(residential_stepped(), versions=(june, july))
+    account = VendAccount.new(ZAR, fixed_charged_through=date(2026, 6, 28))
+    b = price_vend(tariff, Money(20000, ZAR), account, utc(2026, 7, 2, 8))
+    assert [(line.effective_from, line.exact_minor) for line in b.charges.fixed] == [
+        (date(2026, 1, 1), Fraction(2 * 10000, 30)),  # 29 and 30 June
+        (date(2026, 7, 1), Fraction(2 * 15000, 31)),  # 1 and 2 July
+    ]
+    assert [line.effective_from for line in b.charges.tax] == [date(2026, 1, 1), date(2026, 7, 1)]
+    assert {line.effective_from for line in b.charges.energy} == {date(2026, 7, 1)}
+    assert b.account_after.fixed_charged_through == date(2026, 7, 2)
+    assert_sums_to_tendered(b)
+
+
+def test_a_time_of_use_vend_changes_band_exactly_at_the_period_start() -> None:
+    account = VendAccount.new(
+        ZAR, terms=AccountTerms(capacity_kva=D(25)), fixed_charged_through=date(2026, 8, 3)
+    )
+    # Monday 3 August 2026: peak starts at 07:00 SAST = 05:00 UTC.
+    before = price_vend(commercial_tou(), Money(10000, ZAR), account, utc(2026, 8, 3, 4, 59, 59))
+    at = price_vend(commercial_tou(), Money(10000, ZAR), account, utc(2026, 8, 3, 5))
+    assert [line.label for line in before.charges.energy] == ["standard"]
+    assert [line.label for line in at.charges.energy] == ["peak"]
+
+
+def test_a_time_of_use_vend_on_a_daylight_saving_day_reads_the_wall_clock() -> None:
+    day = DaySchedule(
+        frozenset(DayType), (Period(time(0), time(2), "night"), Period(time(2), None, "day"))
+    )
+    tou = TimeOfUse(
+        {"night": D("0.10"), "day": D("0.30")}, (Season("all", frozenset(range(1, 13)), (day,)),)
+    )
+    gbp = Currency.of("GBP")
+    tariff = Tariff("UK-TOU", "uk", gbp, "Europe/London", (TariffVersion(date(2026, 1, 1), tou),))
+    account = VendAccount.new(gbp)
+    # 29 March 2026: at 01:00 UTC the clock jumps from 01:00 GMT to 02:00 BST.
+    night = price_vend(tariff, Money(1000, gbp), account, utc(2026, 3, 29, 0, 59))
+    day_ = price_vend(tariff, Money(1000, gbp), account, utc(2026, 3, 29, 1, 0))
+    assert (night.charges.energy[0].label, night.units_kwh) == ("night", D(100))
+    assert (day_.charges.energy[0].label, day_.units_kwh) == ("day", D("33.3"))
+
+
+def test_minimum_tender_covers_the_debt_share_the_charges_and_a_tenth_of_a_kwh() -> None:
+    account = replace(
+        VendAccount.new(ZAR, debt_recovery=DebtRecoveryRule(percent_of_purchase=D(25))),
+        debt=Money(10**6, ZAR),
+        month_to_date_kwh=D(60),
+        last_purchase_at=utc(2026, 8, 1),
+        fixed_charged_through=date(2026, 8, 2),
+    )
+    minimum = minimum_tender(residential_stepped(), account, AUG_3)
+    b = price_vend(residential_stepped(), minimum, account, AUG_3)
+    assert b.units_kwh == D("0.1")
+    assert b.debt_recovered == Money(minimum.minor // 4, ZAR)
+    with pytest.raises(AmountBelowMinimum):
+        price_vend(residential_stepped(), Money(1, ZAR), account, AUG_3)
