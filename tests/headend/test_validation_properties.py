@@ -1,7 +1,7 @@
 """Properties of validation over generated reads: it never raises, and what it accepts is sane."""
 
 import itertools
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 from fractions import Fraction
 
@@ -28,7 +28,7 @@ NOW = T0 + timedelta(days=2)
 ENERGY = Quantity.ENERGY_IMPORT_KWH
 PROFILE = MeterProfile("M1", 1, Decimal(60), register_capacity_kwh=Decimal(1000000))
 
-timezones = st.one_of(
+timezones: st.SearchStrategy[tzinfo | None] = st.one_of(
     st.none(),
     st.just(UTC),
     st.builds(
@@ -46,7 +46,9 @@ values = st.one_of(
 timestamps = st.one_of(
     st.datetimes(timezones=timezones),
     st.datetimes(
-        min_value=datetime(2026, 3, 1), max_value=datetime(2026, 3, 6), timezones=timezones
+        min_value=datetime(2026, 3, 1),
+        max_value=datetime(2026, 3, 6),
+        timezones=timezones,  # type: ignore[arg-type]  # overload picks the naive variant
     ),
     anything,
 )
