@@ -565,16 +565,16 @@ def validate_reads(
     """
     if not _is_aware(now):
         raise ValueError(f"now must be timezone-aware, got {now!r}")
-    registers: dict[Quantity, _Register] = {}
-    for q in Quantity:
-        registers[q] = _Register(
-            r for r in stored if r.meter_id == profile.meter_id and r.quantity is q
-        )
+    by_quantity: dict[Quantity, list[StoredRead]] = {}
+    for r in stored:
+        if r.meter_id == profile.meter_id:
+            by_quantity.setdefault(r.quantity, []).append(r)
+    registers = {q: _Register(by_quantity.get(q, ())) for q in Quantity}
     verdicts = []
-    for read in reads:
+    for i, read in enumerate(reads):
         verdict = _judge(read, registers, profile, now, settings)
         verdicts.append(verdict)
-        kept = verdict.to_stored()
+        kept = verdict.to_stored() if i < len(reads) - 1 else None
         if kept is not None and kept.meter_id == profile.meter_id:
             registers[kept.quantity].add(kept)
     return tuple(verdicts)
@@ -773,10 +773,10 @@ def _backwards(
     capacity = profile.register_capacity_kwh
     if capacity is not None:
         wrapped = capacity - previous.value + value
-        possible = max_energy_kwh(profile, ts - previous.timestamp) * Fraction(
-            settings.spike_margin
-        )
-        if wrapped <= possible + _step(quantity, value):
+        elapsed = ts - previous.timestamp
+        if wrapped > 0 and not _exceeds_rating(
+            wrapped, elapsed, profile, settings, quantity, value
+        ):
             return Finding(
                 Flag.ROLLOVER,
                 f"{fell}: a wrap at capacity {capacity} {unit} would mean {wrapped} {unit}",
@@ -796,16 +796,41 @@ def _spike(
     settings: VeeSettings,
     *values: Decimal,
 ) -> str:
-    # One resolution step of slack: a register that truncates can show a step early.
+    if not _exceeds_rating(delta, elapsed, profile, settings, quantity, *values):
+        return ""
     limit = max_energy_kwh(profile, elapsed) * Fraction(settings.spike_margin)
     limit += _step(quantity, *values)
-    if Fraction(delta) <= limit:
-        return ""
     unit = quantity.info.unit
     return (
         f"advanced {delta} {unit} in {elapsed}; at most {_show(limit)} {unit} is possible "
         f"at {profile.max_power_w} W x {settings.spike_margin}"
     )
+
+
+def _exceeds_rating(
+    energy_kwh: Decimal,
+    elapsed: timedelta,
+    profile: MeterProfile,
+    settings: VeeSettings,
+    quantity: Quantity,
+    *values: Decimal,
+) -> bool:
+    """Whether ``energy_kwh`` is more than the meter can register in ``elapsed``.
+
+    The limit is max power x elapsed x spike margin plus one resolution step of slack (a
+    register that truncates can show a step early). Compared exactly in integers, cross-
+    multiplied, because this runs for every read and Fraction arithmetic is slow.
+    """
+    if energy_kwh <= 0:
+        return False
+    en, ed = energy_kwh.as_integer_ratio()
+    pn, pd = profile.max_power_w.as_integer_ratio()
+    mn, md = settings.spike_margin.as_integer_ratio()
+    scale = 10 ** resolution_decimals(quantity, *values)
+    microseconds = elapsed // _MICROSECOND
+    # en/ed > pn*us*mn / (pd*md*W) + 1/scale, with W the microsecond-watts in a kWh.
+    w = _MICROSECONDS_PER_HOUR * 1000
+    return en * pd * md * w * scale > (pn * microseconds * mn * scale + pd * md * w) * ed
 
 
 def _show(amount: Fraction) -> Decimal:

@@ -16,6 +16,7 @@ from headend.validation import (
     RegisterRead,
     Status,
     StoredRead,
+    VeeSettings,
     Verdict,
     max_energy_kwh,
     validate_read,
@@ -151,3 +152,30 @@ def test_every_read_gets_one_verdict_and_none_is_dropped(reads: list[RegisterRea
     # Stored reads are unique per timestamp: duplicates are the only ones not kept.
     stamps = [k.timestamp for k in kept if k is not None and k.quality is not Quality.REJECTED]
     assert len(stamps) == len(set(stamps))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    previous_steps=st.integers(10**5, 10**7),
+    delta_steps=st.integers(-(10**5), 10**5),
+    elapsed_seconds=st.integers(1, 7 * 24 * 3600),
+    current_a=st.decimals(min_value=1, max_value=200, places=1),
+    margin=st.decimals(min_value=1, max_value=2, places=2),
+)
+def test_spike_is_flagged_exactly_when_the_advance_exceeds_the_rating(
+    previous_steps: int,
+    delta_steps: int,
+    elapsed_seconds: int,
+    current_a: Decimal,
+    margin: Decimal,
+) -> None:
+    profile = MeterProfile("M1", 3, current_a)
+    vee = VeeSettings(spike_margin=margin, zero_consumption_after=None)
+    previous = StoredRead("M1", ENERGY, T0, Decimal(previous_steps).scaleb(-3), Quality.MEASURED)
+    elapsed = timedelta(seconds=elapsed_seconds)
+    new = RegisterRead("M1", ENERGY, T0 + elapsed, Decimal(previous_steps + delta_steps).scaleb(-3))
+    verdict = validate_read(new, [previous], profile, T0 + elapsed, vee)
+    limit = max_energy_kwh(profile, elapsed) * Fraction(margin) + Fraction(1, 1000)
+    expect_spike = Fraction(delta_steps, 1000) > limit
+    assert (Flag.SPIKE in verdict.flags) == expect_spike
+    assert (Flag.NEGATIVE_CONSUMPTION in verdict.flags) == (delta_steps < 0)
