@@ -151,8 +151,9 @@ class RegisterRead:
     """One value of one register as a meter reported it, before validation.
 
     Deliberately unchecked: whatever arrived is judged by :func:`validate_read`, which
-    flags what is wrong instead of refusing to hold it. ``unit`` is the unit the source
-    reported, or None when the transport implies it (MQTT keys, the Modbus register map).
+    flags what is wrong instead of refusing to hold it. ``quantity`` may also be given by
+    its wire name (``"energy_import_kwh"``). ``unit`` is the unit the source reported, or
+    None when the transport implies it (MQTT keys, the Modbus register map).
     """
 
     meter_id: str
@@ -224,17 +225,18 @@ class Verdict:
         flags, in whatever quarantine it has).
         """
         quality = self.quality
-        if quality is None:
-            return None
         read = self.read
+        quantity = _as_quantity(read.quantity)
         if (
-            not isinstance(read.quantity, Quantity)
+            quality is None
+            or quantity is None
+            or not isinstance(read.meter_id, str)
             or not _is_aware(read.timestamp)
             or _to_utc(read.timestamp) is None
             or _value_problem(read.value)
         ):
             return None
-        return StoredRead(read.meter_id, read.quantity, read.timestamp, read.value, quality)
+        return StoredRead(read.meter_id, quantity, read.timestamp, read.value, quality)
 
 
 # --- configuration ------------------------------------------------------------------------
@@ -412,6 +414,18 @@ def missing_boundaries(
 
 def _is_aware(ts: object) -> bool:
     return isinstance(ts, datetime) and ts.utcoffset() is not None
+
+
+def _as_quantity(name: object) -> Quantity | None:
+    """The quantity named by ``name`` (a Quantity or its wire name), or None."""
+    if isinstance(name, Quantity):
+        return name
+    if isinstance(name, str):
+        try:
+            return Quantity(name)
+        except ValueError:
+            return None
+    return None
 
 
 def _to_utc(ts: datetime) -> datetime | None:
@@ -594,7 +608,7 @@ def _judge(
 
     if read.meter_id != profile.meter_id:
         flag(Flag.WRONG_METER, f"read for meter {read.meter_id!r} judged as {profile.meter_id!r}")
-    quantity = read.quantity if isinstance(read.quantity, Quantity) else None
+    quantity = _as_quantity(read.quantity)
     if quantity is None:
         flag(Flag.UNKNOWN_QUANTITY, f"{read.quantity!r} is not a known quantity")
     elif read.unit is not None and read.unit != quantity.info.unit:

@@ -242,7 +242,7 @@ def monotone_reads(draw: st.DrawFn) -> list[StoredRead]:
     return reads
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(reads=monotone_reads())
 def test_intervals_tile_the_span_and_sum_exactly_to_last_minus_first(
     reads: list[StoredRead],
@@ -257,7 +257,7 @@ def test_intervals_tile_the_span_and_sum_exactly_to_last_minus_first(
     assert all(r.quality in (Quality.MEASURED, Quality.ESTIMATED) for r in records)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(reads=monotone_reads(), data=st.data())
 def test_consumption_over_any_split_at_a_boundary_read_is_the_whole(
     reads: list[StoredRead], data: st.DataObject
@@ -281,7 +281,7 @@ def test_consumption_over_any_split_at_a_boundary_read_is_the_whole(
     assert parts == whole
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(reads=monotone_reads())
 def test_estimated_boundaries_equal_the_stored_estimates(reads: list[StoredRead]) -> None:
     estimates = {e.timestamp: e.value for e in estimate_gaps(reads, INTERVAL)}
@@ -308,7 +308,7 @@ any_read = st.builds(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(
     history=st.lists(any_read, max_size=20, unique_by=lambda r: r.timestamp),
     change=any_read.filter(lambda r: r.quality.is_anchor),

@@ -479,3 +479,36 @@ def test_missing_boundaries_exclude_those_covered_by_either_read() -> None:
     assert missing_boundaries(at(0), at(60), interval, tol) == (at(15), at(45))
     assert missing_boundaries(at(1), at(16), interval, tol) is None
     assert missing_boundaries(at(-1.5), at(16.5), interval, tol) == (at(0), at(15))
+
+
+def test_quantity_given_by_its_wire_name_is_understood() -> None:
+    new = RegisterRead("M1", "energy_import_kwh", at(15), Decimal("1001"))  # type: ignore[arg-type]
+    verdict = judge(new, [stored(0, "1000")])
+    assert verdict.status is Status.ACCEPTED
+    assert verdict.to_stored() == stored(15, "1001")
+
+
+def test_read_for_another_meter_cannot_become_context_for_this_one() -> None:
+    verdicts = validate_reads(
+        [read(15, "5000", meter="M2"), read(30, "1001")], [stored(0, "1000")], PROFILE, NOW
+    )
+    assert verdicts[0].status is Status.REJECTED
+    assert verdicts[1].status is Status.ACCEPTED
+
+
+def test_late_read_inside_an_estimated_gap_replaces_its_estimate() -> None:
+    history = [
+        stored(0, "1000.000"),
+        stored(15, "1000.003", Quality.ESTIMATED),
+        stored(30, "1000.005", Quality.ESTIMATED),
+        stored(45, "1000.008", Quality.ESTIMATED),
+        stored(60, "1000.010"),
+    ]
+    verdict = judge(read(30, "1000.009"), history)
+    assert verdict.status is Status.ACCEPTED
+    assert verdict.flags == {Flag.REPLACES_ESTIMATE, Flag.GAP}
+
+
+def test_verdict_reason_joins_every_finding_with_its_flag() -> None:
+    verdict = judge(read(60, "999", unit="Wh"), [stored(0, "1000")])
+    assert verdict.reason.startswith("unit_mismatch: energy_import_kwh is in 'kWh'")

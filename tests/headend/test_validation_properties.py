@@ -84,7 +84,7 @@ def _consistent(verdict: Verdict) -> bool:
     return categories <= {Category.INFO}
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, derandomize=True)
 @given(
     reads=st.lists(raw_reads, min_size=1, max_size=4),
     history=st.lists(stored_reads, max_size=12),
@@ -112,7 +112,7 @@ energy_reads = st.lists(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(reads=energy_reads)
 def test_batch_equals_reads_judged_one_by_one_and_stored(reads: list[RegisterRead]) -> None:
     batch = validate_reads(reads, [], PROFILE, NOW)
@@ -125,7 +125,7 @@ def test_batch_equals_reads_judged_one_by_one_and_stored(reads: list[RegisterRea
             history.append(kept)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(reads=energy_reads)
 def test_accepted_reads_never_go_backwards_nor_exceed_the_rating(
     reads: list[RegisterRead],
@@ -142,7 +142,7 @@ def test_accepted_reads_never_go_backwards_nor_exceed_the_rating(
         assert Fraction(b.value - a.value) <= limit + Fraction(1, 1000)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, derandomize=True)
 @given(reads=energy_reads)
 def test_every_read_gets_one_verdict_and_none_is_dropped(reads: list[RegisterRead]) -> None:
     verdicts = validate_reads(reads, [], PROFILE, NOW)
@@ -154,7 +154,7 @@ def test_every_read_gets_one_verdict_and_none_is_dropped(reads: list[RegisterRea
     assert len(stamps) == len(set(stamps))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(
     previous_steps=st.integers(10**5, 10**7),
     delta_steps=st.integers(-(10**5), 10**5),
