@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -798,10 +799,6 @@ def _backwards(
     return Finding(Flag.NEGATIVE_CONSUMPTION, f"{fell}: meter exchange, register reset or tamper?")
 
 
-def _step(quantity: Quantity, *values: Decimal) -> Fraction:
-    return Fraction(1, 10 ** resolution_decimals(quantity, *values))
-
-
 def _spike(
     quantity: Quantity,
     delta: Decimal,
@@ -812,12 +809,13 @@ def _spike(
 ) -> str:
     if not _exceeds_rating(delta, elapsed, profile, settings, quantity, *values):
         return ""
+    decimals = resolution_decimals(quantity, *values)
     limit = max_energy_kwh(profile, elapsed) * Fraction(settings.spike_margin)
-    limit += _step(quantity, *values)
+    limit += Fraction(1, 10**decimals)
     unit = quantity.info.unit
     return (
-        f"advanced {delta} {unit} in {elapsed}; at most {_show(limit)} {unit} is possible "
-        f"at {profile.max_power_w} W x {settings.spike_margin}"
+        f"advanced {delta} {unit} in {elapsed}; at most {_show(limit, decimals)} {unit} is "
+        f"possible at {profile.max_power_w} W x {settings.spike_margin}"
     )
 
 
@@ -847,9 +845,9 @@ def _exceeds_rating(
     return en * pd * md * w * scale > (pn * microseconds * mn * scale + pd * md * w) * ed
 
 
-def _show(amount: Fraction) -> Decimal:
-    """An exact fraction shown to the millionth (for reasons only, never for arithmetic)."""
-    return (Decimal(amount.numerator) / Decimal(amount.denominator)).quantize(Decimal("0.000001"))
+def _show(amount: Fraction, decimals: int) -> Decimal:
+    """An exact fraction rounded down to ``decimals`` places, for reasons (never arithmetic)."""
+    return Decimal(math.floor(amount * 10**decimals)).scaleb(-decimals)
 
 
 def _gap_finding(

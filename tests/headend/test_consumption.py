@@ -13,6 +13,7 @@ from headend.consumption import (
     derivation_span,
     interval_consumption,
     superseding,
+    withdrawals,
 )
 from headend.estimation import estimate_gaps
 from headend.validation import Quality, StoredRead, VeeSettings
@@ -308,40 +309,78 @@ any_read = st.builds(
 )
 
 
-@settings(max_examples=300, deadline=None, derandomize=True)
-@given(
-    history=st.lists(any_read, max_size=20, unique_by=lambda r: r.timestamp),
-    change=any_read.filter(lambda r: r.quality.is_anchor),
-)
-def test_a_change_alters_records_only_inside_its_derivation_span(
-    history: list[StoredRead], change: StoredRead
+@st.composite
+def changes(draw: st.DrawFn) -> tuple[list[StoredRead], list[StoredRead]]:
+    """A register history before and after one change: reads added, removed or re-judged."""
+    old = draw(st.lists(any_read, max_size=20, unique_by=lambda r: r.timestamp))
+    kind = draw(st.sampled_from(["add", "remove", "requalify"]))
+    anchors = [r for r in old if r.quality.is_anchor]
+    if kind == "add" or not anchors:
+        taken = {r.timestamp for r in old}
+        added = draw(st.lists(any_read, min_size=1, max_size=3, unique_by=lambda r: r.timestamp))
+        return old, [*old, *(r for r in added if r.timestamp not in taken)]
+    target = draw(st.sampled_from(anchors))
+    rest = [r for r in old if r is not target]
+    if kind == "remove":
+        return old, rest
+    quality = draw(st.sampled_from([q for q in Quality if q is not target.quality]))
+    requalified = StoredRead(target.meter_id, ENERGY, target.timestamp, target.value, quality)
+    return old, [*rest, requalified]
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(change=changes())
+def test_publishing_over_the_derivation_span_keeps_the_stream_equal_to_the_reads(
+    change: tuple[list[StoredRead], list[StoredRead]],
 ) -> None:
-    history = [r for r in history if r.timestamp != change.timestamp]
-    old = {r.key: r for r in interval_consumption(history, INTERVAL)}
-    new_history = [*history, change]
-    new_records = interval_consumption(new_history, INTERVAL)
-    new = {r.key: r for r in new_records}
-    anchors = sorted((r for r in history if r.quality.is_anchor), key=lambda r: r.timestamp)
-    previous = [r.timestamp for r in anchors if r.timestamp < change.timestamp]
-    following = [r.timestamp for r in anchors if r.timestamp > change.timestamp]
+    """The documented procedure: span, window, derive, supersede, withdraw."""
+    old_reads, new_reads = change
+    old_anchors = {(r.timestamp, r.value, r.quality) for r in old_reads if r.quality.is_anchor}
+    new_anchors = {(r.timestamp, r.value, r.quality) for r in new_reads if r.quality.is_anchor}
+    changed = sorted(t for t, _, _ in old_anchors ^ new_anchors)
+    assume(changed)
+    unchanged = sorted(t for t, _, _ in old_anchors & new_anchors)
+    previous = [t for t in unchanged if t < changed[0]]
+    following = [t for t in unchanged if t > changed[-1]]
     start, end = derivation_span(
-        change.timestamp,
-        change.timestamp,
+        changed[0],
+        changed[-1],
         previous[-1] if previous else None,
         following[0] if following else None,
         INTERVAL,
     )
-    for key in old.keys() | new.keys():
-        if old.get(key) != new.get(key):
-            record = new.get(key) or old[key]
+
+    published = {r.key: r for r in interval_consumption(old_reads, INTERVAL)}
+    truth = {r.key: r for r in interval_consumption(new_reads, INTERVAL)}
+    for key in published.keys() | truth.keys():
+        if published.get(key) != truth.get(key):
+            record = truth.get(key) or published[key]
             assert start <= record.t_start and record.t_end <= end
 
-    # The recipe: real reads from the last at or before start - tolerance to the first at
-    # or after end + tolerance, clipped to [start, end], gives the full derivation there.
-    real = sorted((r for r in new_history if r.quality.is_anchor), key=lambda r: r.timestamp)
+    real = sorted((r for r in new_reads if r.quality.is_anchor), key=lambda r: r.timestamp)
     lo = max((i for i, r in enumerate(real) if r.timestamp <= start - TOLERANCE), default=0)
     hi = min(
         (i for i, r in enumerate(real) if r.timestamp >= end + TOLERANCE), default=len(real) - 1
     )
-    window = interval_consumption(real[lo : hi + 1], INTERVAL, start=start, end=end)
-    assert window == tuple(r for r in new_records if start <= r.t_start and r.t_end <= end)
+    derived = interval_consumption(real[lo : hi + 1], INTERVAL, start=start, end=end)
+    assert derived == tuple(r for r in truth.values() if start <= r.t_start and r.t_end <= end)
+
+    in_span = [r for r in published.values() if start <= r.t_start and r.t_end <= end]
+    stream = dict(published)
+    stream.update((r.key, r) for r in superseding(in_span, derived))
+    withdrawn = withdrawals(in_span, derived, start, end)
+    stream.update((r.key, r) for r in withdrawn)
+    for key, record in stream.items():
+        if key in truth:
+            assert record == truth[key]
+        else:
+            assert record.energy_kwh == 0 and record.quality is Quality.FLAGGED
+
+
+def test_withdrawal_reverses_an_interval_no_longer_determined() -> None:
+    published = interval_consumption([real(0, "1"), real(15, "2"), real(30, "3")], INTERVAL)
+    derived = interval_consumption([real(0, "1"), real(15, "2")], INTERVAL)
+    (withdrawn,) = withdrawals(published, derived, at(0), at(45))
+    assert rows((withdrawn,)) == [(15, 30, "0.000", "flagged")]
+    assert withdrawn.reason.startswith("withdrawn")
+    assert withdrawals(published, derived, at(0), at(15)) == ()
