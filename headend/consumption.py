@@ -257,3 +257,12 @@ def withdrawals(
         for r in published
         if start <= r.t_start and r.t_end <= end and r.key not in kept
     )
+
+
+__all__ = [
+    "IntervalConsumption",
+    "derivation_span",
+    "interval_consumption",
+    "superseding",
+    "withdrawals",
+]

@@ -526,7 +526,8 @@ class _Register:
         """
         value = self._reads[index].value
         since = self._reads[index].timestamp
-        for read in reversed(self._reads[:index]):
+        for i in range(index - 1, -1, -1):
+            read = self._reads[i]
             if read.quality in (Quality.FLAGGED, Quality.REJECTED):
                 continue
             if read.value != value:
@@ -882,6 +883,8 @@ def _covered_boundaries(ts: datetime, interval: timedelta, tolerance: timedelta)
 
 __all__ = [
     "DEFAULT_SETTINGS",
+    "MAX_ABS_VALUE",
+    "MAX_DECIMALS",
     "Category",
     "Finding",
     "Flag",
@@ -896,8 +899,11 @@ __all__ = [
     "ceil_boundary",
     "check_interval",
     "count_boundaries",
+    "decimals_of",
     "floor_boundary",
+    "max_energy_kwh",
     "missing_boundaries",
+    "resolution_decimals",
     "validate_read",
     "validate_reads",
     "worst_quality",

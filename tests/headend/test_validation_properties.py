@@ -73,6 +73,27 @@ stored_reads = st.builds(
 )
 
 
+profiles = st.builds(
+    MeterProfile,
+    meter_id=st.just("M1"),
+    phases=st.sampled_from([1, 3]),
+    rated_max_current_a=st.decimals(min_value="0.1", max_value=500, places=1),
+    nominal_voltage_v=st.sampled_from([Decimal(110), Decimal(120), Decimal(230), Decimal(240)]),
+    nominal_frequency_hz=st.sampled_from([Decimal(50), Decimal(60)]),
+    interval=st.sampled_from([timedelta(minutes=m) for m in (1, 5, 15, 30, 60, 1440)]),
+    register_capacity_kwh=st.sampled_from([None, Decimal(100000), Decimal(1000000)]),
+)
+vee_settings = st.builds(
+    VeeSettings,
+    clock_tolerance=st.timedeltas(min_value=timedelta(0), max_value=timedelta(hours=1)),
+    alignment_tolerance=st.timedeltas(min_value=timedelta(0), max_value=timedelta(hours=1)),
+    zero_consumption_after=st.one_of(
+        st.none(), st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=3))
+    ),
+    spike_margin=st.decimals(min_value="0.5", max_value=3, places=2),
+)
+
+
 def _consistent(verdict: Verdict) -> bool:
     categories = {f.flag.category for f in verdict.findings}
     if verdict.status is Status.DUPLICATE:
@@ -88,11 +109,16 @@ def _consistent(verdict: Verdict) -> bool:
 @given(
     reads=st.lists(raw_reads, min_size=1, max_size=4),
     history=st.lists(stored_reads, max_size=12),
+    profile=st.one_of(st.just(PROFILE), profiles),
+    vee=vee_settings,
 )
 def test_validation_never_raises_and_the_status_follows_the_flags(
-    reads: list[RegisterRead], history: list[StoredRead]
+    reads: list[RegisterRead],
+    history: list[StoredRead],
+    profile: MeterProfile,
+    vee: VeeSettings,
 ) -> None:
-    verdicts = validate_reads(reads, history, PROFILE, NOW)
+    verdicts = validate_reads(reads, history, profile, NOW, vee)
     assert [v.read for v in verdicts] == reads
     for verdict in verdicts:
         assert _consistent(verdict)
