@@ -666,8 +666,15 @@ def _judge(
                 f"a read of {first.value} is already stored at {_fmt_ts(ts)}; "
                 f"this one says {value} (the first is kept)",
             )
-        elif any(r.quality is Quality.ESTIMATED for r in register.at(ts)):
-            flag(Flag.REPLACES_ESTIMATE, f"a real read for the estimate at {_fmt_ts(ts)}")
+        else:
+            # An estimate within the alignment tolerance is for the boundary this read holds.
+            near = settings.tolerance_for(profile.interval) + _MICROSECOND
+            for estimate in register.between(ts - near, ts + near):
+                if estimate.quality is Quality.ESTIMATED:
+                    flag(
+                        Flag.REPLACES_ESTIMATE,
+                        f"a real read for the estimate at {_fmt_ts(estimate.timestamp)}",
+                    )
 
     if any(f.flag.category is Category.RECORD for f in findings):
         return Verdict(read, Status.REJECTED, tuple(findings))

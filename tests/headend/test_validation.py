@@ -226,6 +226,14 @@ def test_real_read_at_an_estimated_timestamp_replaces_the_estimate() -> None:
     assert verdict.flags == {Flag.REPLACES_ESTIMATE}
 
 
+def test_real_read_near_an_estimated_boundary_replaces_that_estimate() -> None:
+    history = [stored(0, "1000"), stored(15, "1000.5", Quality.ESTIMATED), stored(30, "1001")]
+    verdict = judge(read(15.5, "1000.7"), history)
+    assert verdict.flags == {Flag.REPLACES_ESTIMATE}
+    assert "estimate at 2026-03-02T00:15:00Z" in verdict.reason
+    assert Flag.REPLACES_ESTIMATE not in judge(read(17, "1000.7"), history).flags
+
+
 def test_second_read_of_a_batch_at_one_timestamp_conflicts_with_the_first() -> None:
     verdicts = validate_reads([read(15, "1001"), read(15, "1009")], [], PROFILE, NOW)
     assert [v.status for v in verdicts] == [Status.ACCEPTED, Status.REJECTED]
