@@ -89,6 +89,7 @@ class Flag(enum.StrEnum):
     INVALID_TIMESTAMP = "invalid_timestamp"
     FUTURE_TIMESTAMP = "future_timestamp"
     STALE_TIMESTAMP = "stale_timestamp"
+    BEFORE_INSTALL = "before_install"
     INVALID_VALUE = "invalid_value"
     OUT_OF_RANGE = "out_of_range"
     CONFLICT = "conflict"
@@ -112,6 +113,7 @@ _FLAG_CATEGORY = {
     Flag.INVALID_TIMESTAMP: Category.RECORD,
     Flag.FUTURE_TIMESTAMP: Category.RECORD,
     Flag.STALE_TIMESTAMP: Category.RECORD,
+    Flag.BEFORE_INSTALL: Category.RECORD,
     Flag.INVALID_VALUE: Category.RECORD,
     Flag.OUT_OF_RANGE: Category.RECORD,
     Flag.CONFLICT: Category.RECORD,
@@ -252,10 +254,13 @@ class MeterProfile:
     states it. ``interval`` is the energy interval (15 minutes by default); it must be a
     whole number of seconds that divides a day, so boundaries fall on UTC midnight.
     ``register_capacity_kwh`` is where a cumulative register wraps to zero (for a register
-    of six integer digits, 1000000), or None if it is not known.
+    of six integer digits, 1000000), or None if it is not known. ``installed_at`` is when
+    the meter was installed: a read stamped earlier is a clock fault, and stored reads from
+    before it (a previous register epoch) are not context.
 
     Raises:
-        ValueError: phases not 1 or 3, a non-positive rating, or an unusable interval.
+        ValueError: phases not 1 or 3, a non-positive rating, an unusable interval, or a
+            naive ``installed_at``.
     """
 
     meter_id: str
@@ -266,8 +271,11 @@ class MeterProfile:
     interval: timedelta = timedelta(minutes=15)
     register_capacity_kwh: Decimal | None = None
     rated_max_power_w: Decimal | None = None
+    installed_at: datetime | None = None
 
     def __post_init__(self) -> None:
+        if self.installed_at is not None and not _is_aware(self.installed_at):
+            raise ValueError(f"installed_at must be timezone-aware, got {self.installed_at!r}")
         if isinstance(self.phases, bool) or self.phases not in (1, 3):
             raise ValueError(f"phases must be 1 or 3, got {self.phases!r}")
         for name in ("rated_max_current_a", "nominal_voltage_v", "nominal_frequency_hz"):
@@ -582,8 +590,9 @@ def validate_reads(
     if not _is_aware(now):
         raise ValueError(f"now must be timezone-aware, got {now!r}")
     by_quantity: dict[Quantity, list[StoredRead]] = {}
+    installed_at = profile.installed_at
     for r in stored:
-        if r.meter_id == profile.meter_id:
+        if r.meter_id == profile.meter_id and (installed_at is None or r.timestamp >= installed_at):
             by_quantity.setdefault(r.quantity, []).append(r)
     registers = {q: _Register(by_quantity.get(q, ())) for q in Quantity}
     verdicts = []
@@ -591,7 +600,11 @@ def validate_reads(
         verdict = _judge(read, registers, profile, now, settings)
         verdicts.append(verdict)
         kept = verdict.to_stored() if i < len(reads) - 1 else None
-        if kept is not None and kept.meter_id == profile.meter_id:
+        if (
+            kept is not None
+            and kept.meter_id == profile.meter_id
+            and (installed_at is None or kept.timestamp >= installed_at)
+        ):
             registers[kept.quantity].add(kept)
     return tuple(verdicts)
 
@@ -632,6 +645,12 @@ def _judge(
             flag(
                 Flag.STALE_TIMESTAMP,
                 f"{_fmt_ts(ts)} is more than {settings.max_read_age} before now ({_fmt_ts(now)})",
+            )
+        elif profile.installed_at is not None and ts < profile.installed_at:
+            flag(
+                Flag.BEFORE_INSTALL,
+                f"{_fmt_ts(ts)} is before the meter was installed "
+                f"({_fmt_ts(profile.installed_at)})",
             )
 
     value: Decimal | None = None

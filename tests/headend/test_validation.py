@@ -137,6 +137,19 @@ def test_timestamp_older_than_max_age_is_stale() -> None:
     assert judge(read(0, "1"), now=T0 + timedelta(days=90), settings=settings).flags == set()
 
 
+def test_read_stamped_before_installation_is_rejected() -> None:
+    profile = MeterProfile("M1", 1, Decimal(60), installed_at=at(10))
+    assert judge(read(9, "1"), profile=profile).flags == {Flag.BEFORE_INSTALL}
+    assert judge(read(10, "1"), profile=profile).flags == set()
+
+
+def test_reads_of_a_previous_register_epoch_are_not_context() -> None:
+    # The register restarted at 0 when the meter was exchanged at 0:10.
+    profile = MeterProfile("M1", 1, Decimal(60), installed_at=at(10))
+    verdict = judge(read(15, "0.400"), [stored(0, "52000")], profile=profile)
+    assert verdict.status is Status.ACCEPTED
+
+
 @pytest.mark.parametrize(
     "value",
     [Decimal("NaN"), Decimal("sNaN"), Decimal("Infinity"), 1.5, "12", None, Decimal("1E+15")],
@@ -444,6 +457,7 @@ def test_stored_read_refuses_malformed_values() -> None:
         {"interval": timedelta(seconds=90.5)},
         {"interval": timedelta(0)},
         {"register_capacity_kwh": Decimal(-1)},
+        {"installed_at": datetime(2026, 1, 1)},
     ],
 )
 def test_meter_profile_refuses_impossible_ratings(kwargs: dict[str, object]) -> None:

@@ -82,6 +82,7 @@ profiles = st.builds(
     nominal_frequency_hz=st.sampled_from([Decimal(50), Decimal(60)]),
     interval=st.sampled_from([timedelta(minutes=m) for m in (1, 5, 15, 30, 60, 1440)]),
     register_capacity_kwh=st.sampled_from([None, Decimal(100000), Decimal(1000000)]),
+    installed_at=st.sampled_from([None, T0 + timedelta(hours=30)]),
 )
 vee_settings = st.builds(
     VeeSettings,
