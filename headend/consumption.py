@@ -1,7 +1,7 @@
 """Interval consumption from cumulative register reads, aligned to interval boundaries.
 
 This is what the head-end publishes as "new interval consumption for meter M from t1 to
-t2": for each interval ``[b, b + interval]`` between the first and the last real read of a
+t2": for each interval ``[b, b + interval)`` between the first and the last real read of a
 register, the register's value at both boundaries and their difference.
 
 The value at a boundary is the real read within the alignment tolerance of it (the
@@ -197,7 +197,8 @@ def derivation_span(
     after that span, or None. Re-derive with every real read from the latest one at or
     before ``start - tolerance`` to the earliest one at or after ``end + tolerance``
     (tolerance: ``settings.tolerance_for(interval)``), passing ``start`` and ``end``, and
-    publish :func:`superseding` of what was published before.
+    publish :func:`superseding` and :func:`withdrawals` against what was published in
+    ``[start, end]`` before.
 
     Raises:
         ValueError: an unusable interval, or ``changed_to`` before ``changed_from``.
