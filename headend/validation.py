@@ -668,21 +668,24 @@ def _judge(
     if register is not None and ts is not None and value is not None:
         same = [r for r in register.at(ts) if r.quality.is_real]
         if same:
-            first = same[0]
-            if first.value == value:
+            # A resend of any stored read (even a rejected conflict) is a duplicate; the
+            # conflict is reported against the read that was kept.
+            match = next((r for r in same if r.value == value), None)
+            if match is not None:
                 return Verdict(
                     read,
                     Status.DUPLICATE,
                     (
                         Finding(
                             Flag.DUPLICATE,
-                            f"same value as the read stored at {_fmt_ts(ts)} ({first.quality})",
+                            f"same value as the read stored at {_fmt_ts(ts)} ({match.quality})",
                         ),
                     ),
                 )
+            kept = next((r for r in same if r.quality is not Quality.REJECTED), same[0])
             flag(
                 Flag.CONFLICT,
-                f"a read of {first.value} is already stored at {_fmt_ts(ts)}; "
+                f"a read of {kept.value} is already stored at {_fmt_ts(ts)}; "
                 f"this one says {value} (the first is kept)",
             )
         else:

@@ -232,6 +232,15 @@ def test_conflict_is_judged_against_a_rejected_first_read_too() -> None:
     assert verdict.flags == {Flag.CONFLICT}
 
 
+def test_resend_of_either_read_of_a_conflict_is_a_duplicate() -> None:
+    history = [stored(15, "1002", Quality.REJECTED), stored(15, "1001")]
+    assert judge(read(15, "1001"), history).status is Status.DUPLICATE
+    assert judge(read(15, "1002"), history).status is Status.DUPLICATE
+    third = judge(read(15, "1003"), history)
+    assert third.flags == {Flag.CONFLICT}
+    assert "a read of 1001 is already stored" in third.reason
+
+
 def test_real_read_at_an_estimated_timestamp_replaces_the_estimate() -> None:
     history = [stored(0, "1000"), stored(15, "1000.5", Quality.ESTIMATED), stored(30, "1001")]
     verdict = judge(read(15, "1000.7"), history)
