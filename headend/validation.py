@@ -556,8 +556,9 @@ def validate_read(
 ) -> Verdict:
     """Judge one read of ``profile``'s meter against the reads already stored.
 
-    ``stored`` holds stored reads of the meter (reads of other meters or registers are
-    not looked at). For every check to run it must contain, for the read's register: the
+    ``stored`` holds stored reads of the meter; reads of other meters, rejected reads and
+    reads from before ``profile.installed_at`` are skipped. For every check to run it must
+    contain, for the read's register: the
     latest MEASURED read before the read, the earliest MEASURED read after it (a late
     read is checked against both sides), any read at the same timestamp, and, for the
     zero-consumption check, the earliest MEASURED read with the latest one's value. A
