@@ -36,7 +36,7 @@ KWD = Currency.of("KWD")
 # Deterministic property tests: the same examples on every run and every machine.
 PROPERTY = settings(
     derandomize=True,
-    max_examples=150,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )

@@ -433,3 +433,29 @@ def test_minimum_tender_covers_the_debt_share_the_charges_and_a_tenth_of_a_kwh()
     assert b.debt_recovered == Money(minimum.minor // 4, ZAR)
     with pytest.raises(AmountBelowMinimum):
         price_vend(residential_stepped(), Money(1, ZAR), account, AUG_3)
+
+
+@PROPERTY
+@given(
+    vend_cases(),
+    st.lists(st.tuples(st.integers(0, 40 * 86400), st.integers(0, 300_000)), max_size=6),
+)
+def test_over_a_run_of_vends_every_cent_tendered_is_accounted_for(
+    case: tuple[Tariff, VendAccount, Money, datetime], later: list[tuple[int, int]]
+) -> None:
+    tariff, account, tendered, at = case
+    cur = tariff.currency
+    paid = accounted = 0
+    start_carry = account.carry_over.minor
+    for gap, amount in [(0, tendered.minor), *later]:
+        at += timedelta(seconds=gap)
+        try:
+            b = price_vend(tariff, Money(amount, cur), account, at)
+        except AmountBelowMinimum:
+            continue
+        paid += amount
+        accounted += b.debt_recovered.minor + b.charges.total.minor
+        account = b.account_after
+    # In = out: what was paid plus the change brought in is what was charged, recovered
+    # or is still carried.
+    assert paid + start_carry == accounted + account.carry_over.minor

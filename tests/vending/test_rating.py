@@ -1,3 +1,4 @@
+import itertools
 from collections import Counter
 from dataclasses import replace
 from datetime import date, datetime, time, timedelta
@@ -350,3 +351,39 @@ def test_a_tariff_change_mid_month_splits_the_demand_charge_by_days() -> None:
         rate_demand(tariff, date(2026, 6, 1), D(-1))
     with pytest.raises(NoTariffInForce):
         rate_demand(tariff, date(2025, 12, 1), D(1))
+
+
+@PROPERTY
+@given(
+    tariffs(),
+    instants,
+    st.integers(60, 40 * 86400),
+    energies,
+    month_positions,
+    terms,
+    st.lists(st.integers(1, 10**6), min_size=1, max_size=12),
+)
+def test_rating_a_span_in_many_pieces_chains_month_to_date_and_keeps_the_exact_total(
+    tariff: Tariff,
+    start: datetime,
+    seconds: int,
+    kwh: Decimal,
+    mtd: Decimal,
+    account: AccountTerms,
+    weights: list[int],
+) -> None:
+    us = timedelta(microseconds=1)
+    end = start + timedelta(seconds=seconds)
+    total_us = (end - start) // us
+    cuts = sorted({total_us * w // (sum(weights) + 1) for w in weights} - {0})
+    bounds = [start] + [start + c * us for c in cuts] + [end]
+    whole = rate_interval(tariff, start, end, kwh, mtd, account)
+    position: Fraction | Decimal = mtd
+    exact_sum = Fraction(0)
+    for a, b in itertools.pairwise(bounds):
+        piece_kwh = Fraction(kwh) * Fraction((b - a) // us, total_us)
+        piece = rate_interval(tariff, a, b, piece_kwh, position, account)
+        exact_sum += piece.charges.exact_total
+        position = piece.month_to_date_kwh_after
+    assert exact_sum == whole.charges.exact_total
+    assert position == whole.month_to_date_kwh_after
