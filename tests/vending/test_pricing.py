@@ -1,4 +1,5 @@
 import contextlib
+import json
 from dataclasses import replace
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -354,8 +355,6 @@ def test_vended_units_cost_what_rating_the_same_kwh_in_the_same_band_costs(
 
 
 def test_a_breakdown_has_a_json_form_for_storage_and_receipts() -> None:
-    import json
-
     b = price_vend(residential_stepped(), Money(50000, ZAR), VendAccount.new(ZAR), AUG_3)
     stored = json.loads(json.dumps(b.to_dict()))
     assert stored["units_kwh"] == "286.2"

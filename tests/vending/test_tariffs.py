@@ -1,5 +1,5 @@
 import json
-from datetime import date, time
+from datetime import date, datetime, time
 from decimal import Decimal
 
 import pytest
@@ -178,8 +178,6 @@ def test_the_version_in_force_changes_at_local_midnight_of_its_effective_date() 
 def test_time_of_use_bands_follow_season_day_type_and_public_holidays() -> None:
     tou = commercial_tou().versions[0].energy
     assert isinstance(tou, TimeOfUse)
-    from datetime import datetime
-
     assert tou.band_at(datetime(2026, 7, 1, 7, 0)) == "peak"  # winter Wednesday
     assert tou.band_at(datetime(2026, 7, 1, 6, 59)) == "standard"
     assert tou.band_at(datetime(2026, 7, 4, 8, 0)) == "standard"  # Saturday
