@@ -32,6 +32,7 @@ from vending.pricing import (
     minimum_tender,
     price_units,
     price_vend,
+    tender_for_units,
 )
 from vending.rating import rate_interval
 from vending.tariffs import (
@@ -458,3 +459,27 @@ def test_over_a_run_of_vends_every_cent_tendered_is_accounted_for(
     # In = out: what was paid plus the change brought in is what was charged, recovered
     # or is still carried.
     assert paid + start_carry == accounted + account.carry_over.minor
+
+
+def test_the_amount_for_a_number_of_units_buys_them_and_a_cent_less_does_not() -> None:
+    tariff, account = residential_stepped(), VendAccount.new(ZAR)
+    amount = tender_for_units(tariff, account, AUG_3, D(100))
+    assert price_vend(tariff, amount, account, AUG_3).units_kwh == D(100)
+    assert price_vend(tariff, amount - Money(1, ZAR), account, AUG_3).units_kwh == D("99.9")
+    with pytest.raises(InvalidAmount):
+        tender_for_units(tariff, account, AUG_3, D("NaN"))
+
+
+@PROPERTY
+@given(vend_cases(), st.integers(0, 20_000))
+def test_tender_for_units_is_the_least_amount_that_buys_them(
+    case: tuple[Tariff, VendAccount, Money, datetime], steps: int
+) -> None:
+    tariff, account, _tendered, at = case
+    units = Decimal(steps) / 10
+    amount = tender_for_units(tariff, account, at, units)
+    assert price_vend(tariff, amount, account, at).units_kwh >= units
+    if amount.minor > 0:
+        with contextlib.suppress(AmountBelowMinimum):
+            less = price_vend(tariff, amount - Money(1, amount.currency), account, at)
+            assert less.units_kwh < units
