@@ -386,7 +386,7 @@ def _plan(tariff: Tariff, account: VendAccount, at: datetime) -> _Plan:
     wall = localtime.wall_clock(instant, tz)
     band = None
     if isinstance(version.energy, TimeOfUse):
-        band = version.energy.band_at(wall)
+        band = version.energy.vend_band(wall)
         if version.energy.band_rates[band] == 0:
             raise NoChargeableRate(f"band {band!r} is free: it cannot be sold as units")
     last = account.last_purchase_at

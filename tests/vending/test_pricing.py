@@ -337,6 +337,16 @@ def test_vended_units_cost_what_rating_the_same_kwh_in_the_same_band_costs(
     case: tuple[Tariff, VendAccount, Money, datetime],
 ) -> None:
     tariff, account, tendered, at = case
+    # Price vends at the band in force, as rating does.
+    tariff = replace(
+        tariff,
+        versions=tuple(
+            replace(v, energy=replace(v.energy, token_band=None))
+            if isinstance(v.energy, TimeOfUse)
+            else v
+            for v in tariff.versions
+        ),
+    )
     # Leave fixed charges out: vends collect them per purchase, rating per day.
     account = replace(account, fixed_charged_through=date(2100, 1, 1))
     b = vend_or_minimum(tariff, account, tendered, at)
@@ -400,6 +410,19 @@ def test_a_time_of_use_vend_changes_band_exactly_at_the_period_start() -> None:
     at = price_vend(commercial_tou(), Money(10000, ZAR), account, utc(2026, 8, 3, 5))
     assert [line.label for line in before.charges.energy] == ["standard"]
     assert [line.label for line in at.charges.energy] == ["peak"]
+
+
+def test_a_utility_can_price_all_token_vends_at_one_band() -> None:
+    version = commercial_tou().versions[0]
+    assert isinstance(version.energy, TimeOfUse)
+    standard = replace(version, energy=replace(version.energy, token_band="standard"))
+    tariff = replace(commercial_tou(), versions=(standard,))
+    account = VendAccount.new(
+        ZAR, terms=AccountTerms(capacity_kva=D(25)), fixed_charged_through=date(2026, 8, 3)
+    )
+    for hour in (0, 5, 12, 21):  # off-peak, peak, standard, off-peak on the wall clock
+        b = price_vend(tariff, Money(10000, ZAR), account, utc(2026, 8, 3, hour))
+        assert [line.label for line in b.charges.energy] == ["standard"]
 
 
 def test_a_time_of_use_vend_on_a_daylight_saving_day_reads_the_wall_clock() -> None:
