@@ -190,12 +190,11 @@ class _Plan:
     month_to_date: Fraction
     accruals: tuple[Accrual, ...]
     charged_through: date | None
+    curve: UsageCostCurve
 
     def funds(self, tendered: Money) -> tuple[Money, Money]:
         recovered = recover_from_purchase(tendered, self.account.debt, self.account.debt_recovery)
         return recovered, tendered + self.account.carry_over - recovered
-
-    curve: UsageCostCurve
 
     def charges(self, steps: int) -> Charges:
         usage = Usage(
