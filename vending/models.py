@@ -88,7 +88,7 @@ class Account(Base):
     month_to_date_kwh: Mapped[Decimal] = mapped_column(ScaledDecimal(3), default=Decimal(0))
     last_purchase_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     fixed_charged_through: Mapped[date | None] = mapped_column(Date)
-    # {"percent": "25", "fixed_minor": 0, "cap_percent": "50"}: see vending.debt.
+    # The arrears recovery rule as vending.debt.DebtRecoveryRule.to_document() stores it.
     debt_recovery: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status: Mapped[str] = mapped_column(String(16), default="active")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
