@@ -26,8 +26,8 @@ from meter_sim.load import LoadProfile, epoch_seconds, mix64
 from meter_sim.model import DecoderSettings, MeterConfig, MeterModel, PrepaidMode
 from meter_sim.mqtt_client import MeterLink
 from protocols.mqtt import TopicScheme
+from protocols.sts import MeterNumberError, MeterPan
 
-STS_IIN = "600727"
 SIM_MANUFACTURER_CODE = "99"  # two-digit STS manufacturer code used for simulated meters
 
 
@@ -35,28 +35,14 @@ class FleetError(ValueError):
     """A fleet was asked for with invalid parameters, or could not connect."""
 
 
-def luhn_check_digit(payload: str) -> str:
-    """The Luhn check digit for a string of decimal digits (as used by STS DRNs and PANs)."""
-    if not payload.isdigit() or not payload.isascii():
-        raise FleetError(f"Luhn payload must be decimal digits: {payload!r}")
-    total = 0
-    for position, char in enumerate(reversed(payload)):
-        digit = int(char)
-        if position % 2 == 0:  # every second digit, starting with the rightmost
-            digit *= 2
-            if digit > 9:
-                digit -= 9
-        total += digit
-    return str((10 - total % 10) % 10)
-
-
 def sts_meter_pan(decoder_serial: int, manufacturer_code: str = SIM_MANUFACTURER_CODE) -> str:
     """The 18-digit STS PAN: IIN 600727 + DRN (MfrCode + 8-digit serial + Luhn) + Luhn."""
     if not 0 <= decoder_serial < 10**8:
         raise FleetError(f"decoder serial must have at most 8 digits: {decoder_serial}")
-    drn_payload = f"{manufacturer_code}{decoder_serial:08d}"
-    drn = drn_payload + luhn_check_digit(drn_payload)
-    return STS_IIN + drn + luhn_check_digit(STS_IIN + drn)
+    try:
+        return MeterPan.from_parts(manufacturer_code, f"{decoder_serial:08d}").digits
+    except MeterNumberError as exc:
+        raise FleetError(str(exc)) from None
 
 
 def describe_fleet(
