@@ -233,6 +233,8 @@ class MqttFleet:
         except BaseException:
             await self._shutdown()
             raise
+        # Simulated time starts when every meter is online, however long connecting took.
+        self._clock.rebase(loop.time())
         self._scheduler = asyncio.create_task(self._schedule(start))
         return self
 
