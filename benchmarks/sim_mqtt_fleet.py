@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -59,25 +60,27 @@ def _mosquitto() -> Iterator[tuple[str, int]]:
             proc.wait(10)
 
 
-def _count_readings(host: str, port: int, prefix: str, seconds: float, out: object) -> None:
-    """Subscriber process: count telemetry messages per second until told to stop."""
+def _count_readings(host: str, port: int, prefix: str, out: Any, stop: Any) -> None:
+    """Subscriber process: count telemetry messages until ``stop`` is set, then report."""
     import aiomqtt
 
     async def main() -> None:
-        counts: list[tuple[float, int]] = []
-        async with aiomqtt.Client(host, port, identifier="bench-counter") as client:
+        total = 0
+        async with aiomqtt.Client(host, port, identifier=f"bench-counter-{os.getpid()}") as client:
             await client.subscribe(f"{prefix}ami/v1/meters/+/telemetry", qos=1)
-            out.send("ready")  # type: ignore[attr-defined]
-            total = 0
-            deadline = time.monotonic() + seconds
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(seconds):
-                    async for _ in client.messages:
-                        total += 1
-                        counts.append((time.monotonic(), total))
-                        if time.monotonic() > deadline:
-                            break
-        out.send(counts)  # type: ignore[attr-defined]
+            out.send("ready")
+
+            async def count() -> None:
+                nonlocal total
+                async for _ in client.messages:
+                    total += 1
+
+            counter = asyncio.create_task(count())
+            while not stop.is_set():
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(1.0)  # let in-flight readings land
+            counter.cancel()
+        out.send(total)
 
     asyncio.run(main())
 
@@ -86,10 +89,10 @@ async def _run(args: argparse.Namespace, host: str, port: int) -> None:
     prefix = f"bench-{os.getpid()}/"
     configs = describe_fleet(args.meters, seed=args.seed)
     interval_real = args.interval_s / args.speed
-    run_real = interval_real * args.intervals + 2.0
     parent, child = multiprocessing.Pipe()
+    stop = multiprocessing.Event()
     counter = multiprocessing.Process(
-        target=_count_readings, args=(host, port, prefix, run_real + 120, child), daemon=True
+        target=_count_readings, args=(host, port, prefix, child, stop), daemon=True
     )
     counter.start()
     assert parent.recv() == "ready"
@@ -132,9 +135,9 @@ async def _run(args: argparse.Namespace, host: str, port: int) -> None:
         stats = fleet.stats()
         stop_t0 = time.monotonic()
     stopped = time.monotonic() - stop_t0
-    counts = parent.recv() if parent.poll(run_real + 180) else []
+    stop.set()
+    received = parent.recv() if parent.poll(60) else -1
     counter.join(5)
-    received = counts[-1][1] if counts else 0
     expected = args.meters * (args.intervals + 1)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print()

@@ -299,7 +299,7 @@ class MqttFleet:
                     if agent.faults.go_offline():
                         offline = self._interval_s * agent.faults.config.offline_intervals
                         link.go_offline(tick + timedelta(seconds=offline))
-                else:
+                elif agent.model.may_change_before(tick):
                     link.send(agent.tick(tick))
                 if index % 256 == 255:
                     await asyncio.sleep(0)  # let replies and publishes through

@@ -345,6 +345,14 @@ class MeterModel:
         self._over_limit_since: datetime | None = None
         self._auto_reconnect_at: datetime | None = None
         self._supply_on = True
+        self._demand_cap_dw = (
+            config.rated_max_current_a * config.nominal_voltage_v * 10 * config.phases
+        )
+        # Demand never exceeds this: the profile's peak plus its noise, within the rating.
+        profile = config.load
+        self._demand_bound_dw = min(
+            self._demand_cap_dw, profile.peak_load_w * (1000 + profile.noise_permille) // 100
+        )
         self._tamper: set[TamperKind] = set()
         self._tamper_bucket = config.load.bucket_index(now)
         # Meter clock = true time + offset + drift accumulated since drift_origin.
@@ -441,11 +449,11 @@ class MeterModel:
     def active_power_w(self) -> Decimal:
         return Decimal(self._consuming_dw()).scaleb(-1)
 
+    def _bucket_demand_dw(self, bucket: int) -> int:
+        return min(self.config.load.demand_dw(bucket, self.config.seed), self._demand_cap_dw)
+
     def _demand_dw(self, moment: datetime) -> int:
-        profile = self.config.load
-        demand = profile.demand_dw(profile.bucket_index(moment), self.config.seed)
-        cap = self.config.rated_max_current_a * self.config.nominal_voltage_v * 10
-        return min(demand, cap * self.config.phases)
+        return self._bucket_demand_dw(self.config.load.bucket_index(moment))
 
     def _consuming_dw(self) -> int:
         if not (self._relay_closed and self._supply_on):
@@ -540,7 +548,7 @@ class MeterModel:
                 self._auto_reconnect_at = None
                 self._change_relay(True, RelayReason.AUTO_RECONNECT)
                 continue
-            load = self._consuming_dw()
+            load = self._bucket_demand_dw(bucket) if self._relay_closed and self._supply_on else 0
             if load == 0:
                 self._over_limit_since = None
                 self._now = end
@@ -576,6 +584,27 @@ class MeterModel:
             elif trip_at is not None:
                 self._trip_power_limit(load)
         return self._events_since(first_new)
+
+    def may_change_before(self, until: datetime) -> bool:
+        """Whether an event could happen between :attr:`now` and ``until``.
+
+        False means advancing to ``until`` produces no events, so a fleet can skip
+        advancing this meter until then: the result is the same whenever it is advanced.
+        Checked conservatively (demand at its upper bound).
+        """
+        if self._auto_reconnect_at is not None and self._auto_reconnect_at <= until:
+            return True
+        if self.config.faults.tamper_per_day > 0:
+            return True
+        if not (self._relay_closed and self._supply_on):
+            return False
+        if self._power_limit_w is not None and self._demand_bound_dw > self._power_limit_w * 10:
+            return True
+        if self._credit_units is None:
+            return False
+        worst = self._demand_bound_dw * max(0, _us(until - self._now))
+        left = self._credit_units - worst
+        return left <= 0 or (self._low_credit_armed and left < self._low_credit_units)
 
     def _maybe_tamper(self, bucket: int) -> None:
         rate = self.config.faults.tamper_per_day
