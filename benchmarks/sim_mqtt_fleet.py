@@ -98,7 +98,9 @@ async def _run(args: argparse.Namespace, host: str, port: int) -> None:
     assert parent.recv() == "ready"
     cpu0 = time.process_time()
     t0 = time.monotonic()
-    start = datetime.now(UTC).replace(second=0, microsecond=0)
+    # Start on an interval end, so the run covers exactly --intervals readings after the first.
+    now_s = int(datetime.now(UTC).timestamp())
+    start = datetime.fromtimestamp(now_s - now_s % args.interval_s, UTC)
     async with MqttFleet(
         host,
         port,
@@ -120,14 +122,17 @@ async def _run(args: argparse.Namespace, host: str, port: int) -> None:
         run_t0 = time.monotonic()
         cpu_run0 = time.process_time()
         max_lag = 0.0
-        while time.monotonic() - run_t0 < interval_real * args.intervals:
+        max_boundary = 0.0
+        # Run past the last interval end by half an interval so its readings complete.
+        while time.monotonic() - run_t0 < interval_real * (args.intervals + 0.5):
             await asyncio.sleep(1.0)
             stats = fleet.stats()
             max_lag = max(max_lag, stats.lag_s)
+            max_boundary = max(max_boundary, stats.boundary_s)
             print(
                 f"  t={time.monotonic() - run_t0:5.1f}s sim={stats.simulated_now:%H:%M} "
                 f"readings={stats.readings} published={stats.published} "
-                f"lag={stats.lag_s:.2f}s",
+                f"lag={stats.lag_s:.2f}s boundary={stats.boundary_s:.2f}s",
                 flush=True,
             )
         run_real_elapsed = time.monotonic() - run_t0
@@ -154,6 +159,7 @@ async def _run(args: argparse.Namespace, host: str, port: int) -> None:
     )
     print(f"reading rate          {args.meters / interval_real:.0f} msg/s needed")
     print(f"max schedule lag      {max_lag:.2f} s")
+    print(f"slowest interval end  {max_boundary:.2f} s to take and queue {args.meters} readings")
     print(f"fleet CPU while running {cpu_run / run_real_elapsed * 100:.0f}% of one core")
     print(f"fleet peak RSS        {rss_mb:.0f} MiB")
     print(f"clean shutdown        {stopped:.1f} s")

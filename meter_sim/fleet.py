@@ -108,6 +108,7 @@ class FleetStats:
     published: int
     simulated_now: datetime
     lag_s: float  # how far the reading schedule runs behind real time
+    boundary_s: float  # real seconds the last interval's readings took to take and queue
 
 
 class MqttFleet:
@@ -167,6 +168,7 @@ class MqttFleet:
         self._scheduler: asyncio.Task[None] | None = None
         self._clock: SimClock | None = None
         self._lag_s = 0.0
+        self._boundary_s = 0.0
 
     # --- inspection ------------------------------------------------------------------
 
@@ -201,6 +203,7 @@ class MqttFleet:
             published=sum(link.published for link in self._links),
             simulated_now=self.now(),
             lag_s=self._lag_s,
+            boundary_s=self._boundary_s,
         )
 
     # --- lifecycle -------------------------------------------------------------------
@@ -292,6 +295,7 @@ class MqttFleet:
                 await asyncio.sleep(delay)
             self._lag_s = max(0.0, -delay)
             boundary = epoch_seconds(tick) % self._interval_s == 0
+            began = loop.time()
             for index, link in enumerate(self._links):
                 agent = link.agent
                 if boundary:
@@ -303,4 +307,6 @@ class MqttFleet:
                     link.send(agent.tick(tick))
                 if index % 256 == 255:
                     await asyncio.sleep(0)  # let replies and publishes through
+            if boundary:
+                self._boundary_s = loop.time() - began
             tick += poll
