@@ -6,12 +6,13 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
+from pymodbus import FramerType
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusIOException
 
 from meter_sim.faults import FaultConfig
 from meter_sim.modbus_server import ModbusMeter, ModbusSimServer, serve_modbus_tcp
-from meter_sim.model import MeterModel, PrepaidMode, TokenStatus
+from meter_sim.model import MeterModel, PrepaidMode
 from protocols.modbus import (
     Block,
     Measurand,
@@ -31,7 +32,15 @@ from protocols.modbus import (
 )
 from protocols.mqtt import EventKind
 from protocols.quantities import Quantity
-from tests.meter_sim.modbus_helpers import ManualClock, make_meter, read, read_all, state_of, write
+from tests.meter_sim.modbus_helpers import (
+    START,
+    ManualClock,
+    make_meter,
+    read,
+    read_all,
+    state_of,
+    write,
+)
 
 EASTRON = get_profile("eastron-sdm120-prepaid")
 SDM630 = get_profile("eastron-sdm630-prepaid")
@@ -188,7 +197,9 @@ async def test_typed_token_reaches_the_model_and_updates_the_result_register(gat
     assert not reply.isError()
     assert len(model.token_results) == tokens_before + 1
     status = model.token_results[-1].status
-    assert status is not TokenStatus.ERROR  # 20 well-formed digits arrived intact
+    # The digits arrived intact: a twin meter given them directly answers the same.
+    twin = MeterModel(model.config, START)
+    assert twin.enter_token("12345678901234567890", model.now) == model.token_results[-1]
     values = await _prepaid_points(gateway, EASTRON, 1)
     assert values[Prepaid.TOKEN_COUNT] == 1
     assert values[Prepaid.TOKEN_RESULT] == TokenResult[status.name]
@@ -383,8 +394,6 @@ async def test_power_limit_set_over_modbus_trips_the_relay(gateway: Rig):
 
 
 async def test_rtu_framing_over_tcp_serves_a_transparent_gateway():
-    from pymodbus import FramerType
-
     clock = ManualClock()
     faults = FaultConfig(corrupt_frame_rate=1.0)
     meters = [make_meter(1, clock=clock), make_meter(2, clock=clock, faults=faults)]
@@ -401,3 +410,90 @@ async def test_rtu_framing_over_tcp_serves_a_transparent_gateway():
             assert sim.corrupted_replies == 1
         finally:
             client.close()
+
+
+@pytest.mark.parametrize("address", [0x001A, 0x0000, 0x7000])
+async def test_fc06_is_refused_as_a_function_whatever_the_address(gateway: Rig, address: int):
+    reply = await gateway.client.write_register(address, 1, device_id=3)
+    assert reply.isError() and reply.exception_code == 1
+
+
+async def test_read_write_multiple_is_not_implemented(gateway: Rig):
+    reply = await gateway.client.readwrite_registers(
+        read_address=0x1000, read_count=2, write_address=0x1008, values=[0, 0], device_id=1
+    )
+    assert reply.isError() and reply.exception_code == 1
+
+
+async def test_random_register_writes_never_crash_and_refused_ones_change_nothing(gateway: Rig):
+    import random
+
+    rng = random.Random(20261124)
+    refused = 0
+    for _ in range(150):
+        unit, base = rng.choice([(1, 0x1000), (3, 0x0100), (3, 0x0000)])
+        address = base + rng.randrange(0, 0x40)
+        values = [
+            rng.choice([0, 1, 0x3031, 0x4142, 0xFFFF, rng.randrange(0x10000)])
+            for _ in range(rng.randint(1, 12))
+        ]
+        model = gateway.sim.model(unit)
+        before = state_of(model)
+        reply = await gateway.client.write_registers(address, values, device_id=unit)
+        if reply.isError():
+            refused += 1
+            assert reply.exception_code in (1, 2, 3, 4)
+            assert state_of(model) == before, (unit, hex(address), values)
+    assert refused > 100
+    # The meters still answer normally afterwards.
+    for unit in (1, 3):
+        assert not (
+            await gateway.client.read_holding_registers(
+                0x0100 if unit == 3 else 0x1000, count=2, device_id=unit
+            )
+        ).isError()
+
+
+async def test_a_port_in_use_is_a_clear_os_error(gateway: Rig):
+    assert gateway.sim.address is not None
+    with pytest.raises(OSError, match="cannot listen"):
+        async with serve_modbus_tcp(
+            [make_meter(9)], now=gateway.clock, port=gateway.sim.address[1]
+        ):
+            pass
+
+
+def test_duplicate_unit_ids_are_refused() -> None:
+    from meter_sim.modbus_server import ModbusSimServer
+
+    meters = [ModbusMeter(1, make_meter(1), EASTRON), ModbusMeter(1, make_meter(2), EASTRON)]
+    with pytest.raises(ValueError, match="used twice"):
+        ModbusSimServer(meters, ManualClock(), framer=FramerType.SOCKET)
+    with pytest.raises(ValueError, match=r"1\.\.247"):
+        ModbusMeter(248, make_meter(1), EASTRON)
+
+
+async def test_offline_fault_takes_the_meter_off_the_bus_for_whole_intervals():
+    clock = ManualClock()
+    faults = FaultConfig(offline_rate=0.5, offline_intervals=2)
+    meters = [make_meter(1, faults=faults, clock=clock), make_meter(2, clock=clock)]
+    async for rig in _rig(meters, clock, seed=3):
+        history = []
+        for _ in range(40):
+            history.append(rig.sim.is_offline(1))
+            clock.forward(minutes=15)
+        assert any(history) and not all(history)
+        # Once off, a meter stays off for offline_intervals (2) intervals at least.
+        runs = "".join("x" if h else "." for h in history).split(".")
+        complete_runs = [run for run in runs[:-1] if run]  # the last one may be cut short
+        assert complete_runs
+        assert all(len(run) >= 2 for run in complete_runs)
+        assert not rig.sim.is_offline(2)
+        # Over the wire: silent while offline, answering once back.
+        while not rig.sim.is_offline(1):
+            clock.forward(minutes=15)
+        with pytest.raises(ModbusIOException):
+            await rig.client.read_input_registers(0, count=2, device_id=1)
+        while rig.sim.is_offline(1):
+            clock.forward(minutes=15)
+        assert not (await rig.client.read_input_registers(0, count=2, device_id=1)).isError()
