@@ -84,3 +84,32 @@ def test_token_command_without_an_answer_exits_2(mqtt_broker: BrokerAddress) -> 
     )
     assert result.exit_code == 2
     assert "no answer" in result.output
+
+
+async def test_fleet_serves_modbus_tcp_unit_ids_like_a_gateway() -> None:
+    from pymodbus.client import AsyncModbusTcpClient
+
+    from tests.meter_sim.conftest import _free_port
+
+    port = _free_port()
+    args = ["fleet", "--modbus-tcp", f"127.0.0.1:{port}", "--meters", "2", "--duration", "3"]
+    run = asyncio.create_task(asyncio.to_thread(runner.invoke, app, args))
+    client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=1)
+    try:
+        for _ in range(50):
+            if await client.connect():
+                break
+            await asyncio.sleep(0.05)
+        energies = []
+        for unit in (1, 2):
+            reply = await client.read_input_registers(0x0048, count=2, device_id=unit)
+            assert not reply.isError()
+            energies.append(client.convert_from_registers(reply.registers, client.DATATYPE.FLOAT32))
+        configs = describe_fleet(2, seed=1)
+        for energy, config in zip(energies, configs, strict=True):
+            assert abs(Decimal(str(energy)) - config.initial_energy_kwh) < 1
+    finally:
+        client.close()
+    result = await run
+    assert result.exit_code == 0, result.output
+    assert "Modbus TCP" in result.output
