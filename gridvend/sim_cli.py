@@ -18,6 +18,7 @@ import csv
 import json
 import sys
 import uuid
+from dataclasses import fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -29,6 +30,7 @@ from rich.table import Table
 
 from gridvend.broker import BrokerError, parse_mqtt_url
 from meter_sim.clock import SimClock
+from meter_sim.faults import NO_FAULTS, FaultConfig, FaultConfigError
 from meter_sim.fleet import FleetError, MqttFleet, describe_fleet
 from meter_sim.model import ConfigError, MeterConfig, MeterModel, PrepaidMode
 from protocols.mqtt import (
@@ -138,10 +140,40 @@ def _print_identities(configs: list[MeterConfig], fmt: ListFormat) -> None:
     console.print(table)
 
 
-def _fleet_configs(meters: int, seed: int, prefix: str, central: bool) -> list[MeterConfig]:
+def _faults(specs: list[str]) -> FaultConfig:
+    """``["drop_rate=0.1", "clock_drift_ppm=50"]`` -> FaultConfig (exit 2 if invalid)."""
+    kinds = {f.name: f.type for f in fields(FaultConfig)}
+    values: dict[str, float | int] = {}
+    for spec in specs:
+        name, sep, raw = spec.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in kinds:
+            raise _fail(f"--fault takes NAME=VALUE with NAME one of {', '.join(kinds)}: {spec!r}")
+        try:
+            values[name] = int(raw) if kinds[name] in ("int", int) else float(raw)
+        except ValueError:
+            raise _fail(f"--fault {name} needs a number, got {raw!r}") from None
+    try:
+        return FaultConfig(**values)  # type: ignore[arg-type]
+    except FaultConfigError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _fleet_configs(
+    meters: int,
+    seed: int,
+    prefix: str,
+    central: bool,
+    *,
+    central_every: int = 0,
+    faults: FaultConfig = NO_FAULTS,
+) -> list[MeterConfig]:
     mode = PrepaidMode.CENTRAL if central else PrepaidMode.TOKEN
     try:
-        return describe_fleet(meters, seed, prefix=prefix, prepaid_mode=mode)
+        return describe_fleet(
+            meters, seed, prefix=prefix, prepaid_mode=mode, central_every=central_every,
+            faults=faults,
+        )  # fmt: skip
     except (FleetError, ConfigError) as exc:
         raise _fail(str(exc)) from None
 
@@ -152,10 +184,14 @@ def describe(
     seed: int = typer.Option(1, help="Same seed, same meters."),
     prefix: str = typer.Option("SIM", help="Serial number prefix."),
     central: bool = typer.Option(False, help="Central-balance meters instead of STS token."),
+    central_every: int = typer.Option(
+        0, min=0, help="Make every Nth meter a central-balance meter (mixed fleet)."
+    ),
     list_format: ListFormat = typer.Option(ListFormat.AUTO, "--format", help="Output format."),
 ) -> None:
     """Print a fleet's serials, STS meter numbers and decoder settings without running it."""
-    _print_identities(_fleet_configs(meters, seed, prefix, central), list_format)
+    configs = _fleet_configs(meters, seed, prefix, central, central_every=central_every)
+    _print_identities(configs, list_format)
 
 
 def _host_port(text: str, option: str) -> tuple[str, int]:
@@ -187,6 +223,16 @@ def fleet(
     topic_prefix: str = typer.Option("", help="MQTT topic prefix, e.g. 'site1/'."),
     interval_s: int = typer.Option(900, min=1, help="Simulated seconds between readings."),
     central: bool = typer.Option(False, help="Central-balance meters instead of STS token."),
+    central_every: int = typer.Option(
+        0, min=0, help="Make every Nth meter a central-balance meter (mixed fleet)."
+    ),
+    fault: list[str] = typer.Option(
+        [],
+        help="Fault for every meter, NAME=VALUE, repeatable: drop_rate, latency_s, "
+        "latency_jitter_s, duplicate_rate, reorder_rate, offline_rate, offline_intervals, "
+        "clock_drift_ppm, tamper_per_day, modbus_exception_rate, modbus_exception_code, "
+        "corrupt_frame_rate.",
+    ),
     duration: float | None = typer.Option(
         None, min=0.0, help="Stop after this many real seconds (default: run until Ctrl-C)."
     ),
@@ -198,7 +244,9 @@ def fleet(
     chosen = [x for x in (mqtt, modbus_tcp, modbus_rtu) if x]
     if len(chosen) != 1:
         raise _fail("give exactly one of --mqtt URL, --modbus-tcp HOST:PORT, --modbus-rtu DEVICE")
-    configs = _fleet_configs(meters, seed, prefix, central)
+    configs = _fleet_configs(
+        meters, seed, prefix, central, central_every=central_every, faults=_faults(fault)
+    )
     _print_identities(configs, list_format)
     try:
         if mqtt:

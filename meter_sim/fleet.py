@@ -52,6 +52,7 @@ def describe_fleet(
     prefix: str = "SIM",
     prepaid_mode: PrepaidMode = PrepaidMode.TOKEN,
     three_phase_every: int = 10,
+    central_every: int = 0,
     faults: FaultConfig = NO_FAULTS,
     decoder: DecoderSettings | None = None,
 ) -> list[MeterConfig]:
@@ -59,7 +60,9 @@ def describe_fleet(
 
     Serials are ``{prefix}-{8-digit decoder serial}``; meter numbers are valid STS PANs
     (IIN 600727, manufacturer code 99, Luhn check digits), unique within the fleet.
-    Every ``three_phase_every``-th meter is three-phase (0: none). Load profiles,
+    Every ``three_phase_every``-th meter is three-phase (0: none); every
+    ``central_every``-th meter is a central-balance meter whatever ``prepaid_mode`` says
+    (0: none), for fleets that mix both kinds. Load profiles,
     initial energy and initial credit (token mode) vary per meter from the seed.
     Raise :class:`FleetError` for a count outside 0..1,000,000 or a bad prefix.
     """
@@ -67,14 +70,15 @@ def describe_fleet(
         raise FleetError(f"count must be 0..1000000: {count}")
     if not prefix or not all(c.isalnum() or c in "_.-" for c in prefix) or len(prefix) > 40:
         raise FleetError(f"prefix must be 1-40 letters, digits or '_.-': {prefix!r}")
-    if three_phase_every < 0:
-        raise FleetError(f"three_phase_every must not be negative: {three_phase_every}")
+    if three_phase_every < 0 or central_every < 0:
+        raise FleetError("three_phase_every and central_every must not be negative")
     first_serial = mix64(seed, 9) % (10**8 - count) if count else 0
     configs = []
     for index in range(count):
         rng = random.Random(mix64(seed, 11, index))
         decoder_serial = first_serial + index
         three_phase = three_phase_every > 0 and index % three_phase_every == three_phase_every - 1
+        central = central_every > 0 and index % central_every == central_every - 1
         base = rng.randrange(60, 260, 10)
         peak = rng.randrange(1200, 4200, 100) * (3 if three_phase else 1)
         configs.append(
@@ -82,7 +86,7 @@ def describe_fleet(
                 serial=f"{prefix}-{decoder_serial:08d}",
                 meter_number=sts_meter_pan(decoder_serial),
                 phases=3 if three_phase else 1,
-                prepaid_mode=prepaid_mode,
+                prepaid_mode=PrepaidMode.CENTRAL if central else prepaid_mode,
                 rated_max_current_a=80 if three_phase else 60,
                 load=LoadProfile(base_load_w=base, peak_load_w=peak),
                 seed=mix64(seed, 12, index),

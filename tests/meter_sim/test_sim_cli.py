@@ -113,3 +113,20 @@ async def test_fleet_serves_modbus_tcp_unit_ids_like_a_gateway() -> None:
     result = await run
     assert result.exit_code == 0, result.output
     assert "Modbus TCP" in result.output
+
+
+def test_fault_options_are_checked() -> None:
+    bad = runner.invoke(app, ["fleet", "--mqtt", "mqtt://127.0.0.1:1", "--fault", "drop_rate=2"])
+    assert bad.exit_code == 2
+    assert "drop_rate" in bad.output
+    unknown = runner.invoke(app, ["fleet", "--mqtt", "mqtt://127.0.0.1:1", "--fault", "boom=1"])
+    assert unknown.exit_code == 2
+
+
+def test_describe_mixes_central_meters_when_asked() -> None:
+    result = runner.invoke(
+        app, ["describe", "--meters", "4", "--central-every", "2", "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    modes = [row["prepaid_mode"] for row in json.loads(result.output)]
+    assert modes == ["token", "central", "token", "central"]
