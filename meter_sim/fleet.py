@@ -221,7 +221,9 @@ class MqttFleet:
         if self._wall is not None:
             link_options["wall"] = self._wall
         for config in self._configs:
-            agent = MqttMeterAgent(MeterModel(config, start), self._scheme)
+            agent = MqttMeterAgent(
+                MeterModel(config, start), self._scheme, interval_s=self._interval_s
+            )
             link = MeterLink(
                 agent,
                 self._host,
@@ -298,12 +300,13 @@ class MqttFleet:
             if delay > 0:
                 await asyncio.sleep(delay)
             self._lag_s = max(0.0, -delay)
-            boundary = epoch_seconds(tick) % self._interval_s == 0
             began = loop.time()
+            readings_taken = False
             for index, link in enumerate(self._links):
                 agent = link.agent
-                if boundary:
-                    link.send(agent.reading(tick))
+                if agent.next_reading_at <= tick:
+                    readings_taken = True
+                    link.send(agent.due_readings(tick))
                     if agent.faults.go_offline():
                         offline = self._interval_s * agent.faults.config.offline_intervals
                         link.go_offline(tick + timedelta(seconds=offline))
@@ -311,6 +314,6 @@ class MqttFleet:
                     link.send(agent.tick(tick))
                 if index % 256 == 255:
                     await asyncio.sleep(0)  # let replies and publishes through
-            if boundary:
+            if readings_taken:
                 self._boundary_s = loop.time() - began
             tick += poll

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from meter_sim.agent import MqttMeterAgent
 from meter_sim.fleet import describe_fleet
 from meter_sim.model import MeterModel
-from protocols.mqtt import ReplyStatus, TopicScheme, parse_reply
+from protocols.mqtt import ReplyStatus, TopicScheme, parse_reply, parse_telemetry
 
 START = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)
 REPLIES = "ami/v1/headend/t/replies"
@@ -63,3 +63,14 @@ def test_a_reply_to_with_wildcards_gets_no_reply() -> None:
     body = json.dumps({"v": 1, "id": "w1", "name": "read_now", "reply_to": "a/#"}).encode()
     messages = agent.on_command(body, START, wall_now=START)
     assert [m.topic for m in messages] == [agent.telemetry_topic]
+
+
+def test_a_command_after_an_interval_end_first_takes_that_interval_reading() -> None:
+    agent = _agent()
+    assert agent.next_reading_at == START + timedelta(minutes=15)
+    late = START + timedelta(minutes=17)
+    messages = agent.on_command(_command(id="late-1", name="connect"), late, wall_now=START)
+    [reading] = [m for m in messages if m.topic == agent.telemetry_topic]
+    assert parse_telemetry(reading.payload).ts == START + timedelta(minutes=15)
+    assert agent.next_reading_at == START + timedelta(minutes=30)
+    assert agent.due_readings(late) == []
