@@ -145,6 +145,7 @@ _COMMISSIONING_STATUS = {
     "meter_not_installed": status.HTTP_409_CONFLICT,
     "commissioning_in_progress": status.HTTP_409_CONFLICT,
     "run_finished": status.HTTP_409_CONFLICT,
+    "step_conflict": status.HTTP_409_CONFLICT,
 }
 
 

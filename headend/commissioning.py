@@ -27,7 +27,8 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from headend.audit import AuditSink
@@ -91,7 +92,7 @@ class CommissioningError(ValueError):
     """A request the workflow refuses; ``code`` is machine-readable.
 
     Codes: ``meter_not_found``, ``meter_not_installed``, ``commissioning_in_progress``,
-    ``run_not_found``, ``run_finished``.
+    ``run_not_found``, ``run_finished``, ``step_conflict``.
     """
 
     def __init__(self, code: str, message: str) -> None:
@@ -483,16 +484,30 @@ class Commissioning:
             )
         at = self._clock()
         with self._session_factory() as session, session.begin():
-            session.add(
-                Reading(
-                    meter_id=facts.meter_id,
-                    quantity=Quantity.ENERGY_IMPORT_KWH.value,
-                    ts=at,
-                    value=value,
-                    source="commissioning",
-                    received_at=at,
+            stored = session.scalar(
+                select(Reading.value).where(
+                    Reading.meter_id == facts.meter_id,
+                    Reading.quantity == Quantity.ENERGY_IMPORT_KWH.value,
+                    Reading.ts == at,
                 )
             )
+            if stored is not None and stored != value:
+                return StepOutcome(
+                    StepStatus.FAILED,
+                    f"a reading at {at.isoformat()} is already stored as {stored} kWh; "
+                    f"the meter now reads {value} kWh",
+                )
+            if stored is None:  # the same reading stored twice is one reading
+                session.add(
+                    Reading(
+                        meter_id=facts.meter_id,
+                        quantity=Quantity.ENERGY_IMPORT_KWH.value,
+                        ts=at,
+                        value=value,
+                        source="commissioning",
+                        received_at=at,
+                    )
+                )
         return StepOutcome(
             StepStatus.PASSED,
             f"install reading {value} kWh",
@@ -505,9 +520,44 @@ class Commissioning:
         self, run_id: int, step: Step, outcome: StepOutcome, *, now: datetime | None
     ) -> RunView:
         finished = self._clock()
+        try:
+            return self._store_in_transaction(run_id, step, outcome, started=now, finished=finished)
+        except IntegrityError:
+            # The unique (run, step) caught a race the check below could not see (SQLite).
+            raise CommissioningError(
+                "step_conflict", f"{step.value} of run {run_id} was stored by another request"
+            ) from None
+
+    def _store_in_transaction(
+        self,
+        run_id: int,
+        step: Step,
+        outcome: StepOutcome,
+        *,
+        started: datetime | None,
+        finished: datetime,
+    ) -> RunView:
         with self._session_factory() as session, session.begin():
             run = self._run(session, run_id, lock=True)
-            position = len(self._steps(session, run_id)) + 1
+            stored = self._steps(session, run_id)
+            expected = self._view(session, run).next_step
+            if expected is not step:
+                # Two requests ran the same step of one run at once; the first one counts.
+                raise CommissioningError(
+                    "step_conflict",
+                    f"run {run_id} has moved on (next step: "
+                    f"{expected.value if expected else 'none'}); {step.value} was not stored",
+                )
+            position = len(stored) + 1
+            if step is Step.VERIFY_COMMUNICATION and outcome.status is StepStatus.PASSED:
+                session.execute(
+                    update(Meter)
+                    .where(
+                        Meter.id == run.meter_id,
+                        or_(Meter.last_seen_at.is_(None), Meter.last_seen_at < finished),
+                    )
+                    .values(last_seen_at=finished)
+                )
             session.add(
                 CommissioningStep(
                     run_id=run_id,
@@ -516,7 +566,7 @@ class Commissioning:
                     status=outcome.status.value,
                     detail=outcome.detail,
                     message=outcome.message,
-                    started_at=now or finished,
+                    started_at=started or finished,
                     finished_at=finished,
                 )
             )

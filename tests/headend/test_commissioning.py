@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -315,3 +316,37 @@ async def test_a_meter_on_an_rtu_line_is_commissioned_over_modbus_rtu(
     assert view.report is not None
     assert view.report["install_reading_kwh"] == "88.010000"
     assert statuses(view)["relay_test"] == "passed"
+
+
+async def test_two_requests_running_the_same_step_store_it_once(
+    session_factory: sessionmaker[Session], sim: ModbusSimServer, service: Commissioning
+) -> None:
+    meter_id = register(session_factory, sim, FLEET[0])
+    run_id = service.start(meter_id, technician="thabo")
+    results = await asyncio.gather(
+        service.run_next_step(run_id), service.run_next_step(run_id), return_exceptions=True
+    )
+    conflicts = [r for r in results if isinstance(r, CommissioningError)]
+    assert len(conflicts) == 1
+    assert conflicts[0].code == "step_conflict"
+    assert [s.step for s in service.get_run(run_id).steps] == [Step.VERIFY_COMMUNICATION]
+    with session_factory() as session:
+        meter = session.get(Meter, meter_id)
+        assert meter is not None
+        assert meter.last_seen_at == T0  # a meter that answered has been heard from
+
+
+async def test_a_second_run_at_the_same_instant_keeps_one_install_reading(
+    session_factory: sessionmaker[Session], sim: ModbusSimServer, service: Commissioning
+) -> None:
+    meter_id = register(session_factory, sim, FLEET[0])
+    first = await service.commission(meter_id, technician="thabo")
+    assert first.status is RunStatus.PASSED
+    with session_factory() as session, session.begin():
+        meter = session.get(Meter, meter_id)
+        assert meter is not None
+        meter.lifecycle = "installed"  # re-installed, say after a fault
+    second = await service.commission(meter_id, technician="thabo")
+    assert second.status is RunStatus.PASSED, second.as_dict()
+    with session_factory() as session:
+        assert len(session.scalars(select(Reading)).all()) == 1
