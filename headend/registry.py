@@ -310,17 +310,24 @@ def register_meter(
     actor: str = "system",
     audit: AuditSink | None = None,
     now: datetime | None = None,
+    check_identities: bool = True,
 ) -> Meter:
     """Add a meter in the caller's transaction and record its first lifecycle entry.
+
+    ``check_identities=False`` is for callers that checked many registrations at once
+    (bulk import); the unique constraints still refuse a clash, as ``IntegrityError``.
 
     Raises:
         RegistryError: ``meter_exists`` if its serial, comm id or meter number is taken.
     """
     now = now or datetime.now(UTC)
     comm_id = registration.comm_id or registration.serial
-    clash = _clashes(session, None, registration.serial, comm_id, registration.meter_number)
-    if clash is not None:
-        raise RegistryError("meter_exists", f"meter {clash} already has one of these identifiers")
+    if check_identities:
+        clash = _clashes(session, None, registration.serial, comm_id, registration.meter_number)
+        if clash is not None:
+            raise RegistryError(
+                "meter_exists", f"meter {clash} already has one of these identifiers"
+            )
     values: dict[str, Any] = {name: getattr(registration, name) for name in _COPIED_FIELDS}
     values["protocol"] = registration.protocol.value
     values["prepaid_mode"] = registration.prepaid_mode.value
@@ -353,7 +360,6 @@ def register_meter(
             subject=f"meter:{meter.serial}",
             detail={"lifecycle": meter.lifecycle, "protocol": meter.protocol},
         )
-    session.flush()
     return meter
 
 
