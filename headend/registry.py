@@ -250,6 +250,11 @@ def _check_addressing(fields: _MeterFields) -> None:
         fields.rtu_port or fields.rtu_baud or fields.rtu_parity
     ):
         raise ValueError("rtu_port/rtu_baud/rtu_parity are for Modbus RTU meters only")
+    profile = PROFILES.get(fields.modbus_profile or "")
+    if profile is not None and profile.phases != fields.phases:
+        raise ValueError(
+            f"profile {profile.name} is a {profile.phases}-phase meter, not {fields.phases}-phase"
+        )
     if (fields.latitude is None) != (fields.longitude is None):
         raise ValueError("give both latitude and longitude, or neither")
 
@@ -262,6 +267,9 @@ class MeterRegistration(_MeterFields):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
+        if self.modbus_profile is not None and "phases" not in self.model_fields_set:
+            # The profile knows the meter's phases; a registration need not repeat them.
+            self.phases = PROFILES[self.modbus_profile].phases
         _check_addressing(self)
         if self.lifecycle not in REGISTRABLE_STATES:
             raise ValueError(

@@ -119,6 +119,10 @@ def test_every_wrong_check_digit_is_caught(payload: str, shift: int) -> None:
             "needs rtu_port, modbus_unit",
         ),
         ({"serial": "M-1", "modbus_profile": "no-such-meter"}, "unknown Modbus profile"),
+        (
+            {"serial": "M-1", "phases": 1, "modbus_profile": "eastron-sdm630-prepaid"},
+            "is a 3-phase meter, not 1-phase",
+        ),
         ({"serial": "M-1", "rtu_port": "/dev/ttyUSB0"}, "Modbus RTU meters only"),
         ({"serial": "M-1", "latitude": "-26.2"}, "both latitude and longitude"),
         ({"serial": "M-1", "lifecycle": "active"}, "registered in_stock or installed"),
@@ -313,3 +317,9 @@ def test_an_update_that_leaves_the_meter_inconsistent_is_refused(
         meter = session.get(Meter, meter_id)
         assert meter is not None
         assert (meter.protocol, meter.comm_id) == ("mqtt", "M-1")
+
+
+def test_a_modbus_profile_gives_the_phases_when_they_are_not_stated() -> None:
+    three = registration(modbus_profile="eastron-sdm630-prepaid")
+    assert three.phases == 3
+    assert registration(modbus_profile="dds238-zn").phases == 1
