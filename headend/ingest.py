@@ -7,9 +7,10 @@ reading) is kept whole in ``rejected_messages`` with its reason, and counted.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -39,6 +40,7 @@ from protocols.mqtt import (
     parse_status,
     parse_telemetry,
 )
+from protocols.quantities import Quantity
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,37 @@ class IngestStats:
 
 
 @dataclass(frozen=True, slots=True)
+class PolledReading:
+    """Register values a poller (Modbus) read from a registered meter at ``ts``."""
+
+    meter_id: int
+    ts: datetime
+    values: Mapping[Quantity, Decimal]
+    received_at: datetime
+    source: str = "modbus"
+
+    def as_message(self) -> InboundMessage:
+        """The poll in the MQTT telemetry shape, so a rejected one is kept like any other."""
+        payload = json.dumps(
+            {"ts": self.ts.isoformat(), "values": {q.value: str(v) for q, v in self.values.items()}}
+        ).encode()
+        return InboundMessage(
+            topic=f"{self.source}/meters/{self.meter_id}",
+            payload=payload,
+            received_at=self.received_at,
+            source=self.source,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _ReadingSet:
+    meter_id: int
+    ts: datetime
+    values: Mapping[Quantity, Decimal]
+    message: InboundMessage
+
+
+@dataclass(frozen=True, slots=True)
 class _Parsed:
     message: InboundMessage
     meter_comm_id: str
@@ -126,9 +159,32 @@ class Ingestor:
                     )
                 else:
                     accepted.append((item, meter_id))
-            self._store_readings(session, batch, accepted)
+            reading_sets = [
+                _ReadingSet(meter_id, item.body.ts, item.body.values, item.message)
+                for item, meter_id in accepted
+                if isinstance(item.body, TelemetryReport)
+            ]
+            self._store_readings(session, batch, reading_sets)
             self._store_events(session, batch, accepted)
             self._apply_status(session, batch, accepted)
+        self.stats.add(batch)
+        return batch
+
+    def ingest_polled(self, polls: Sequence[PolledReading]) -> IngestStats:
+        """Store polled readings of registered meters in one transaction (see ``ingest``)."""
+        batch = IngestStats(messages=len(polls))
+        with self._session_factory() as session, session.begin():
+            reading_sets = [_ReadingSet(p.meter_id, p.ts, p.values, p.as_message()) for p in polls]
+            self._store_readings(session, batch, reading_sets)
+            last_seen: dict[int, datetime] = {}
+            for poll in polls:
+                last_seen[poll.meter_id] = max(
+                    poll.received_at, last_seen.get(poll.meter_id, poll.received_at)
+                )
+            for meter_id, seen in last_seen.items():
+                session.execute(
+                    update(Meter).where(Meter.id == meter_id).values(last_seen_at=seen, online=True)
+                )
         self.stats.add(batch)
         return batch
 
@@ -166,31 +222,31 @@ class Ingestor:
         return {comm_id: meter_id for comm_id, meter_id in rows}
 
     def _store_readings(
-        self, session: Session, batch: IngestStats, accepted: list[tuple[_Parsed, int]]
+        self, session: Session, batch: IngestStats, reading_sets: list[_ReadingSet]
     ) -> None:
-        candidates: dict[tuple[int, str, datetime], tuple[Decimal, _Parsed]] = {}
-        for item, meter_id in accepted:
-            if not isinstance(item.body, TelemetryReport):
-                continue
-            for quantity, value in item.body.values.items():
-                key = (meter_id, quantity.value, item.body.ts)
+        candidates: dict[tuple[int, str, datetime], tuple[Decimal, InboundMessage]] = {}
+        for reading_set in reading_sets:
+            for quantity, value in reading_set.values.items():
+                key = (reading_set.meter_id, quantity.value, reading_set.ts)
                 earlier = candidates.get(key)
                 if earlier is None:
-                    candidates[key] = (value, item)
+                    candidates[key] = (value, reading_set.message)
                 elif earlier[0] == value:
                     batch.readings_duplicate += 1
                 else:
-                    self._reject_conflict(session, batch, item, key, earlier[0], value)
+                    self._reject_conflict(
+                        session, batch, reading_set.message, key, earlier[0], value
+                    )
         if not candidates:
             return
         stored = self._stored_values(session, list(candidates))
         rows = []
-        for key, (value, item) in candidates.items():
+        for key, (value, message) in candidates.items():
             if key in stored:
                 if stored[key] == READING_VALUE_TYPE.quantize(value):
                     batch.readings_duplicate += 1
                 else:
-                    self._reject_conflict(session, batch, item, key, stored[key], value)
+                    self._reject_conflict(session, batch, message, key, stored[key], value)
                 continue
             rows.append(
                 {
@@ -198,8 +254,8 @@ class Ingestor:
                     "quantity": key[1],
                     "ts": key[2],
                     "value": value,
-                    "source": item.message.source,
-                    "received_at": item.message.received_at,
+                    "source": message.source,
+                    "received_at": message.received_at,
                 }
             )
         if rows:
@@ -235,7 +291,7 @@ class Ingestor:
         self,
         session: Session,
         batch: IngestStats,
-        item: _Parsed,
+        message: InboundMessage,
         key: tuple[int, str, datetime],
         first: Decimal,
         second: Decimal,
@@ -244,7 +300,7 @@ class Ingestor:
         self._reject(
             session,
             batch,
-            item.message,
+            message,
             RejectReason.CONFLICTING_DUPLICATE,
             f"{quantity} at {ts.isoformat()} already stored as {first}; this message says {second}",
         )
@@ -284,8 +340,13 @@ class Ingestor:
                 online[meter_id] = item.body is Status.ONLINE
                 batch.status_updates += 1
             if not (isinstance(item.body, Status) and item.body is Status.OFFLINE):
-                seen = item.message.received_at
-                last_seen[meter_id] = max(seen, last_seen.get(meter_id, seen))
+                _keep_latest(last_seen, meter_id, item.message.received_at)
+        Ingestor._update_meters(session, last_seen, online)
+
+    @staticmethod
+    def _update_meters(
+        session: Session, last_seen: dict[int, datetime], online: dict[int, bool]
+    ) -> None:
         for meter_id in last_seen.keys() | online.keys():
             values: dict[str, Any] = {}
             if meter_id in online:
@@ -313,6 +374,10 @@ class Ingestor:
                 received_at=message.received_at,
             )
         )
+
+
+def _keep_latest(latest: dict[int, datetime], meter_id: int, seen: datetime) -> None:
+    latest[meter_id] = max(seen, latest.get(meter_id, seen))
 
 
 def _insert_ignoring_duplicates(session: Session, model: type[Any]) -> Insert:

@@ -9,7 +9,7 @@ the model (relay, power limit, token entry).
 Bad writes are answered with a Modbus exception and change nothing:
 
 - exception 1 (ILLEGAL_FUNCTION): a function the profile does not support (FC06 on
-  Eastron and DDS238, FC22/FC23);
+  Eastron and DDS238, FC22/FC23), whatever the address;
 - exception 2 (ILLEGAL_ADDRESS): an address no register answers, a write to a
   read-only register, or a write that covers part of a multi-register value or more
   than one value;
@@ -22,7 +22,7 @@ Bad writes are answered with a Modbus exception and change nothing:
 
 Unit ids with no meter get no answer at all (bus silence), as on a real RS-485 line.
 Faults come from each meter's ``MeterConfig.faults``: latency, exception replies,
-dropped replies and, on RTU, replies with a bad CRC.
+dropped replies, going offline for whole intervals and, on RTU, replies with a bad CRC.
 """
 
 from __future__ import annotations
@@ -37,12 +37,13 @@ from decimal import Decimal
 
 from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
-from pymodbus.pdu import ModbusPDU
+from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from meter_sim.clock import SimClock
 from meter_sim.faults import FaultInjector
-from meter_sim.model import CommandRefused, MeterError, MeterModel, TokenStatus
+from meter_sim.model import CommandRefused, MeterError, MeterModel, PhaseValues, TokenStatus
 from protocols.modbus import (
     Ascii,
     Block,
@@ -56,15 +57,18 @@ from protocols.modbus import (
     RelayReason,
     TokenResult,
     get_profile,
+    profile_for_phases,
 )
 from protocols.modbus.registers import Setting
 from protocols.quantities import Quantity
 
 __all__ = [
+    "Clock",
     "ModbusMeter",
     "ModbusSimServer",
     "serve_modbus_rtu",
     "serve_modbus_tcp",
+    "sim_clock_now",
 ]
 
 log = logging.getLogger(__name__)
@@ -96,7 +100,11 @@ class _Unit:
     meter: ModbusMeter
     faults: FaultInjector
     token_count: int = 0
-    offline: bool = False
+    offline: bool = False  # taken off the bus by set_offline
+    # Offline fault: the interval (of offline_interval_s) last checked, and the interval
+    # at which the meter comes back (None while it is online).
+    checked_interval: int | None = None
+    back_at_interval: int | None = None
     # Registers (and settings) per block, for refreshing on read.
     by_block: dict[Block, list[Register | Setting]] = field(default_factory=dict)
 
@@ -122,11 +130,21 @@ class ModbusSimServer:
     """
 
     def __init__(
-        self, meters: Sequence[ModbusMeter], now: Clock, *, framer: FramerType, seed: int = 0
+        self,
+        meters: Sequence[ModbusMeter],
+        now: Clock,
+        *,
+        framer: FramerType,
+        seed: int = 0,
+        offline_interval_s: int = 900,
     ) -> None:
-        """Raise ValueError if ``meters`` is empty or two meters share a unit id."""
+        """Raise ValueError if ``meters`` is empty, two meters share a unit id or
+        ``offline_interval_s`` is not positive."""
         if not meters:
             raise ValueError("at least one meter is needed")
+        if offline_interval_s < 1:
+            raise ValueError(f"offline_interval_s must be positive: {offline_interval_s}")
+        self._offline_interval_s = offline_interval_s
         self._now = now
         self._framer = framer
         self._units: dict[int, _Unit] = {}
@@ -169,16 +187,47 @@ class ModbusSimServer:
         """
         self._units[unit_id].offline = offline
 
+    def is_offline(self, unit_id: int) -> bool:
+        """Whether the meter is off the bus now (by :meth:`set_offline` or the offline
+        fault). Raise KeyError if no meter has ``unit_id``."""
+        unit = self._units[unit_id]
+        self._check_offline_fault(unit)
+        return unit.offline or unit.back_at_interval is not None
+
+    def _check_offline_fault(self, unit: _Unit) -> None:
+        """The offline fault: at each boundary of ``offline_interval_s`` simulated seconds,
+        an online meter drops off the bus with probability ``offline_rate`` and comes
+        back ``offline_intervals`` intervals later."""
+        config = unit.faults.config
+        if config.offline_rate <= 0:
+            return
+        interval = int(self._now().timestamp()) // self._offline_interval_s
+        if unit.checked_interval is None or interval - unit.checked_interval > 100_000:
+            unit.checked_interval = interval  # first request, or a jump too long to replay
+            return
+        while unit.checked_interval < interval:
+            unit.checked_interval += 1
+            if unit.back_at_interval is not None and unit.checked_interval >= unit.back_at_interval:
+                unit.back_at_interval = None
+            if unit.back_at_interval is None and unit.faults.go_offline():
+                unit.back_at_interval = unit.checked_interval + config.offline_intervals
+
     # --- pymodbus hooks -----------------------------------------------------------------
 
     def trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU | None:
-        """Drop requests for absent or offline unit ids, so the master times out."""
+        """Drop requests for absent or offline unit ids, so the master times out, and
+        answer functions the meter lacks with exception 1 before any address check."""
         if sending:
             return pdu
         unit = self._units.get(pdu.dev_id)
-        if unit is None or unit.offline:
+        if unit is not None:
+            self._check_offline_fault(unit)
+        if unit is None or unit.offline or unit.back_at_interval is not None:
             self.dropped_requests += 1
             return None
+        fc = pdu.function_code
+        if fc in _UNSUPPORTED_FCS or (fc == 6 and not unit.meter.profile.fc06_supported):
+            return _UnsupportedRequest(pdu)
         return pdu
 
     def trace_packet(self, sending: bool, packet: bytes) -> bytes:
@@ -271,7 +320,7 @@ class ModbusSimServer:
                 return ExcCodes.DEVICE_FAILURE
         block = _BLOCK_OF_FC.get(fc)
         profile = unit.meter.profile
-        if block is None or (fc == 6 and not profile.fc06_supported):
+        if block is None:
             return ExcCodes.ILLEGAL_FUNCTION
         if not block.is_bits and count > profile.max_registers_per_request:
             return ExcCodes.ILLEGAL_VALUE
@@ -287,6 +336,11 @@ class ModbusSimServer:
         except _RequestRefused as refused:
             log.debug("unit %s: %s", unit.meter.unit_id, refused)
             return refused.code
+        except MeterError as exc:
+            # The clock left the model's range, or the model refused in some other way:
+            # a real meter would report an internal failure, not crash the bus.
+            log.warning("unit %s: %s", unit.meter.unit_id, exc)
+            return ExcCodes.DEVICE_FAILURE
         return None
 
     def _refresh(
@@ -376,8 +430,8 @@ class ModbusSimServer:
         elif reg.point is Prepaid.TOKEN_ENTRY:
             if len(text) != 20 or not text.isdigit():
                 raise _RequestRefused(ExcCodes.ILLEGAL_VALUE, "a token is 20 ASCII digits")
-            unit.token_count = (unit.token_count + 1) % 0x10000
             model.enter_token(text, model.now)
+            unit.token_count = (unit.token_count + 1) % 0x10000
         else:
             raise _RequestRefused(ExcCodes.ILLEGAL_ADDRESS, f"{reg.point} is not writable")
 
@@ -387,6 +441,22 @@ class ModbusSimServer:
             model.set_relay(closed)
         except CommandRefused as exc:
             raise _RequestRefused(ExcCodes.DEVICE_FAILURE, str(exc)) from None
+
+
+# Mask write (FC22) and read/write multiple (FC23): no meter gridvend knows implements them.
+_UNSUPPORTED_FCS = frozenset({22, 23})
+
+
+class _UnsupportedRequest(ModbusPDU):
+    """Stands in for a request whose function the meter lacks: answers exception 1,
+    whatever its address, as the meter's firmware would."""
+
+    def __init__(self, request: ModbusPDU) -> None:
+        super().__init__(dev_id=request.dev_id, transaction_id=request.transaction_id)
+        self.function_code = request.function_code
+
+    async def datastore_update(self, context: object, device_id: int) -> ModbusPDU:
+        return ExceptionResponse(self.function_code, ExcCodes.ILLEGAL_FUNCTION)
 
 
 def _filler(address: int, count: int, *, readonly: bool) -> SimData:
@@ -399,11 +469,14 @@ class _Snapshot:
     def __init__(self, unit: _Unit) -> None:
         self._unit = unit
         self._measurements: dict[Quantity, Decimal] | None = None
+        self._phases: tuple[PhaseValues, ...] | None = None
 
     def _measurement(self, measurand: Measurand) -> Decimal:
         model = self._unit.meter.model
         if measurand.phase is not None:
-            phases = model.phase_values()
+            if self._phases is None:
+                self._phases = model.phase_values()
+            phases = self._phases
             if measurand.phase > len(phases):
                 return Decimal(0)
             values = phases[measurand.phase - 1]
@@ -483,12 +556,24 @@ class _Snapshot:
         return result
 
 
+def sim_clock_now(clock: SimClock) -> Clock:
+    """A ``now`` for the servers: ``clock``'s simulated time at the running loop's time.
+
+    ``clock`` must have been created with ``real_origin=loop.time()`` of this loop.
+    Raise RuntimeError when called outside a running event loop.
+    """
+    loop = asyncio.get_running_loop()
+    return lambda: clock.now(loop.time())
+
+
 def _as_meters(
     meters: Sequence[MeterModel | ModbusMeter], profile: Profile | str
 ) -> list[ModbusMeter]:
     default = get_profile(profile) if isinstance(profile, str) else profile
     return [
-        m if isinstance(m, ModbusMeter) else ModbusMeter(index + 1, m, default)
+        m
+        if isinstance(m, ModbusMeter)
+        else ModbusMeter(index + 1, m, profile_for_phases(default, m.config.phases))
         for index, m in enumerate(meters)
     ]
 
@@ -503,21 +588,31 @@ async def serve_modbus_tcp(
     profile: Profile | str = "eastron-sdm120-prepaid",
     framer: FramerType = FramerType.SOCKET,
     seed: int = 0,
+    offline_interval_s: int = 900,
 ) -> AsyncIterator[ModbusSimServer]:
     """Serve ``meters`` on ``host:port`` until the context exits.
 
-    A bare ``MeterModel`` at index i is unit id i+1 with ``profile``; pass
+    A bare ``MeterModel`` at index i is unit id i+1 with ``profile`` (or its sibling
+    for the model's number of phases: a three-phase model under
+    ``eastron-sdm120-prepaid`` is served as ``eastron-sdm630-prepaid``); pass
     :class:`ModbusMeter` items to choose unit ids and profiles per meter. ``now`` gives
-    the simulated time each read advances the models to. ``port=0`` picks a free
+    the simulated time each read advances the models to; ``offline_interval_s`` is the
+    simulated interval at which the offline fault is drawn. ``port=0`` picks a free
     port; the bound one is in ``server.address``. ``framer=FramerType.RTU``
     serves RTU frames over TCP, like a transparent RS-485-to-TCP converter.
 
     Raises:
         ValueError: no meters, a duplicate unit id or a unit id outside 1..247.
         ProfileError: an unknown profile name.
-        RuntimeError: the port cannot be bound (pymodbus reports it so).
+        OSError: the port cannot be bound.
     """
-    sim = ModbusSimServer(_as_meters(meters, profile), now, framer=framer, seed=seed)
+    sim = ModbusSimServer(
+        _as_meters(meters, profile),
+        now,
+        framer=framer,
+        seed=seed,
+        offline_interval_s=offline_interval_s,
+    )
     server = ModbusTcpServer(
         sim.devices,
         address=(host, port),
@@ -525,7 +620,10 @@ async def serve_modbus_tcp(
         trace_pdu=sim.trace_pdu,  # type: ignore[arg-type]
         trace_packet=sim.trace_packet,
     )
-    await server.serve_forever(background=True)
+    try:
+        await server.serve_forever(background=True)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen for Modbus TCP on {host}:{port}") from exc
     listener = server.transport
     sockets = getattr(listener, "sockets", None)
     sim.address = sockets[0].getsockname()[:2] if sockets else (host, port)
@@ -544,13 +642,20 @@ async def serve_modbus_rtu(
     baudrate: int = 9600,
     profile: Profile | str = "eastron-sdm120-prepaid",
     seed: int = 0,
+    offline_interval_s: int = 900,
 ) -> AsyncIterator[ModbusSimServer]:
     """Serve ``meters`` as Modbus RTU slaves on the serial line ``device`` (8N1).
 
     Same meters, clock and errors as :func:`serve_modbus_tcp`; ``device`` is a serial
     port path (``/dev/ttyUSB0``, or a pty from :mod:`meter_sim.serial_bridge`).
     """
-    sim = ModbusSimServer(_as_meters(meters, profile), now, framer=FramerType.RTU, seed=seed)
+    sim = ModbusSimServer(
+        _as_meters(meters, profile),
+        now,
+        framer=FramerType.RTU,
+        seed=seed,
+        offline_interval_s=offline_interval_s,
+    )
     server = ModbusSerialServer(
         sim.devices,
         framer=FramerType.RTU,
@@ -559,7 +664,10 @@ async def serve_modbus_rtu(
         trace_pdu=sim.trace_pdu,  # type: ignore[arg-type]
         trace_packet=sim.trace_packet,
     )
-    await server.serve_forever(background=True)
+    try:
+        await server.serve_forever(background=True)
+    except RuntimeError as exc:
+        raise OSError(f"cannot open serial port {device!r} for Modbus RTU") from exc
     try:
         yield sim
     finally:

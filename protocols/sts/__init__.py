@@ -44,6 +44,15 @@ from protocols.sts.keys import (
     derive_decoder_key,
     vending_key_from_hex,
 )
+from protocols.sts.meter import (
+    MeterDecoder,
+    MeterState,
+    TokenResult,
+    TokenStatus,
+    meter_state_for,
+    new_meter_state,
+    process_token,
+)
 from protocols.sts.tid import TidAllocator, next_tid
 from protocols.sts.tokens import (
     ClearCreditToken,
@@ -95,8 +104,10 @@ __all__ = [
     "KeyFormatError",
     "KeyType",
     "ManagementSubclass",
+    "MeterDecoder",
     "MeterNumberError",
     "MeterPan",
+    "MeterState",
     "MeterStateError",
     "MeterTestToken",
     "SetMaximumPowerLimitToken",
@@ -109,6 +120,8 @@ __all__ = [
     "Token",
     "TokenClass",
     "TokenFormatError",
+    "TokenResult",
+    "TokenStatus",
     "UnknownSubclassError",
     "UnsupportedAlgorithmError",
     "build_key_change",
@@ -123,9 +136,12 @@ __all__ = [
     "key_change_sections",
     "key_expired",
     "luhn_check_digit",
+    "meter_state_for",
+    "new_meter_state",
     "next_tid",
     "parse_meter_number",
     "parse_token",
+    "process_token",
     "round_up_amount",
     "tid_from_datetime",
     "to_base_units",
