@@ -563,3 +563,19 @@ def lifecycle_history(session: Session, meter_id: int) -> list[MeterLifecycleCha
             .order_by(MeterLifecycleChange.changed_at, MeterLifecycleChange.id)
         )
     )
+
+
+def installed_at(session: Session, meter_id: int) -> datetime | None:
+    """When the meter was last installed (its latest move into ``installed``, or its
+    registration as installed); None if it never was. Reads stamped earlier belong to
+    before the installation (validation uses this).
+    """
+    return session.scalar(
+        select(MeterLifecycleChange.changed_at)
+        .where(
+            MeterLifecycleChange.meter_id == meter_id,
+            MeterLifecycleChange.to_state == MeterLifecycle.INSTALLED.value,
+        )
+        .order_by(MeterLifecycleChange.changed_at.desc(), MeterLifecycleChange.id.desc())
+        .limit(1)
+    )

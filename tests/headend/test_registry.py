@@ -20,6 +20,7 @@ from headend.registry import (
     MeterUpdate,
     RegistryError,
     find_meter,
+    installed_at,
     lifecycle_history,
     meter_pan,
     normalise_meter_number,
@@ -323,3 +324,25 @@ def test_a_modbus_profile_gives_the_phases_when_they_are_not_stated() -> None:
     three = registration(modbus_profile="eastron-sdm630-prepaid")
     assert three.phases == 3
     assert registration(modbus_profile="dds238-zn").phases == 1
+
+
+def test_installed_at_is_the_latest_move_into_installed(
+    session_factory: sessionmaker[Session],
+) -> None:
+    meter_id = add(session_factory)
+    with session_factory() as session:
+        assert installed_at(session, meter_id) is None
+    for target, reason, hours in [
+        (L.INSTALLED, "", 1),
+        (L.IN_STOCK, "wrong address", 2),
+        (L.INSTALLED, "", 5),
+    ]:
+        with session_factory() as session, session.begin():
+            transition_meter(
+                session, meter_id, target, actor="t", reason=reason, now=T0 + timedelta(hours=hours)
+            )
+    with session_factory() as session:
+        assert installed_at(session, meter_id) == T0 + timedelta(hours=5)
+    registered_installed = add(session_factory, "M-2", lifecycle="installed")
+    with session_factory() as session:
+        assert installed_at(session, registered_installed) == T0
