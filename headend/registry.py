@@ -397,16 +397,28 @@ def find_meter(session: Session, key: str) -> Meter:
     Raises:
         RegistryError: ``meter_not_found``.
     """
-    conditions = [Meter.serial == key, Meter.comm_id == key]
-    if key.isdigit() and len(key) <= 10:
-        conditions.append(Meter.id == int(key))
+    number: str | None = None
     # A key that is not a valid meter number still matches by the other identities.
     with suppress(ValueError):
-        conditions.append(Meter.meter_number == normalise_meter_number(key))
-    meter = session.scalar(select(Meter).where(or_(*conditions)).order_by(Meter.id).limit(1))
-    if meter is None:
+        number = normalise_meter_number(key)
+    conditions = [Meter.serial == key, Meter.comm_id == key]
+    if number is not None:
+        conditions.append(Meter.meter_number == number)
+    if key.isdigit() and len(key) <= 18:
+        conditions.append(Meter.id == int(key))
+    candidates = session.scalars(select(Meter).where(or_(*conditions)).limit(4)).all()
+
+    # One key may name two meters (serial "12" and id 12): the more specific name wins.
+    def rank(meter: Meter) -> int:
+        if meter.serial == key:
+            return 0
+        if meter.comm_id == key:
+            return 1
+        return 2 if number is not None and meter.meter_number == number else 3
+
+    if not candidates:
         raise RegistryError("meter_not_found", f"no meter with id, serial or number {key!r}")
-    return meter
+    return min(candidates, key=lambda m: (rank(m), m.id))
 
 
 def update_meter(

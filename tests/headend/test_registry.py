@@ -181,6 +181,13 @@ def test_find_meter_by_serial_id_or_meter_number(session_factory: sessionmaker[S
             find_meter(session, "M-404")
 
 
+def test_find_meter_prefers_a_serial_over_an_id(session_factory: sessionmaker[Session]) -> None:
+    first = add(session_factory, "M-1")
+    second = add(session_factory, str(first))  # a meter whose serial is the first one's id
+    with session_factory() as session:
+        assert find_meter(session, str(first)).id == second
+
+
 def test_the_whole_lifecycle_is_recorded_with_who_when_and_why(
     session_factory: sessionmaker[Session],
 ) -> None:
