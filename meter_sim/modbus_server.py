@@ -166,6 +166,9 @@ class ModbusSimServer:
         self.devices = [self._device(unit) for unit in self._units.values()]
         # The bound (host, port) once a TCP server listens; port 0 picks a free port.
         self.address: tuple[str, int] | None = None
+        # Counters for a status line: requests that reached a meter, requests dropped
+        # (absent or offline unit), replies dropped and replies sent with a bad CRC.
+        self.requests = 0
         self.dropped_requests = 0
         self.dropped_replies = 0
         self.corrupted_replies = 0
@@ -309,6 +312,7 @@ class ModbusSimServer:
     ) -> ExcCodes | None:
         if set_values is None and fc in (5, 6):
             return None  # the read-back pymodbus does to echo a single write
+        self.requests += 1
         latency = unit.faults.latency()
         if latency > 0:
             await asyncio.sleep(latency)
