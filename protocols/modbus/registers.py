@@ -379,8 +379,8 @@ EASTRON_SETTINGS: tuple[Setting, ...] = (
     Setting(Block.HOLDING, 0x0000, F32, Decimal(0), "demand time (min)"),
     Setting(Block.HOLDING, 0x0002, F32, Decimal(60), "demand period (min)"),
     Setting(Block.HOLDING, 0x000C, F32, Decimal(100), "pulse width (ms)"),
-    Setting(Block.HOLDING, 0x0012, F32, Decimal(0), "parity/stop: 0 = 1 stop bit, no parity"),
-    Setting(Block.HOLDING, 0x001C, F32, Decimal(2), "baud code: 2 = 9600"),
+    Setting(Block.HOLDING, 0x0012, F32, Decimal(0), "parity/stop code (0: 1 stop bit, no parity)"),
+    Setting(Block.HOLDING, 0x001C, F32, Decimal(2), "baud code (2: 9600 baud)"),
 )
 EASTRON_IDENTITY: tuple[Register, ...] = (
     Register(Prepaid.DEVICE_ADDRESS, Block.HOLDING, 0x0014, F32, Access.READ),
