@@ -14,6 +14,7 @@ from gridvend.audit import AuditLog, verify_chain
 from gridvend.auth import AuthError, NewUser, Role, create_user
 from gridvend.broker import BrokerError, provide_broker
 from gridvend.db import make_engine, make_session_factory, upgrade
+from gridvend.meter_cli import app as meter_app
 from gridvend.runtime import System
 from gridvend.settings import Settings
 from gridvend.sts_cli import app as sts_app
@@ -30,6 +31,7 @@ app.add_typer(user_app, name="user")
 audit_app = typer.Typer(help="The append-only audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 app.add_typer(sts_app, name="sts", help="STS tokens by hand: keys, encode, decode, key change.")
+app.add_typer(meter_app, name="meter")
 
 console = Console()
 

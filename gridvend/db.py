@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +21,14 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # SQLAlchemy emits BEGIN itself (below) instead of the sqlite3 module's lazy BEGIN.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -35,15 +36,28 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+READ_ONLY_OPTION = "gridvend_read_only"
+
+
+def _sqlite_begin_immediate(connection: Any) -> None:
+    # Take the write lock when a transaction starts, so read-then-write transactions (a
+    # vend reading the last TID, an audit append reading the last hash) queue behind each
+    # other instead of failing with "database is locked" halfway through. Read-only
+    # sessions (make_read_only_session_factory) begin deferred and never wait.
+    if connection.get_execution_options().get(READ_ONLY_OPTION):
+        connection.exec_driver_sql("BEGIN")
+    else:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-@contextmanager
-def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session whose work is committed on success and rolled back on any error."""
-    with factory() as session, session.begin():
-        yield session
+def make_read_only_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for reads that may run while the same thread holds a write transaction
+    (e.g. the security module loading a key in the middle of a vend)."""
+    return sessionmaker(engine.execution_options(**{READ_ONLY_OPTION: True}))
 
 
 def alembic_config(engine: Engine) -> Config:

@@ -86,8 +86,10 @@ def _register_fleet(session_factory: sessionmaker[Session], configs: list[MeterC
                     phases=config.phases,
                     protocol=MeterProtocol.MQTT,
                     prepaid_mode=PrepaidMode(config.prepaid_mode.value),
-                    lifecycle=MeterLifecycle.ACTIVE,
+                    lifecycle=MeterLifecycle.INSTALLED,
                 ),
+                actor="demo",
+                audit=AuditLog(),
             )
 
 

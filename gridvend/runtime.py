@@ -10,14 +10,30 @@ from types import TracebackType
 import uvicorn
 
 from gridvend.app import create_app
+from gridvend.audit import AuditLog
 from gridvend.broker import BrokerEndpoint
-from gridvend.db import make_engine, make_session_factory, upgrade
+from gridvend.db import (
+    make_engine,
+    make_read_only_session_factory,
+    make_session_factory,
+    upgrade,
+)
 from gridvend.settings import Settings
 from headend.connectors.mqtt import MqttIngestWorker
 from headend.ingest import Ingestor
 from protocols.mqtt import TopicScheme
+from vending.keystore import KeyEncryptionKey, KeyStore
+from vending.security_module import SoftwareSecurityModule
 
 log = logging.getLogger(__name__)
+
+
+def load_key_encryption_key(settings: Settings) -> KeyEncryptionKey:
+    """The KEK from GRIDVEND_KEY_ENCRYPTION_KEY, else from its file (created if absent)."""
+    if settings.key_encryption_key is not None:
+        return KeyEncryptionKey.from_base64(settings.key_encryption_key.get_secret_value())
+    path = settings.key_encryption_key_file or settings.data_dir / "kek.b64"
+    return KeyEncryptionKey.load_or_create(path)
 
 
 class System:
@@ -32,6 +48,11 @@ class System:
         self.broker = broker
         self.engine = make_engine(settings.effective_database_url)
         self.session_factory = make_session_factory(self.engine)
+        self.audit = AuditLog()
+        self.keystore = KeyStore(load_key_encryption_key(settings))
+        self.security_module = SoftwareSecurityModule(
+            self.keystore, make_read_only_session_factory(self.engine)
+        )
         self.scheme = TopicScheme(prefix=settings.mqtt_topic_prefix)
         self.ingestor = Ingestor(self.session_factory, self.scheme)
         self.worker = MqttIngestWorker(

@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from dataclasses import fields as dataclass_fields
 from datetime import datetime
+from decimal import Decimal
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
@@ -20,12 +21,15 @@ from protocols.sts import (
     BaseDate,
     CreditToken,
     CreditType,
+    CurrencyCreditToken,
     DecoderKey,
     Dkga,
     EncryptionAlgorithm,
     KeyConfig,
     KeyType,
     MeterTestToken,
+    SetMaximumPowerLimitToken,
+    SetPhaseUnbalanceLimitToken,
     StsError,
     Token,
     TokenClass,
@@ -103,9 +107,16 @@ def describe_token(token: Token) -> dict[str, Any]:
     }
     for item in dataclass_fields(token):
         value = getattr(token, item.name)
-        data[item.name] = int(value) if isinstance(value, int) else value
+        data[item.name] = value if isinstance(value, bool) else int(value)
     if isinstance(token, CreditToken):
         data["unit"] = token.credit_type.unit
+        unit = ("kWh", "m3", "m3", "min")[token.credit_type]
+        data["quantity"] = f"{Decimal(token.amount) / 10} {unit}"
+    elif isinstance(token, CurrencyCreditToken):
+        sign = "-" if token.negative else ""
+        data["quantity"] = f"{sign}{Decimal(token.amount).scaleb(-5)} currency units"
+    elif isinstance(token, SetMaximumPowerLimitToken | SetPhaseUnbalanceLimitToken):
+        data["quantity"] = f"{token.watts} W"
     return data
 
 
@@ -170,7 +181,12 @@ def _encode_rounded(base_units: int) -> int:
 @_technician_errors
 def decoder_key_command(
     dkga: str = typer.Option(..., "--dkga", help="Key generation algorithm: 02 or 04."),
-    vending_key: str = typer.Option(..., "--vending-key", help="Vending key in hex."),
+    vending_key: str = typer.Option(
+        ...,
+        "--vending-key",
+        envvar="GRIDVEND_STS_VENDING_KEY",
+        help="Vending key in hex (or set GRIDVEND_STS_VENDING_KEY, kept out of shell history).",
+    ),
     sgc: str = typer.Option(..., "--sgc", help="Supply group code (6 digits)."),
     ti: str = typer.Option(..., "--ti", help="Tariff index (2 digits)."),
     krn: int = typer.Option(..., "--krn", help="Key revision number (1..9)."),
@@ -287,7 +303,12 @@ def key_change_command(
     pan: str = typer.Option(..., "--pan", help="Meter PAN (18 digits) or DRN (11/13)."),
     dkga: str = typer.Option(..., "--dkga", help="Key generation algorithm: 02 or 04."),
     ea: str = typer.Option("07", "--ea", help="Encryption algorithm: 07, 09 or 11."),
-    vending_key: str = typer.Option(..., "--vending-key", help="Current vending key, hex."),
+    vending_key: str = typer.Option(
+        ...,
+        "--vending-key",
+        envvar="GRIDVEND_STS_VENDING_KEY",
+        help="Current vending key in hex (or set GRIDVEND_STS_VENDING_KEY).",
+    ),
     sgc: str = typer.Option(..., "--sgc", help="Current supply group code."),
     ti: str = typer.Option(..., "--ti", help="Current tariff index."),
     krn: int = typer.Option(..., "--krn", help="Current key revision number."),

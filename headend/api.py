@@ -5,19 +5,36 @@ which refer to the local `DB` dependency alias.
 """
 
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, File, HTTPException, Query, UploadFile, status
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializer
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from headend.audit import AuditSink
+from headend.bulk_import import ImportFileError, import_meters
+from headend.commissioning import (
+    Commissioning,
+    CommissioningError,
+    LinkFactory,
+    open_meter_link,
+)
+from headend.health import HealthError, read_success_rates, silent_meters
 from headend.ingest import IngestStats
-from headend.models import Meter, Reading, RejectedMessage
-from headend.registry import MeterRegistration, RegistryError, register_meter
+from headend.models import Meter, MeterLifecycle, MeterProtocol, Reading, RejectedMessage
+from headend.registry import (
+    MeterRegistration,
+    MeterUpdate,
+    RegistryError,
+    lifecycle_history,
+    register_meter,
+    transition_meter,
+    update_meter,
+)
 from protocols.quantities import Quantity
 
 
@@ -35,6 +52,51 @@ class MeterOut(BaseModel):
     lifecycle: str
     online: bool | None
     last_seen_at: datetime | None
+    lifecycle_changed_at: datetime | None
+    supply_group_code: str | None
+    tariff_index: str | None
+    key_revision: int | None
+    key_type: int | None
+    base_date: int | None
+    key_expiry_number: int | None
+    encryption_algorithm: str | None
+    dkga: str | None
+    rated_max_current_a: int | None
+    location: str
+    latitude: Decimal | None
+    longitude: Decimal | None
+    modbus_profile: str | None
+    modbus_host: str | None
+    modbus_port: int | None
+    rtu_port: str | None
+    rtu_baud: int | None
+    rtu_parity: str | None
+    modbus_unit: int | None
+
+
+class LifecycleRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    to: MeterLifecycle
+    reason: Annotated[str, Field(max_length=500)] = ""
+
+
+class LifecycleChangeOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    from_state: str | None
+    to_state: str
+    changed_by: str
+    changed_at: datetime
+    reason: str
+
+
+class CommissioningRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run_all: bool = Field(
+        default=True, description="Run every step now; false starts a guided run only."
+    )
 
 
 class ReadingOut(BaseModel):
@@ -73,6 +135,40 @@ def _error(status_code: int, code: str, message: str) -> HTTPException:
 # Role names as the composition root's auth knows them.
 READERS = ("admin", "supervisor", "clerk", "technician")
 ENGINEERS = ("admin", "supervisor", "technician")
+SUPERVISORS = ("admin", "supervisor")
+# Lifecycle moves a technician makes in the field; the others (activate, suspend,
+# decommission, return to stock) are a supervisor's decision.
+TECHNICIAN_TARGETS = frozenset({MeterLifecycle.INSTALLED, MeterLifecycle.IN_STOCK})
+MAX_IMPORT_BYTES = 10 * 1024 * 1024
+
+_REGISTRY_STATUS = {
+    "meter_not_found": status.HTTP_404_NOT_FOUND,
+    "meter_exists": status.HTTP_409_CONFLICT,
+    "transition_not_allowed": status.HTTP_409_CONFLICT,
+    "commissioning_required": status.HTTP_409_CONFLICT,
+    "invalid_state": status.HTTP_409_CONFLICT,
+    "reason_required": status.HTTP_422_UNPROCESSABLE_CONTENT,
+}
+_COMMISSIONING_STATUS = {
+    "meter_not_found": status.HTTP_404_NOT_FOUND,
+    "run_not_found": status.HTTP_404_NOT_FOUND,
+    "meter_not_installed": status.HTTP_409_CONFLICT,
+    "commissioning_in_progress": status.HTTP_409_CONFLICT,
+    "run_finished": status.HTTP_409_CONFLICT,
+}
+
+
+def _registry_error(exc: RegistryError) -> HTTPException:
+    return _error(_REGISTRY_STATUS.get(exc.code, status.HTTP_409_CONFLICT), exc.code, str(exc))
+
+
+def _commissioning_error(exc: CommissioningError) -> HTTPException:
+    code = _COMMISSIONING_STATUS.get(exc.code, status.HTTP_409_CONFLICT)
+    return _error(code, exc.code, str(exc))
+
+
+def _actor(principal: Any) -> str:
+    return str(getattr(principal, "username", "api"))
 
 
 def make_router(
@@ -80,9 +176,16 @@ def make_router(
     stats: Callable[[], IngestStats | None],
     *,
     require: Callable[..., Any],
+    audit: AuditSink | None = None,
+    link_factory: LinkFactory = open_meter_link,
 ) -> APIRouter:
-    """The head-end routes; ``require(*roles)`` is the caller-check dependency to use."""
+    """The head-end routes; ``require(*roles)`` is the caller-check dependency to use.
+
+    ``audit`` receives registry changes and commissioning results; ``link_factory`` opens
+    the link to a meter for commissioning (default: Modbus from the registry's address).
+    """
     router = APIRouter(prefix="/api", tags=["head-end"])
+    commissioning = Commissioning(session_factory, audit=audit, link_factory=link_factory)
 
     def db() -> Iterator[Session]:
         with session_factory() as session:
@@ -100,26 +203,212 @@ def make_router(
     def list_meters(
         session: DB,
         _: Any = require(*READERS),
+        lifecycle: MeterLifecycle | None = None,
+        protocol: MeterProtocol | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> Any:
-        return session.scalars(select(Meter).order_by(Meter.id).limit(limit).offset(offset)).all()
+        query = select(Meter)
+        if lifecycle is not None:
+            query = query.where(Meter.lifecycle == lifecycle.value)
+        if protocol is not None:
+            query = query.where(Meter.protocol == protocol.value)
+        return session.scalars(query.order_by(Meter.id).limit(limit).offset(offset)).all()
 
     @router.post("/meters", response_model=MeterOut, status_code=status.HTTP_201_CREATED)
-    def create_meter(session: DB, body: MeterRegistration, _: Any = require(*ENGINEERS)) -> Any:
+    def create_meter(
+        session: DB, body: MeterRegistration, principal: Any = require(*ENGINEERS)
+    ) -> Any:
         try:
             with session.begin():
-                return register_meter(session, body)
+                return register_meter(session, body, actor=_actor(principal), audit=audit)
         except RegistryError as exc:
-            raise _error(status.HTTP_409_CONFLICT, exc.code, str(exc)) from None
+            raise _registry_error(exc) from None
         except IntegrityError:
             raise _error(
                 status.HTTP_409_CONFLICT, "meter_exists", "a meter with these ids exists"
             ) from None
 
+    @router.post("/meters/import")
+    async def import_csv(
+        file: Annotated[UploadFile, File(description="CSV, header row first (docs/registry.md)")],
+        principal: Any = require(*ENGINEERS),
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """Register meters from a CSV file: valid rows are imported, the others reported by
+        row number with their reasons."""
+        data = await file.read(MAX_IMPORT_BYTES + 1)
+        if len(data) > MAX_IMPORT_BYTES:
+            raise _error(
+                status.HTTP_413_CONTENT_TOO_LARGE,
+                "file_too_large",
+                f"CSV files are limited to {MAX_IMPORT_BYTES // (1024 * 1024)} MiB; split it",
+            )
+        try:
+            report = import_meters(
+                session_factory,
+                data,
+                actor=_actor(principal),
+                audit=audit,
+                source=file.filename or "upload.csv",
+                dry_run=dry_run,
+            )
+        except ImportFileError as exc:
+            raise _error(status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid_file", str(exc)) from None
+        return report.as_dict()
+
     @router.get("/meters/{meter_id}", response_model=MeterOut)
     def read_meter(session: DB, meter_id: int, _: Any = require(*READERS)) -> Any:
         return get_meter(session, meter_id)
+
+    @router.patch("/meters/{meter_id}", response_model=MeterOut)
+    def change_meter(
+        session: DB, meter_id: int, body: MeterUpdate, principal: Any = require(*ENGINEERS)
+    ) -> Any:
+        try:
+            with session.begin():
+                return update_meter(session, meter_id, body, actor=_actor(principal), audit=audit)
+        except RegistryError as exc:
+            raise _registry_error(exc) from None
+        except IntegrityError:
+            raise _error(
+                status.HTTP_409_CONFLICT, "meter_exists", "a meter with these ids exists"
+            ) from None
+
+    @router.post("/meters/{meter_id}/lifecycle", response_model=LifecycleChangeOut)
+    def change_lifecycle(
+        session: DB, meter_id: int, body: LifecycleRequest, principal: Any = require(*ENGINEERS)
+    ) -> Any:
+        """Move a meter along its lifecycle (see docs/registry.md for the allowed moves)."""
+        role = str(getattr(getattr(principal, "role", None), "value", ""))
+        if role == "technician" and body.to not in TECHNICIAN_TARGETS:
+            raise _error(
+                status.HTTP_403_FORBIDDEN,
+                "forbidden_role",
+                f"moving a meter to {body.to.value} needs a supervisor or admin",
+            )
+        try:
+            with session.begin():
+                return transition_meter(
+                    session,
+                    meter_id,
+                    body.to,
+                    actor=_actor(principal),
+                    reason=body.reason,
+                    audit=audit,
+                )
+        except RegistryError as exc:
+            raise _registry_error(exc) from None
+
+    @router.get("/meters/{meter_id}/lifecycle", response_model=list[LifecycleChangeOut])
+    def read_lifecycle(session: DB, meter_id: int, _: Any = require(*READERS)) -> Any:
+        try:
+            return lifecycle_history(session, meter_id)
+        except RegistryError as exc:
+            raise _registry_error(exc) from None
+
+    @router.post("/meters/{meter_id}/commissioning", status_code=status.HTTP_201_CREATED)
+    async def start_commissioning(
+        meter_id: int,
+        principal: Any = require(*ENGINEERS),
+        body: CommissioningRequest | None = None,
+    ) -> dict[str, Any]:
+        """Start commissioning an installed meter: with ``run_all`` (the default) every
+        step runs now; otherwise the run waits for ``POST /api/commissioning/{id}/next``."""
+        run_all = body.run_all if body is not None else True
+        try:
+            if run_all:
+                view = await commissioning.commission(meter_id, technician=_actor(principal))
+            else:
+                view = commissioning.get_run(
+                    commissioning.start(meter_id, technician=_actor(principal))
+                )
+        except CommissioningError as exc:
+            raise _commissioning_error(exc) from None
+        return view.as_dict()
+
+    @router.get("/meters/{meter_id}/commissioning")
+    def list_commissioning(meter_id: int, _: Any = require(*READERS)) -> list[dict[str, Any]]:
+        return [view.as_dict() for view in commissioning.runs_of(meter_id)]
+
+    @router.get("/commissioning/{run_id}")
+    def read_commissioning(run_id: int, _: Any = require(*READERS)) -> dict[str, Any]:
+        try:
+            return commissioning.get_run(run_id).as_dict()
+        except CommissioningError as exc:
+            raise _commissioning_error(exc) from None
+
+    @router.post("/commissioning/{run_id}/next")
+    async def next_commissioning_step(run_id: int, _: Any = require(*ENGINEERS)) -> dict[str, Any]:
+        """Run and store the next step of a guided run."""
+        try:
+            return (await commissioning.run_next_step(run_id)).as_dict()
+        except CommissioningError as exc:
+            raise _commissioning_error(exc) from None
+
+    @router.get("/headend/health/silent")
+    def list_silent(
+        session: DB,
+        _: Any = require(*ENGINEERS),
+        interval_s: Annotated[int, Query(ge=1, le=86400)] = 900,
+        intervals: Annotated[int, Query(ge=1, le=10000)] = 4,
+        limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+    ) -> list[dict[str, Any]]:
+        """Meters expected to talk that were not heard from for ``intervals`` intervals."""
+        silent = silent_meters(
+            session,
+            now=datetime.now(UTC),
+            interval=timedelta(seconds=interval_s),
+            intervals=intervals,
+            limit=limit,
+        )
+        return [
+            {
+                "meter_id": m.meter_id,
+                "serial": m.serial,
+                "lifecycle": m.lifecycle,
+                "protocol": m.protocol,
+                "online": m.online,
+                "last_seen_at": m.last_seen_at.isoformat() if m.last_seen_at else None,
+                "intervals_missed": m.intervals_missed,
+            }
+            for m in silent
+        ]
+
+    @router.get("/headend/health/read-rates")
+    def list_read_rates(
+        session: DB,
+        since: date,
+        until: date,
+        _: Any = require(*ENGINEERS),
+        interval_s: Annotated[int, Query(ge=1, le=86400)] = 900,
+        meter_id: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Read success per meter and UTC day (rates as decimal strings, 0.9375 = 93.75 %)."""
+        try:
+            rates = read_success_rates(
+                session,
+                since=since,
+                until=until,
+                now=datetime.now(UTC),
+                interval=timedelta(seconds=interval_s),
+                meter_id=meter_id,
+            )
+        except HealthError as exc:
+            raise _error(status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid_range", str(exc)) from None
+        return [
+            {
+                "meter_id": r.meter_id,
+                "serial": r.serial,
+                "day": r.day.isoformat(),
+                "attempts": r.attempts,
+                "successes": r.successes,
+                "rate": str(r.rate) if r.rate is not None else None,
+                "source": r.source,
+                "last_failure": r.last_failure,
+            }
+            for r in rates
+        ]
 
     @router.get("/meters/{meter_id}/readings", response_model=list[ReadingOut])
     def list_readings(

@@ -1,7 +1,7 @@
 """Interval consumption from cumulative register reads, aligned to interval boundaries.
 
 This is what the head-end publishes as "new interval consumption for meter M from t1 to
-t2": for each interval ``[b, b + interval]`` between the first and the last real read of a
+t2": for each interval ``[b, b + interval)`` between the first and the last real read of a
 register, the register's value at both boundaries and their difference.
 
 The value at a boundary is the real read within the alignment tolerance of it (the
@@ -197,7 +197,8 @@ def derivation_span(
     after that span, or None. Re-derive with every real read from the latest one at or
     before ``start - tolerance`` to the earliest one at or after ``end + tolerance``
     (tolerance: ``settings.tolerance_for(interval)``), passing ``start`` and ``end``, and
-    publish :func:`superseding` of what was published before.
+    publish :func:`superseding` and :func:`withdrawals` against what was published in
+    ``[start, end]`` before.
 
     Raises:
         ValueError: an unusable interval, or ``changed_to`` before ``changed_from``.
@@ -218,10 +219,51 @@ def derivation_span(
 def superseding(
     published: Iterable[IntervalConsumption], derived: Iterable[IntervalConsumption]
 ) -> tuple[IntervalConsumption, ...]:
-    """The derived records that are new or differ (energy or quality) from the published.
+    """The derived records that are new or differ from the published ones.
 
-    These are the records to append to the consumption stream; a consumer treats a record
-    with a key it has seen as a correction of the earlier one.
+    A record differs when its energy, quality, end or reason changed (an operator needs
+    the current reason for a held interval). These are the records to append to the
+    consumption stream; a consumer treats a record with a key it has seen as a
+    correction of the earlier one.
     """
-    seen = {r.key: (r.energy_kwh, r.quality, r.t_end) for r in published}
-    return tuple(r for r in derived if seen.get(r.key) != (r.energy_kwh, r.quality, r.t_end))
+    seen = {r.key: r for r in published}
+    return tuple(r for r in derived if seen.get(r.key) != r)
+
+
+def withdrawals(
+    published: Iterable[IntervalConsumption],
+    derived: Iterable[IntervalConsumption],
+    start: datetime,
+    end: datetime,
+) -> tuple[IntervalConsumption, ...]:
+    """Corrections for published intervals in ``[start, end]`` that are no longer derived.
+
+    This happens when the real reads that determined an interval went away (an operator
+    rejected the last read of a register, say). Each correction has the published key,
+    zero energy and quality FLAGGED, so the consumer reverses what it rated and holds the
+    interval for an operator. Published records outside ``[start, end]`` are left alone,
+    since the derivation did not look there.
+    """
+    kept = {r.key for r in derived}
+    return tuple(
+        IntervalConsumption(
+            r.meter_id,
+            r.quantity,
+            r.t_start,
+            r.t_end,
+            Decimal(0).quantize(r.energy_kwh),
+            Quality.FLAGGED,
+            "withdrawn: no longer determined by real reads",
+        )
+        for r in published
+        if start <= r.t_start and r.t_end <= end and r.key not in kept
+    )
+
+
+__all__ = [
+    "IntervalConsumption",
+    "derivation_span",
+    "interval_consumption",
+    "superseding",
+    "withdrawals",
+]

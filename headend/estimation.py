@@ -155,3 +155,13 @@ def to_steps(value: Decimal, decimals: int) -> int:
 def from_steps(steps: int, decimals: int) -> Decimal:
     """A whole number of ``10**-decimals`` steps as a Decimal written with ``decimals``."""
     return Decimal(steps).scaleb(-decimals)
+
+
+__all__ = [
+    "estimate_gaps",
+    "from_steps",
+    "interpolate",
+    "is_estimable",
+    "real_anchors",
+    "to_steps",
+]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Date,
     ForeignKey,
     Index,
     Integer,
@@ -36,6 +38,8 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 # Readings keep six decimal places (micro-units); see ScaledDecimal for the rounding rule.
 READING_VALUE_TYPE = ScaledDecimal(6)
+# Coordinates keep seven decimal places of a degree (about 1 cm on the ground).
+COORDINATE_TYPE = ScaledDecimal(7)
 
 
 class Base(DeclarativeBase):
@@ -78,6 +82,98 @@ class Meter(Base):
     online: Mapped[bool | None] = mapped_column(default=None)
     last_seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    lifecycle_changed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+    # STS decoder key parameters (IEC 62055-41): what a key change token moves the meter
+    # from and to. The vending key itself lives in vending's key store, never here.
+    supply_group_code: Mapped[str | None] = mapped_column(String(6))
+    tariff_index: Mapped[str | None] = mapped_column(String(2))
+    key_revision: Mapped[int | None] = mapped_column(Integer)
+    key_type: Mapped[int | None] = mapped_column(Integer)
+    base_date: Mapped[int | None] = mapped_column(Integer)  # TID base year: 1993, 2014, 2035
+    key_expiry_number: Mapped[int | None] = mapped_column(Integer)
+    encryption_algorithm: Mapped[str | None] = mapped_column(String(2))  # "07", "09", "11"
+    dkga: Mapped[str | None] = mapped_column(String(2))  # "02", "04"
+
+    rated_max_current_a: Mapped[int | None] = mapped_column(Integer)
+
+    # Where the meter hangs: free text for the technician, coordinates in WGS84 degrees.
+    location: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    latitude: Mapped[Decimal | None] = mapped_column(COORDINATE_TYPE)
+    longitude: Mapped[Decimal | None] = mapped_column(COORDINATE_TYPE)
+
+    # Modbus addressing: a profile (protocols.modbus.profiles) plus TCP or RTU endpoint.
+    modbus_profile: Mapped[str | None] = mapped_column(String(64))
+    modbus_host: Mapped[str | None] = mapped_column(String(255))
+    modbus_port: Mapped[int | None] = mapped_column(Integer)
+    rtu_port: Mapped[str | None] = mapped_column(String(255))
+    rtu_baud: Mapped[int | None] = mapped_column(Integer)
+    rtu_parity: Mapped[str | None] = mapped_column(String(1))  # "N", "E", "O"
+    modbus_unit: Mapped[int | None] = mapped_column(Integer)  # device id 1..247, TCP or RTU
+
+
+class MeterLifecycleChange(Base):
+    """One lifecycle move of one meter: the history behind ``Meter.lifecycle``.
+
+    ``from_state`` is None for the entry written when the meter is registered.
+    """
+
+    __tablename__ = "meter_lifecycle_changes"
+    __table_args__ = (Index("ix_meter_lifecycle_changes_meter_id", "meter_id", "changed_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    meter_id: Mapped[int] = mapped_column(ForeignKey("meters.id"))
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    changed_by: Mapped[str] = mapped_column(String(64))
+    changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class CommissioningRun(Base):
+    """One attempt to commission one meter on site; its steps are stored as they run."""
+
+    __tablename__ = "commissioning_runs"
+    __table_args__ = (Index("ix_commissioning_runs_meter_id", "meter_id", "started_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    meter_id: Mapped[int] = mapped_column(ForeignKey("meters.id"))
+    technician: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # running, passed, failed
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    failed_step: Mapped[str | None] = mapped_column(String(32))
+    failure_reason: Mapped[str] = mapped_column(Text, default="")
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class CommissioningStep(Base):
+    """The outcome of one step of a commissioning run, with what was measured."""
+
+    __tablename__ = "commissioning_steps"
+    __table_args__ = (UniqueConstraint("run_id", "step"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("commissioning_runs.id"))
+    position: Mapped[int] = mapped_column(Integer)
+    step: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))  # passed, failed, skipped, pending
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    message: Mapped[str] = mapped_column(Text, default="")
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class MeterReadStats(Base):
+    """Read attempts and successes of one meter on one UTC day (fed by the pollers)."""
+
+    __tablename__ = "meter_read_stats"
+
+    meter_id: Mapped[int] = mapped_column(ForeignKey("meters.id"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    successes: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure: Mapped[str] = mapped_column(Text, default="")
 
 
 class Reading(Base):

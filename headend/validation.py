@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -88,6 +89,7 @@ class Flag(enum.StrEnum):
     INVALID_TIMESTAMP = "invalid_timestamp"
     FUTURE_TIMESTAMP = "future_timestamp"
     STALE_TIMESTAMP = "stale_timestamp"
+    BEFORE_INSTALL = "before_install"
     INVALID_VALUE = "invalid_value"
     OUT_OF_RANGE = "out_of_range"
     CONFLICT = "conflict"
@@ -111,6 +113,7 @@ _FLAG_CATEGORY = {
     Flag.INVALID_TIMESTAMP: Category.RECORD,
     Flag.FUTURE_TIMESTAMP: Category.RECORD,
     Flag.STALE_TIMESTAMP: Category.RECORD,
+    Flag.BEFORE_INSTALL: Category.RECORD,
     Flag.INVALID_VALUE: Category.RECORD,
     Flag.OUT_OF_RANGE: Category.RECORD,
     Flag.CONFLICT: Category.RECORD,
@@ -151,8 +154,9 @@ class RegisterRead:
     """One value of one register as a meter reported it, before validation.
 
     Deliberately unchecked: whatever arrived is judged by :func:`validate_read`, which
-    flags what is wrong instead of refusing to hold it. ``unit`` is the unit the source
-    reported, or None when the transport implies it (MQTT keys, the Modbus register map).
+    flags what is wrong instead of refusing to hold it. ``quantity`` may also be given by
+    its wire name (``"energy_import_kwh"``). ``unit`` is the unit the source reported, or
+    None when the transport implies it (MQTT keys, the Modbus register map).
     """
 
     meter_id: str
@@ -224,17 +228,18 @@ class Verdict:
         flags, in whatever quarantine it has).
         """
         quality = self.quality
-        if quality is None:
-            return None
         read = self.read
+        quantity = _as_quantity(read.quantity)
         if (
-            not isinstance(read.quantity, Quantity)
+            quality is None
+            or quantity is None
+            or not isinstance(read.meter_id, str)
             or not _is_aware(read.timestamp)
             or _to_utc(read.timestamp) is None
             or _value_problem(read.value)
         ):
             return None
-        return StoredRead(read.meter_id, read.quantity, read.timestamp, read.value, quality)
+        return StoredRead(read.meter_id, quantity, read.timestamp, read.value, quality)
 
 
 # --- configuration ------------------------------------------------------------------------
@@ -249,10 +254,13 @@ class MeterProfile:
     states it. ``interval`` is the energy interval (15 minutes by default); it must be a
     whole number of seconds that divides a day, so boundaries fall on UTC midnight.
     ``register_capacity_kwh`` is where a cumulative register wraps to zero (for a register
-    of six integer digits, 1000000), or None if it is not known.
+    of six integer digits, 1000000), or None if it is not known. ``installed_at`` is when
+    the meter was installed: a read stamped earlier is a clock fault, and stored reads from
+    before it (a previous register epoch) are not context.
 
     Raises:
-        ValueError: phases not 1 or 3, a non-positive rating, or an unusable interval.
+        ValueError: phases not 1 or 3, a non-positive rating, an unusable interval, or a
+            naive ``installed_at``.
     """
 
     meter_id: str
@@ -263,8 +271,11 @@ class MeterProfile:
     interval: timedelta = timedelta(minutes=15)
     register_capacity_kwh: Decimal | None = None
     rated_max_power_w: Decimal | None = None
+    installed_at: datetime | None = None
 
     def __post_init__(self) -> None:
+        if self.installed_at is not None and not _is_aware(self.installed_at):
+            raise ValueError(f"installed_at must be timezone-aware, got {self.installed_at!r}")
         if isinstance(self.phases, bool) or self.phases not in (1, 3):
             raise ValueError(f"phases must be 1 or 3, got {self.phases!r}")
         for name in ("rated_max_current_a", "nominal_voltage_v", "nominal_frequency_hz"):
@@ -414,6 +425,18 @@ def _is_aware(ts: object) -> bool:
     return isinstance(ts, datetime) and ts.utcoffset() is not None
 
 
+def _as_quantity(name: object) -> Quantity | None:
+    """The quantity named by ``name`` (a Quantity or its wire name), or None."""
+    if isinstance(name, Quantity):
+        return name
+    if isinstance(name, str):
+        try:
+            return Quantity(name)
+        except ValueError:
+            return None
+    return None
+
+
 def _to_utc(ts: datetime) -> datetime | None:
     """``ts`` in UTC, or None if that falls outside the datetime range (year 1 or 9999)."""
     try:
@@ -511,7 +534,8 @@ class _Register:
         """
         value = self._reads[index].value
         since = self._reads[index].timestamp
-        for read in reversed(self._reads[:index]):
+        for i in range(index - 1, -1, -1):
+            read = self._reads[i]
             if read.quality in (Quality.FLAGGED, Quality.REJECTED):
                 continue
             if read.value != value:
@@ -565,17 +589,22 @@ def validate_reads(
     """
     if not _is_aware(now):
         raise ValueError(f"now must be timezone-aware, got {now!r}")
-    registers: dict[Quantity, _Register] = {}
-    for q in Quantity:
-        registers[q] = _Register(
-            r for r in stored if r.meter_id == profile.meter_id and r.quantity is q
-        )
+    by_quantity: dict[Quantity, list[StoredRead]] = {}
+    installed_at = profile.installed_at
+    for r in stored:
+        if r.meter_id == profile.meter_id and (installed_at is None or r.timestamp >= installed_at):
+            by_quantity.setdefault(r.quantity, []).append(r)
+    registers = {q: _Register(by_quantity.get(q, ())) for q in Quantity}
     verdicts = []
-    for read in reads:
+    for i, read in enumerate(reads):
         verdict = _judge(read, registers, profile, now, settings)
         verdicts.append(verdict)
-        kept = verdict.to_stored()
-        if kept is not None and kept.meter_id == profile.meter_id:
+        kept = verdict.to_stored() if i < len(reads) - 1 else None
+        if (
+            kept is not None
+            and kept.meter_id == profile.meter_id
+            and (installed_at is None or kept.timestamp >= installed_at)
+        ):
             registers[kept.quantity].add(kept)
     return tuple(verdicts)
 
@@ -594,7 +623,7 @@ def _judge(
 
     if read.meter_id != profile.meter_id:
         flag(Flag.WRONG_METER, f"read for meter {read.meter_id!r} judged as {profile.meter_id!r}")
-    quantity = read.quantity if isinstance(read.quantity, Quantity) else None
+    quantity = _as_quantity(read.quantity)
     if quantity is None:
         flag(Flag.UNKNOWN_QUANTITY, f"{read.quantity!r} is not a known quantity")
     elif read.unit is not None and read.unit != quantity.info.unit:
@@ -617,6 +646,12 @@ def _judge(
                 Flag.STALE_TIMESTAMP,
                 f"{_fmt_ts(ts)} is more than {settings.max_read_age} before now ({_fmt_ts(now)})",
             )
+        elif profile.installed_at is not None and ts < profile.installed_at:
+            flag(
+                Flag.BEFORE_INSTALL,
+                f"{_fmt_ts(ts)} is before the meter was installed "
+                f"({_fmt_ts(profile.installed_at)})",
+            )
 
     value: Decimal | None = None
     problem = _value_problem(read.value)
@@ -633,25 +668,35 @@ def _judge(
     if register is not None and ts is not None and value is not None:
         same = [r for r in register.at(ts) if r.quality.is_real]
         if same:
-            first = same[0]
-            if first.value == value:
+            # A resend of any stored read (even a rejected conflict) is a duplicate; the
+            # conflict is reported against the read that was kept.
+            match = next((r for r in same if r.value == value), None)
+            if match is not None:
                 return Verdict(
                     read,
                     Status.DUPLICATE,
                     (
                         Finding(
                             Flag.DUPLICATE,
-                            f"same value as the read stored at {_fmt_ts(ts)} ({first.quality})",
+                            f"same value as the read stored at {_fmt_ts(ts)} ({match.quality})",
                         ),
                     ),
                 )
+            kept = next((r for r in same if r.quality is not Quality.REJECTED), same[0])
             flag(
                 Flag.CONFLICT,
-                f"a read of {first.value} is already stored at {_fmt_ts(ts)}; "
+                f"a read of {kept.value} is already stored at {_fmt_ts(ts)}; "
                 f"this one says {value} (the first is kept)",
             )
-        elif any(r.quality is Quality.ESTIMATED for r in register.at(ts)):
-            flag(Flag.REPLACES_ESTIMATE, f"a real read for the estimate at {_fmt_ts(ts)}")
+        else:
+            # An estimate within the alignment tolerance is for the boundary this read holds.
+            near = settings.tolerance_for(profile.interval) + _MICROSECOND
+            for estimate in register.between(ts - near, ts + near):
+                if estimate.quality is Quality.ESTIMATED:
+                    flag(
+                        Flag.REPLACES_ESTIMATE,
+                        f"a real read for the estimate at {_fmt_ts(estimate.timestamp)}",
+                    )
 
     if any(f.flag.category is Category.RECORD for f in findings):
         return Verdict(read, Status.REJECTED, tuple(findings))
@@ -773,19 +818,15 @@ def _backwards(
     capacity = profile.register_capacity_kwh
     if capacity is not None:
         wrapped = capacity - previous.value + value
-        possible = max_energy_kwh(profile, ts - previous.timestamp) * Fraction(
-            settings.spike_margin
-        )
-        if wrapped <= possible + _step(quantity, value):
+        elapsed = ts - previous.timestamp
+        if wrapped > 0 and not _exceeds_rating(
+            wrapped, elapsed, profile, settings, quantity, value
+        ):
             return Finding(
                 Flag.ROLLOVER,
                 f"{fell}: a wrap at capacity {capacity} {unit} would mean {wrapped} {unit}",
             )
     return Finding(Flag.NEGATIVE_CONSUMPTION, f"{fell}: meter exchange, register reset or tamper?")
-
-
-def _step(quantity: Quantity, *values: Decimal) -> Fraction:
-    return Fraction(1, 10 ** resolution_decimals(quantity, *values))
 
 
 def _spike(
@@ -796,21 +837,47 @@ def _spike(
     settings: VeeSettings,
     *values: Decimal,
 ) -> str:
-    # One resolution step of slack: a register that truncates can show a step early.
-    limit = max_energy_kwh(profile, elapsed) * Fraction(settings.spike_margin)
-    limit += _step(quantity, *values)
-    if Fraction(delta) <= limit:
+    if not _exceeds_rating(delta, elapsed, profile, settings, quantity, *values):
         return ""
+    decimals = resolution_decimals(quantity, *values)
+    limit = max_energy_kwh(profile, elapsed) * Fraction(settings.spike_margin)
+    limit += Fraction(1, 10**decimals)
     unit = quantity.info.unit
     return (
-        f"advanced {delta} {unit} in {elapsed}; at most {_show(limit)} {unit} is possible "
-        f"at {profile.max_power_w} W x {settings.spike_margin}"
+        f"advanced {delta} {unit} in {elapsed}; at most {_show(limit, decimals)} {unit} is "
+        f"possible at {profile.max_power_w} W x {settings.spike_margin}"
     )
 
 
-def _show(amount: Fraction) -> Decimal:
-    """An exact fraction shown to the millionth (for reasons only, never for arithmetic)."""
-    return (Decimal(amount.numerator) / Decimal(amount.denominator)).quantize(Decimal("0.000001"))
+def _exceeds_rating(
+    energy_kwh: Decimal,
+    elapsed: timedelta,
+    profile: MeterProfile,
+    settings: VeeSettings,
+    quantity: Quantity,
+    *values: Decimal,
+) -> bool:
+    """Whether ``energy_kwh`` is more than the meter can register in ``elapsed``.
+
+    The limit is max power x elapsed x spike margin plus one resolution step of slack (a
+    register that truncates can show a step early). Compared exactly in integers, cross-
+    multiplied, because this runs for every read and Fraction arithmetic is slow.
+    """
+    if energy_kwh <= 0:
+        return False
+    en, ed = energy_kwh.as_integer_ratio()
+    pn, pd = profile.max_power_w.as_integer_ratio()
+    mn, md = settings.spike_margin.as_integer_ratio()
+    scale = 10 ** resolution_decimals(quantity, *values)
+    microseconds = elapsed // _MICROSECOND
+    # en/ed > pn*us*mn / (pd*md*W) + 1/scale, with W the microsecond-watts in a kWh.
+    w = _MICROSECONDS_PER_HOUR * 1000
+    return en * pd * md * w * scale > (pn * microseconds * mn * scale + pd * md * w) * ed
+
+
+def _show(amount: Fraction, decimals: int) -> Decimal:
+    """An exact fraction rounded down to ``decimals`` places, for reasons (never arithmetic)."""
+    return Decimal(math.floor(amount * 10**decimals)).scaleb(-decimals)
 
 
 def _gap_finding(
@@ -845,6 +912,8 @@ def _covered_boundaries(ts: datetime, interval: timedelta, tolerance: timedelta)
 
 __all__ = [
     "DEFAULT_SETTINGS",
+    "MAX_ABS_VALUE",
+    "MAX_DECIMALS",
     "Category",
     "Finding",
     "Flag",
@@ -859,8 +928,11 @@ __all__ = [
     "ceil_boundary",
     "check_interval",
     "count_boundaries",
+    "decimals_of",
     "floor_boundary",
+    "max_energy_kwh",
     "missing_boundaries",
+    "resolution_decimals",
     "validate_read",
     "validate_reads",
     "worst_quality",

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from meter_sim.commands import error_reply, execute_command
 from meter_sim.faults import FaultInjector
-from meter_sim.load import mix64
+from meter_sim.load import epoch_seconds, mix64
 from meter_sim.model import MeterModel
 from protocols.mqtt import (
     CommandName,
@@ -28,6 +28,7 @@ from protocols.mqtt import (
 )
 
 _REPLIES_REMEMBERED = 64
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +57,24 @@ class AgentStats:
 class MqttMeterAgent:
     """The MQTT face of one :class:`MeterModel`."""
 
-    def __init__(self, model: MeterModel, scheme: TopicScheme) -> None:
+    def __init__(
+        self,
+        model: MeterModel,
+        scheme: TopicScheme,
+        *,
+        interval_s: int = 900,
+        upload_spread_s: int = 0,
+    ) -> None:
+        """``interval_s``: simulated seconds between interval readings (aligned to the epoch).
+
+        ``upload_spread_s``: the meter uploads each interval reading a seeded delay of
+        0..spread simulated seconds after the interval end (the reading is still taken and
+        stamped at the interval end), as AMI meters do to spread the load on the head-end.
+        """
+        if not 1 <= interval_s <= 86_400:
+            raise ValueError(f"interval_s must be 1..86400: {interval_s}")
+        if not 0 <= upload_spread_s < interval_s:
+            raise ValueError(f"upload_spread_s must be 0..interval_s-1: {upload_spread_s}")
         self.model = model
         self.meter_id = model.config.serial
         self.faults = FaultInjector(model.config.faults, mix64(model.config.seed, 10))
@@ -66,6 +84,12 @@ class MqttMeterAgent:
         self.status_topic = scheme.meter_topic(self.meter_id, MeterChannel.STATUS)
         self.command_topic = scheme.meter_topic(self.meter_id, MeterChannel.COMMAND)
         self._seq = 0
+        self._interval = timedelta(seconds=interval_s)
+        spread = mix64(model.config.seed, 13) % upload_spread_s if upload_spread_s else 0
+        self.upload_delay = timedelta(seconds=spread)
+        start_s = epoch_seconds(model.now)
+        self._next_reading = _EPOCH + timedelta(seconds=start_s - start_s % interval_s)
+        self._next_reading += self._interval
         self._held_reading: Outgoing | None = None
         # QoS 1 may deliver a command twice: answer a repeated id with the same reply.
         self._replies: dict[str, Outgoing] = {}
@@ -110,6 +134,23 @@ class MqttMeterAgent:
             out.append(report)
         return out
 
+    @property
+    def next_reading_at(self) -> datetime:
+        """The interval end of the next interval reading."""
+        return self._next_reading
+
+    def due_readings(self, now: datetime) -> list[Outgoing]:
+        """The interval readings due up to ``now`` (none if ``now`` is before the next end).
+
+        Each is taken exactly at its interval end, even when a command arrives after the
+        end and before the fleet's schedule got round to this meter.
+        """
+        out: list[Outgoing] = []
+        while self._next_reading <= now:
+            out.extend(self.reading(self._next_reading))
+            self._next_reading += self._interval
+        return out
+
     def _report(self) -> Outgoing:
         report = TelemetryReport(
             seq=self._seq, ts=self.model.meter_time, values=self.model.measurements()
@@ -118,10 +159,15 @@ class MqttMeterAgent:
         return Outgoing(self.telemetry_topic, report.to_bytes())
 
     def tick(self, now: datetime) -> list[Outgoing]:
-        """Advance the model to ``now`` and return the events to publish."""
+        """Advance the model to ``now`` and return the events (and due readings) to publish.
+
+        A reading whose interval ended before ``now`` is taken first, at its interval end,
+        even if its upload delay has not passed yet.
+        """
+        out = self.due_readings(now)
         if now > self.model.now:
             self.model.advance(now)
-        return self.take_events()
+        return out + self.take_events()
 
     def take_events(self) -> list[Outgoing]:
         out = []
@@ -174,8 +220,9 @@ class MqttMeterAgent:
         repeated = self._replies.get(command.id)
         if repeated is not None:
             return [repeated]
-        out = []
-        reply = execute_command(self.model, command, max(now, self.model.now))
+        now = max(now, self.model.now)
+        out = self.due_readings(now)
+        reply = execute_command(self.model, command, now)
         out.extend(self.take_events())
         if command.name is CommandName.READ_NOW:
             out.append(self._report())

@@ -51,6 +51,16 @@ class SimClock:
     def speed(self) -> float:
         return self._speed
 
+    def rebase(self, real_origin: float) -> None:
+        """Restart counting from ``start`` at real time ``real_origin``.
+
+        A fleet calls this once all its meters are connected, so a slow start-up does not
+        eat simulated time. Raise :class:`ClockError` if ``real_origin`` is not finite.
+        """
+        if not math.isfinite(real_origin):
+            raise ClockError(f"real_origin must be finite, got {real_origin!r}")
+        self._real_origin = float(real_origin)
+
     def now(self, real: float) -> datetime:
         """Simulated UTC time at real time ``real`` (seconds, same origin as ``real_origin``)."""
         elapsed_us = round((real - self._real_origin) * self._speed * 1_000_000)

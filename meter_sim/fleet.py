@@ -26,8 +26,8 @@ from meter_sim.load import LoadProfile, epoch_seconds, mix64
 from meter_sim.model import DecoderSettings, MeterConfig, MeterModel, PrepaidMode
 from meter_sim.mqtt_client import MeterLink
 from protocols.mqtt import TopicScheme
+from protocols.sts import MeterNumberError, MeterPan
 
-STS_IIN = "600727"
 SIM_MANUFACTURER_CODE = "99"  # two-digit STS manufacturer code used for simulated meters
 
 
@@ -35,28 +35,14 @@ class FleetError(ValueError):
     """A fleet was asked for with invalid parameters, or could not connect."""
 
 
-def luhn_check_digit(payload: str) -> str:
-    """The Luhn check digit for a string of decimal digits (as used by STS DRNs and PANs)."""
-    if not payload.isdigit() or not payload.isascii():
-        raise FleetError(f"Luhn payload must be decimal digits: {payload!r}")
-    total = 0
-    for position, char in enumerate(reversed(payload)):
-        digit = int(char)
-        if position % 2 == 0:  # every second digit, starting with the rightmost
-            digit *= 2
-            if digit > 9:
-                digit -= 9
-        total += digit
-    return str((10 - total % 10) % 10)
-
-
 def sts_meter_pan(decoder_serial: int, manufacturer_code: str = SIM_MANUFACTURER_CODE) -> str:
     """The 18-digit STS PAN: IIN 600727 + DRN (MfrCode + 8-digit serial + Luhn) + Luhn."""
     if not 0 <= decoder_serial < 10**8:
         raise FleetError(f"decoder serial must have at most 8 digits: {decoder_serial}")
-    drn_payload = f"{manufacturer_code}{decoder_serial:08d}"
-    drn = drn_payload + luhn_check_digit(drn_payload)
-    return STS_IIN + drn + luhn_check_digit(STS_IIN + drn)
+    try:
+        return MeterPan.from_parts(manufacturer_code, f"{decoder_serial:08d}").digits
+    except MeterNumberError as exc:
+        raise FleetError(str(exc)) from None
 
 
 def describe_fleet(
@@ -66,6 +52,7 @@ def describe_fleet(
     prefix: str = "SIM",
     prepaid_mode: PrepaidMode = PrepaidMode.TOKEN,
     three_phase_every: int = 10,
+    central_every: int = 0,
     faults: FaultConfig = NO_FAULTS,
     decoder: DecoderSettings | None = None,
 ) -> list[MeterConfig]:
@@ -73,7 +60,9 @@ def describe_fleet(
 
     Serials are ``{prefix}-{8-digit decoder serial}``; meter numbers are valid STS PANs
     (IIN 600727, manufacturer code 99, Luhn check digits), unique within the fleet.
-    Every ``three_phase_every``-th meter is three-phase (0: none). Load profiles,
+    Every ``three_phase_every``-th meter is three-phase (0: none); every
+    ``central_every``-th meter is a central-balance meter whatever ``prepaid_mode`` says
+    (0: none), for fleets that mix both kinds. Load profiles,
     initial energy and initial credit (token mode) vary per meter from the seed.
     Raise :class:`FleetError` for a count outside 0..1,000,000 or a bad prefix.
     """
@@ -81,14 +70,15 @@ def describe_fleet(
         raise FleetError(f"count must be 0..1000000: {count}")
     if not prefix or not all(c.isalnum() or c in "_.-" for c in prefix) or len(prefix) > 40:
         raise FleetError(f"prefix must be 1-40 letters, digits or '_.-': {prefix!r}")
-    if three_phase_every < 0:
-        raise FleetError(f"three_phase_every must not be negative: {three_phase_every}")
+    if three_phase_every < 0 or central_every < 0:
+        raise FleetError("three_phase_every and central_every must not be negative")
     first_serial = mix64(seed, 9) % (10**8 - count) if count else 0
     configs = []
     for index in range(count):
         rng = random.Random(mix64(seed, 11, index))
         decoder_serial = first_serial + index
         three_phase = three_phase_every > 0 and index % three_phase_every == three_phase_every - 1
+        central = central_every > 0 and index % central_every == central_every - 1
         base = rng.randrange(60, 260, 10)
         peak = rng.randrange(1200, 4200, 100) * (3 if three_phase else 1)
         configs.append(
@@ -96,7 +86,7 @@ def describe_fleet(
                 serial=f"{prefix}-{decoder_serial:08d}",
                 meter_number=sts_meter_pan(decoder_serial),
                 phases=3 if three_phase else 1,
-                prepaid_mode=prepaid_mode,
+                prepaid_mode=PrepaidMode.CENTRAL if central else prepaid_mode,
                 rated_max_current_a=80 if three_phase else 60,
                 load=LoadProfile(base_load_w=base, peak_load_w=peak),
                 seed=mix64(seed, 12, index),
@@ -122,6 +112,7 @@ class FleetStats:
     published: int
     simulated_now: datetime
     lag_s: float  # how far the reading schedule runs behind real time
+    boundary_s: float  # real seconds the last interval's readings took to take and queue
 
 
 class MqttFleet:
@@ -129,8 +120,11 @@ class MqttFleet:
 
     ``speed`` simulated seconds pass per real second; readings are taken at every
     multiple of ``interval_s`` simulated seconds (aligned to the Unix epoch, so 900 gives
-    :00/:15/:30/:45) and once at start; the models are also advanced every ``poll_s``
-    simulated seconds so events (credit exhausted, power limit) go out promptly.
+    :00/:15/:30/:45) and once at start; each meter uploads its reading a seeded delay of
+    up to ``upload_spread_s`` simulated seconds after the interval end (0: at once), but
+    always stamped with the interval end. Meters that could raise an event (credit
+    running out, a power limit) are advanced every ``poll_s`` simulated seconds so
+    their events go out promptly; the others only when a reading or command is due.
     ``start`` is the simulated start time (default: now, UTC, whole seconds).
     Entering the context returns once every meter is connected and online; raise
     :class:`FleetError` if the broker refuses or cannot be reached. Exiting publishes a
@@ -149,6 +143,7 @@ class MqttFleet:
         mqtt_v5: bool = True,
         start: datetime | None = None,
         poll_s: int = 60,
+        upload_spread_s: int = 0,
         keepalive_s: int = 60,
         connect_concurrency: int = 64,
         connect_timeout_s: float = 60.0,
@@ -158,6 +153,8 @@ class MqttFleet:
             raise FleetError(f"interval_s must be 1..86400: {interval_s}")
         if not 1 <= poll_s <= interval_s:
             raise FleetError(f"poll_s must be 1..interval_s: {poll_s}")
+        if not 0 <= upload_spread_s < interval_s:
+            raise FleetError(f"upload_spread_s must be 0..interval_s-1: {upload_spread_s}")
         serials = [c.serial for c in configs]
         if len(set(serials)) != len(serials):
             raise FleetError("meter serials in a fleet must be unique")
@@ -170,6 +167,7 @@ class MqttFleet:
         self._speed = speed
         self._interval_s = interval_s
         self._poll_s = poll_s
+        self._upload_spread_s = upload_spread_s
         self._mqtt_v5 = mqtt_v5
         self._start = start
         self._keepalive_s = keepalive_s
@@ -181,6 +179,7 @@ class MqttFleet:
         self._scheduler: asyncio.Task[None] | None = None
         self._clock: SimClock | None = None
         self._lag_s = 0.0
+        self._boundary_s = 0.0
 
     # --- inspection ------------------------------------------------------------------
 
@@ -215,6 +214,7 @@ class MqttFleet:
             published=sum(link.published for link in self._links),
             simulated_now=self.now(),
             lag_s=self._lag_s,
+            boundary_s=self._boundary_s,
         )
 
     # --- lifecycle -------------------------------------------------------------------
@@ -228,7 +228,12 @@ class MqttFleet:
         if self._wall is not None:
             link_options["wall"] = self._wall
         for config in self._configs:
-            agent = MqttMeterAgent(MeterModel(config, start), self._scheme)
+            agent = MqttMeterAgent(
+                MeterModel(config, start),
+                self._scheme,
+                interval_s=self._interval_s,
+                upload_spread_s=self._upload_spread_s,
+            )
             link = MeterLink(
                 agent,
                 self._host,
@@ -247,6 +252,8 @@ class MqttFleet:
         except BaseException:
             await self._shutdown()
             raise
+        # Simulated time starts when every meter is online, however long connecting took.
+        self._clock.rebase(loop.time())
         self._scheduler = asyncio.create_task(self._schedule(start))
         return self
 
@@ -303,16 +310,20 @@ class MqttFleet:
             if delay > 0:
                 await asyncio.sleep(delay)
             self._lag_s = max(0.0, -delay)
-            boundary = epoch_seconds(tick) % self._interval_s == 0
+            began = loop.time()
+            readings_taken = False
             for index, link in enumerate(self._links):
                 agent = link.agent
-                if boundary:
-                    link.send(agent.reading(tick))
+                if agent.next_reading_at + agent.upload_delay <= tick:
+                    readings_taken = True
+                    link.send(agent.due_readings(tick))
                     if agent.faults.go_offline():
                         offline = self._interval_s * agent.faults.config.offline_intervals
                         link.go_offline(tick + timedelta(seconds=offline))
-                else:
+                elif agent.model.may_change_before(tick):
                     link.send(agent.tick(tick))
                 if index % 256 == 255:
                     await asyncio.sleep(0)  # let replies and publishes through
+            if readings_taken:
+                self._boundary_s = loop.time() - began
             tick += poll

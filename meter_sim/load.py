@@ -81,6 +81,10 @@ class LoadProfile:
 
     def demand_dw(self, bucket: int, seed: int) -> int:
         """Demand in deciwatts during bucket ``bucket`` for the meter seeded with ``seed``."""
+        return self.demand_with_key_dw(bucket, noise_key(seed))
+
+    def demand_with_key_dw(self, bucket: int, key: int) -> int:
+        """:meth:`demand_dw` with the meter's :func:`noise_key` computed once by the caller."""
         local_s = (bucket * self.bucket_s + self.utc_offset_minutes * 60) % 86_400
         hour, within = divmod(local_s, 3600)
         here = _HOURLY_SHAPE_PERMILLE[hour]
@@ -89,6 +93,15 @@ class LoadProfile:
         span_dw = (self.peak_load_w - self.base_load_w) * 10
         demand = self.base_load_w * 10 + span_dw * shape // 3_600_000
         if self.noise_permille:
-            draw = mix64(seed, 1, bucket) % (2 * self.noise_permille + 1)
+            # One splitmix64 round of (key + bucket): cheap, and buckets are uncorrelated.
+            x = (key + bucket * 0x9E3779B97F4A7C15) & _MASK64
+            x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+            x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+            draw = (x ^ (x >> 31)) % (2 * self.noise_permille + 1)
             demand = demand * (1000 + draw - self.noise_permille) // 1000
         return max(0, demand)
+
+
+def noise_key(seed: int) -> int:
+    """The per-meter key of the demand noise (derived once from the meter's seed)."""
+    return mix64(seed, 1)

@@ -19,6 +19,7 @@ Units and rounding, in one place:
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 from collections.abc import Mapping
@@ -27,11 +28,26 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 from typing import Literal
 
+from meter_sim import decoder
 from meter_sim.clock import require_aware
 from meter_sim.faults import NO_FAULTS, FaultConfig
-from meter_sim.load import LoadProfile, epoch_seconds, mix64
+from meter_sim.load import LoadProfile, epoch_seconds, mix64, noise_key
 from protocols.mqtt import EventKind, MeterEvent, check_meter_id
 from protocols.quantities import Quantity
+from protocols.sts import (
+    ClearCreditToken,
+    ClearTamperToken,
+    CreditToken,
+    CreditType,
+    KeyChange1Token,
+    KeyConfig,
+    MeterNumberError,
+    MeterState,
+    SetMaximumPowerLimitToken,
+    parse_meter_number,
+)
+from protocols.sts import TokenStatus as StsStatus
+from protocols.sts.tokens import CLEAR_ALL_REGISTERS, ManagementSubclass, TokenClass, parse_block
 
 _UNITS_PER_KWH = 36_000_000_000_000  # deciwatt-microseconds in one kWh
 _UNITS_PER_MICRO_KWH = _UNITS_PER_KWH // 1_000_000
@@ -88,7 +104,7 @@ class TokenStatus(enum.StrEnum):
     """What the meter shows after a token is typed, as real STS meters report it."""
 
     ACCEPT = "accept"
-    KEY_CHANGE_1ST = "1st_kct"  # first section of a key change buffered, waiting for the next
+    KEY_CHANGE_1ST = "1st_kct"  # a key change section buffered, waiting for the others
     USED = "used"
     OLD = "old"
     KEY_EXPIRED = "key_expired"
@@ -107,6 +123,7 @@ class TokenResult:
     token_subclass: int | None = None
     tid: int | None = None
     credit_added_kwh: Decimal | None = None
+    sts_status: str | None = None  # the standard's detailed status, e.g. "CRC error", "2ndKCT"
 
     @property
     def accepted(self) -> bool:
@@ -121,8 +138,9 @@ class DecoderSettings:
     (1..9), ``key_type`` (0 DITK, 1 DDTK, 2 DUTK, 3 DCTK), ``key_expiry_number`` (255 =
     never), ``base_date_year`` (1993, 2014 or 2035), the encryption algorithm and decoder
     key generation algorithm codes, and ``tid_memory_size`` (how many recent token ids
-    the meter remembers). ``decoder_key_hex`` is the meter's decoder key if it was loaded
-    directly; otherwise it is derived from the test vending key when STS support is used.
+    the meter remembers). The decoder key is derived (DKGA02/04) from ``vending_key_hex``,
+    which defaults to a public test vending key (:mod:`meter_sim.decoder`), unless
+    ``decoder_key_hex`` gives the key directly.
     """
 
     supply_group_code: str = "123456"
@@ -132,9 +150,10 @@ class DecoderSettings:
     key_expiry_number: int = 255
     base_date_year: int = 2014
     encryption_algorithm: str = "EA07"
-    key_generation_algorithm: str = "DKGA02"
+    key_generation_algorithm: str = "DKGA04"
     decoder_key_hex: str | None = None
     tid_memory_size: int = 20
+    vending_key_hex: str | None = None
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[0-9]{6}", self.supply_group_code):
@@ -159,6 +178,30 @@ class DecoderSettings:
             raise ConfigError("decoder_key_hex must be 16 or 32 hex digits")
         if not 1 <= self.tid_memory_size <= 1000:
             raise ConfigError(f"tid_memory_size must be 1..1000: {self.tid_memory_size}")
+        if self.vending_key_hex is not None and not re.fullmatch(
+            r"[0-9a-fA-F]{16}|[0-9a-fA-F]{40}", self.vending_key_hex
+        ):
+            raise ConfigError("vending_key_hex must be 16 (DKGA02) or 40 (DKGA04) hex digits")
+
+    def key_config(self) -> KeyConfig:
+        """The STS key configuration these settings describe.
+
+        Raise :class:`ConfigError` for an unsupported combination (e.g. DKGA02 with EA11).
+        """
+        try:
+            return decoder.key_config(
+                vending_key_hex=self.vending_key_hex,
+                supply_group_code=self.supply_group_code,
+                tariff_index=self.tariff_index,
+                key_revision_number=self.key_revision_number,
+                key_type=self.key_type,
+                key_expiry_number=self.key_expiry_number,
+                base_date_year=self.base_date_year,
+                encryption_algorithm=self.encryption_algorithm,
+                key_generation_algorithm=self.key_generation_algorithm,
+            )
+        except decoder.DecoderSetupError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +345,15 @@ class MeterModel:
         self._over_limit_since: datetime | None = None
         self._auto_reconnect_at: datetime | None = None
         self._supply_on = True
+        self._noise_key = noise_key(config.seed)
+        self._demand_cap_dw = (
+            config.rated_max_current_a * config.nominal_voltage_v * 10 * config.phases
+        )
+        # Demand never exceeds this: the profile's peak plus its noise, within the rating.
+        profile = config.load
+        self._demand_bound_dw = min(
+            self._demand_cap_dw, profile.peak_load_w * (1000 + profile.noise_permille) // 100
+        )
         self._tamper: set[TamperKind] = set()
         self._tamper_bucket = config.load.bucket_index(now)
         # Meter clock = true time + offset + drift accumulated since drift_origin.
@@ -313,6 +365,11 @@ class MeterModel:
         self.token_results: list[TokenResult] = []
         if self._credit_units == 0:
             self._relay_reason = RelayReason.CREDIT_EXHAUSTED
+        # The STS decoder is set up at the first token: a fleet of thousands starts fast,
+        # and a meter with a PAN that fails its check digits still measures (its tokens
+        # are then refused as not supported).
+        self._sts: MeterState | None = None
+        self._base_date_year = config.decoder.base_date_year
         self._emit(EventKind.POWER_UP, {})
 
     # --- registers -------------------------------------------------------------------
@@ -351,6 +408,31 @@ class MeterModel:
         return self._power_limit_w
 
     @property
+    def decoder_state(self) -> MeterState | None:
+        """The STS decoder's state (key, key revision, TID memory); None in central mode.
+
+        Raise :class:`ConfigError` if the decoder settings or the PAN give no usable key.
+        """
+        if self._sts is None and self._credit_units is not None:
+            settings = self.config.decoder
+            try:
+                parse_meter_number(self.config.meter_number)
+                self._sts = decoder.initial_state(
+                    self.config.meter_number,
+                    settings.key_config(),
+                    decoder_key_hex=settings.decoder_key_hex,
+                    tid_memory_size=settings.tid_memory_size,
+                )
+            except (decoder.DecoderSetupError, MeterNumberError) as exc:
+                raise ConfigError(str(exc)) from None
+        return self._sts
+
+    @property
+    def base_date_year(self) -> int:
+        """The TID base date year of the meter's current key (moves on at a rollover)."""
+        return self._base_date_year
+
+    @property
     def supply_on(self) -> bool:
         return self._supply_on
 
@@ -368,11 +450,13 @@ class MeterModel:
     def active_power_w(self) -> Decimal:
         return Decimal(self._consuming_dw()).scaleb(-1)
 
+    def _bucket_demand_dw(self, bucket: int) -> int:
+        return min(
+            self.config.load.demand_with_key_dw(bucket, self._noise_key), self._demand_cap_dw
+        )
+
     def _demand_dw(self, moment: datetime) -> int:
-        profile = self.config.load
-        demand = profile.demand_dw(profile.bucket_index(moment), self.config.seed)
-        cap = self.config.rated_max_current_a * self.config.nominal_voltage_v * 10
-        return min(demand, cap * self.config.phases)
+        return self._bucket_demand_dw(self.config.load.bucket_index(moment))
 
     def _consuming_dw(self) -> int:
         if not (self._relay_closed and self._supply_on):
@@ -454,6 +538,9 @@ class MeterModel:
         if now < self._now:
             raise MeterError(f"time must not go backwards: {now} < {self._now}")
         first_new = self._next_seq
+        if not self.may_change_before(now):
+            self._advance_quietly(now)
+            return []
         profile = self.config.load
         while self._now < now:
             t = self._now
@@ -467,7 +554,7 @@ class MeterModel:
                 self._auto_reconnect_at = None
                 self._change_relay(True, RelayReason.AUTO_RECONNECT)
                 continue
-            load = self._consuming_dw()
+            load = self._bucket_demand_dw(bucket) if self._relay_closed and self._supply_on else 0
             if load == 0:
                 self._over_limit_since = None
                 self._now = end
@@ -503,6 +590,55 @@ class MeterModel:
             elif trip_at is not None:
                 self._trip_power_limit(load)
         return self._events_since(first_new)
+
+    def _advance_quietly(self, now: datetime) -> None:
+        """Integrate up to ``now`` when nothing can happen meanwhile (no events, no trips).
+
+        The same arithmetic as the general loop, in integer microseconds and without the
+        per-segment checks, because this is what a fleet of thousands spends its time on.
+        """
+        profile = self.config.load
+        bucket_us = profile.bucket_s * 1_000_000
+        t_us = (self._now - _EPOCH) // _ONE_US
+        end_us = (now - _EPOCH) // _ONE_US
+        if self._relay_closed and self._supply_on and end_us > t_us:
+            key = self._noise_key
+            cap = self._demand_cap_dw
+            bucket = t_us // bucket_us
+            used = 0
+            while t_us < end_us:
+                segment_end = min((bucket + 1) * bucket_us, end_us)
+                used += min(profile.demand_with_key_dw(bucket, key), cap) * (segment_end - t_us)
+                t_us = segment_end
+                bucket += 1
+            self._energy_units += used
+            if self._credit_units is not None:
+                self._credit_units -= used  # stays positive: may_change_before said so
+                self._check_low_credit()
+        self._over_limit_since = None
+        self._tamper_bucket = profile.bucket_index(now)
+        self._now = now
+
+    def may_change_before(self, until: datetime) -> bool:
+        """Whether an event could happen between :attr:`now` and ``until``.
+
+        False means advancing to ``until`` produces no events, so a fleet can skip
+        advancing this meter until then: the result is the same whenever it is advanced.
+        Checked conservatively (demand at its upper bound).
+        """
+        if self._auto_reconnect_at is not None and self._auto_reconnect_at <= until:
+            return True
+        if self.config.faults.tamper_per_day > 0:
+            return True
+        if not (self._relay_closed and self._supply_on):
+            return False
+        if self._power_limit_w is not None and self._demand_bound_dw > self._power_limit_w * 10:
+            return True
+        if self._credit_units is None:
+            return False
+        worst = self._demand_bound_dw * max(0, _us(until - self._now))
+        left = self._credit_units - worst
+        return left <= 0 or (self._low_credit_armed and left < self._low_credit_units)
 
     def _maybe_tamper(self, bucket: int) -> None:
         rate = self.config.faults.tamper_per_day
@@ -591,9 +727,47 @@ class MeterModel:
                 TokenStatus.NOT_SUPPORTED, "central-mode meter: credit is kept by the head-end"
             )
         else:
-            result = TokenResult(TokenStatus.NOT_SUPPORTED, "STS decoder not available")
+            try:
+                self.decoder_state  # noqa: B018 - sets the decoder up on first use
+            except ConfigError as exc:
+                result = TokenResult(TokenStatus.NOT_SUPPORTED, f"no usable STS decoder: {exc}")
+            else:
+                result = self._decode(digits)
         self._record_token(result)
         return result
+
+    def _decode(self, digits: str) -> TokenResult:
+        assert self._sts is not None and self._credit_units is not None
+        credit_base = self._credit_units // (_UNITS_PER_KWH // 10)
+        sts = decoder.decode(self._sts, digits, self.meter_time, credit_base)
+        token = sts.token
+        status = _STATUS_FROM_STS.get(sts.status, TokenStatus.ERROR)
+        common = {
+            "reason": sts.message,
+            "token_class": None if token is None else int(token.token_class),
+            "token_subclass": None if token is None else int(token.subclass),
+            "tid": getattr(token, "tid", None),
+            "sts_status": sts.status.value,
+        }
+        if not sts.accepted:
+            return TokenResult(status, **common)  # type: ignore[arg-type]
+        added = None
+        if isinstance(token, CreditToken) and token.credit_type is CreditType.ELECTRICITY:
+            added = Decimal(sts.state.credit[0] - credit_base).scaleb(-1)
+            if added > 0:
+                self.add_credit(added)
+        elif isinstance(token, ClearCreditToken) and token.register in (0, CLEAR_ALL_REGISTERS):
+            self.clear_credit()
+        elif isinstance(token, SetMaximumPowerLimitToken):
+            # An MPL of 0 W would mean "no supply"; meters treat it as "no limit".
+            self.set_power_limit(token.watts or None)
+        elif isinstance(token, ClearTamperToken):
+            self.clear_tamper()
+        elif sts.status is StsStatus.ACCEPT and _rollover_installed(self._sts, token):
+            # The rollover key comes with the next base date (1993 -> 2014 -> 2035).
+            self._base_date_year = 2014 if self._base_date_year == 1993 else 2035
+        self._sts = dataclasses.replace(sts.state, credit=(0, *sts.state.credit[1:]))
+        return TokenResult(status, credit_added_kwh=added, **common)  # type: ignore[arg-type]
 
     def _record_token(self, result: TokenResult) -> None:
         self.token_results.append(result)
@@ -703,6 +877,30 @@ class MeterModel:
         self._outbox.append(record)
         if len(self._outbox) > _MAX_EVENTS_KEPT:
             del self._outbox[: len(self._outbox) - _MAX_EVENTS_KEPT]
+
+
+def _rollover_installed(before: MeterState, token: object) -> bool:
+    """Whether a key change just completed with the rollover (RO) bit set."""
+    if isinstance(token, KeyChange1Token):
+        return token.rollover
+    for subclass, block in before.pending_sections:
+        if subclass == ManagementSubclass.KEY_CHANGE_1:
+            first = parse_block(TokenClass.METER_SPECIFIC, block)
+            return isinstance(first, KeyChange1Token) and first.rollover
+    return False
+
+
+_STATUS_FROM_STS: dict[StsStatus, TokenStatus] = {
+    StsStatus.ACCEPT: TokenStatus.ACCEPT,
+    StsStatus.FIRST_KCT: TokenStatus.KEY_CHANGE_1ST,
+    StsStatus.SECOND_KCT: TokenStatus.KEY_CHANGE_1ST,
+    StsStatus.THIRD_KCT: TokenStatus.KEY_CHANGE_1ST,
+    StsStatus.FOURTH_KCT: TokenStatus.KEY_CHANGE_1ST,
+    StsStatus.USED: TokenStatus.USED,
+    StsStatus.OLD: TokenStatus.OLD,
+    StsStatus.KEY_EXPIRED: TokenStatus.KEY_EXPIRED,
+    StsStatus.CRC_ERROR: TokenStatus.REJECT,
+}
 
 
 def _phase_shares(seed: int, phases: int) -> tuple[int, ...]:

@@ -38,6 +38,7 @@ class LineKind(enum.StrEnum):
     ENERGY = "energy"
     FIXED = "fixed"
     CAPACITY = "capacity"
+    DEMAND = "demand"
     LEVY = "levy"
     VAT = "vat"
 
@@ -58,6 +59,18 @@ class ChargeLine:
     effective_from: date
     kwh: Fraction | None = None
     rate: Decimal | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready form for storing a breakdown (amounts in minor units)."""
+        kwh = self.kwh_decimal
+        return {
+            "kind": self.kind.value,
+            "label": self.label,
+            "amount_minor": self.amount.minor,
+            "effective_from": self.effective_from.isoformat(),
+            "kwh": None if kwh is None else str(kwh),
+            "rate": None if self.rate is None else str(self.rate),
+        }
 
     @property
     def kwh_decimal(self) -> Decimal | None:
@@ -90,6 +103,15 @@ class Accrual:
 
 
 @dataclass(frozen=True, slots=True)
+class Demand:
+    """`share` of a month's demand charge of `version` on a maximum demand of `kw`."""
+
+    version: TariffVersion
+    kw: Fraction
+    share: Fraction
+
+
+@dataclass(frozen=True, slots=True)
 class Charges:
     """The priced lines of one vend or one rated interval, in `currency`."""
 
@@ -103,6 +125,18 @@ class Charges:
 
     def _sum(self, lines: Iterable[ChargeLine]) -> Money:
         return Money(sum(line.amount.minor for line in lines), self.currency)
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready form: currency, lines and totals by kind (minor units)."""
+        return {
+            "currency": self.currency.code,
+            "lines": [line.to_dict() for line in self.lines],
+            "energy_minor": self.energy_amount.minor,
+            "fixed_minor": self.fixed_amount.minor,
+            "levy_minor": self.levy_amount.minor,
+            "tax_minor": self.tax_amount.minor,
+            "total_minor": self.total.minor,
+        }
 
     @property
     def lines(self) -> tuple[ChargeLine, ...]:
@@ -217,15 +251,21 @@ def _block_label(blocks: SteppedBlocks, i: int) -> str:
 
 
 def compute_charges(
-    currency: Currency, usages: Sequence[Usage], accruals: Sequence[Accrual]
+    currency: Currency,
+    usages: Sequence[Usage],
+    accruals: Sequence[Accrual],
+    demands: Sequence[Demand] = (),
 ) -> Charges:
-    """Price `usages` and `accruals` (see the module docstring for the rules).
+    """Price `usages`, `accruals` and `demands` (see the module docstring for the rules).
+
+    Fixed, capacity and demand lines are all in `Charges.fixed` (told apart by `kind`).
 
     Raises MissingCapacity when a version with a capacity charge is accrued for an
     account without contracted kVA.
     """
     by_date = {u.version.effective_from: u.version for u in usages}
     by_date.update({a.version.effective_from: a.version for a in accruals})
+    by_date.update({d.version.effective_from: d.version for d in demands})
     versions = sorted(by_date.items(), key=lambda item: item[0])
     energy: list[ChargeLine] = []
     fixed: list[ChargeLine] = []
@@ -238,6 +278,8 @@ def compute_charges(
         )
         group_fixed = _fixed_lines(
             currency, version, [a for a in accruals if a.version.effective_from == eff]
+        ) + _demand_lines(
+            currency, version, [d for d in demands if d.version.effective_from == eff]
         )
         chargeable_kwh = sum(
             (line.kwh or Fraction(0) for line in group_energy if line.kind is LineKind.ENERGY),
@@ -322,6 +364,25 @@ def _energy_lines(currency: Currency, eff: date, usages: Sequence[Usage]) -> lis
     return lines
 
 
+def _demand_lines(
+    currency: Currency, version: TariffVersion, demands: Sequence[Demand]
+) -> list[ChargeLine]:
+    if not demands or version.demand is None:
+        return []
+    rate = major_to_minor(version.demand.rate_per_kw_month, currency)
+    value = sum((d.kw * d.share * rate for d in demands), Fraction(0))
+    return [
+        ChargeLine(
+            kind=LineKind.DEMAND,
+            label="demand charge",
+            amount=Money(round_charge(value), currency),
+            exact_minor=value,
+            effective_from=version.effective_from,
+            rate=version.demand.rate_per_kw_month,
+        )
+    ]
+
+
 def _fixed_lines(
     currency: Currency, version: TariffVersion, accruals: Sequence[Accrual]
 ) -> list[ChargeLine]:
@@ -364,3 +425,84 @@ def _fixed_lines(
             )
         )
     return lines
+
+
+class UsageCostCurve:
+    """`compute_charges` totals for one usage as its kWh vary, with the rest fixed.
+
+    A vend searches for the most 0.1 kWh steps its money buys, pricing a dozen candidate
+    quantities; this precomputes everything that does not depend on the quantity (price
+    breaks, fixed lines, other versions' groups) and applies the same lines and rounding
+    as `compute_charges`, without building lines. Tests hold the two equal.
+    """
+
+    def __init__(
+        self,
+        currency: Currency,
+        version: TariffVersion,
+        position: Fraction,
+        band: str | None,
+        free_units: bool,
+        accruals: Sequence[Accrual],
+    ) -> None:
+        eff = version.effective_from
+        regimes = _regimes(version, band, free_units)
+        self._pieces = [
+            (
+                start,
+                regimes[j + 1][0] if j + 1 < len(regimes) else None,
+                key[0] != 0,
+                major_to_minor(rate, currency),
+            )
+            for j, (start, key, rate) in enumerate(regimes)
+        ]
+        self._position = position
+        self._levies = [
+            (major_to_minor(lv.per_kwh, currency), exact(lv.percent_of_energy) / 100, lv.taxable)
+            for lv in version.levies
+        ]
+        self._vat = exact(version.vat_percent) / 100
+        same = [a for a in accruals if a.version.effective_from == eff]
+        other = compute_charges(
+            currency, [], [a for a in accruals if a.version.effective_from != eff]
+        )
+        self._other_total, self._other_exact = other.total.minor, other.exact_total
+        fixed = _fixed_lines(currency, version, same)
+        self._fixed_total = sum(line.amount.minor for line in fixed)
+        self._fixed_exact = sum((line.exact_minor for line in fixed), Fraction(0))
+
+    def _slices(self, kwh: Fraction) -> list[tuple[Fraction, bool, Fraction]]:
+        lo, hi = self._position, self._position + kwh
+        out = []
+        for start, end, chargeable, rate in self._pieces:
+            a = max(lo, start)
+            b = hi if end is None else min(hi, end)
+            if b > a:
+                out.append((b - a, chargeable, rate))
+        return out
+
+    def total(self, kwh: Fraction) -> int:
+        """The rounded total, in minor units, of `kwh` at the usage's position."""
+        slices = self._slices(kwh)
+        energy = sum(round_charge(k * rate) for k, _c, rate in slices)
+        chargeable = sum((k for k, c, _r in slices if c), Fraction(0))
+        levies = taxable = 0
+        for per_kwh, pct, is_taxable in self._levies if slices else ():
+            amount = round_charge(chargeable * per_kwh + pct * energy)
+            levies += amount
+            taxable += amount if is_taxable else 0
+        vat = round_charge((energy + self._fixed_total + taxable) * self._vat)
+        return self._other_total + energy + self._fixed_total + levies + vat
+
+    def exact(self, kwh: Fraction) -> Fraction:
+        """The unrounded total, in minor units (linear between price breaks)."""
+        slices = self._slices(kwh)
+        energy = sum((k * rate for k, _c, rate in slices), Fraction(0))
+        chargeable = sum((k for k, c, _r in slices if c), Fraction(0))
+        levies = taxable = Fraction(0)
+        for per_kwh, pct, is_taxable in self._levies if slices else ():
+            amount = chargeable * per_kwh + pct * energy
+            levies += amount
+            taxable += amount if is_taxable else 0
+        vat = (energy + self._fixed_exact + taxable) * self._vat
+        return self._other_exact + energy + self._fixed_exact + levies + vat

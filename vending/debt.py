@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import ClassVar
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from vending.money import CurrencyMismatch, Money, share_down
 
 
@@ -54,6 +56,35 @@ class DebtRecoveryRule:
                 raise DebtRuleError(f"{name} must not be negative")
         if self.cap_per_purchase_minor is not None and self.cap_per_purchase_minor < 0:
             raise DebtRuleError("cap_per_purchase_minor must not be negative")
+
+    def to_document(self) -> dict[str, object]:
+        """The rule as a JSON-ready dict (e.g. an account's `debt_recovery` column)."""
+        return DebtRecoveryDocument.model_validate(self, from_attributes=True).model_dump(
+            mode="json"
+        )
+
+    @classmethod
+    def from_document(cls, document: object) -> DebtRecoveryRule:
+        """The rule from its stored dict; DebtRuleError for unknown keys or bad values.
+        An empty dict is "no recovery"."""
+        try:
+            doc = DebtRecoveryDocument.model_validate(document)
+        except ValidationError as exc:
+            raise DebtRuleError(f"invalid debt recovery rule: {exc}") from exc
+        return cls(**doc.model_dump())
+
+
+class DebtRecoveryDocument(BaseModel):
+    """The stored form of a DebtRecoveryRule: same fields, percentages as strings."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    percent_of_purchase: Decimal = Field(default=Decimal(0), allow_inf_nan=False)
+    fixed_per_purchase_minor: int = 0
+    cap_per_purchase_minor: int | None = None
+    max_share_percent: Decimal = Field(default=Decimal(50), allow_inf_nan=False)
+    allow_whole_purchase: bool = False
+    weekly_instalment_minor: int = 0
 
 
 NO_RECOVERY = DebtRecoveryRule()

@@ -30,6 +30,7 @@ from vending.charging import (
     Accrual,
     Charges,
     Usage,
+    UsageCostCurve,
     compute_charges,
     fraction_to_decimal,
     price_breaks,
@@ -54,8 +55,8 @@ from vending.tariffs import (
     TimeOfUse,
 )
 
-# No single token carries more; it only stops a search on a broken tariff.
-_MAX_STEPS = 10**10
+# 10^11 kWh: far beyond any token; it only stops a search on a broken tariff.
+_MAX_STEPS = 10**12
 
 
 class PricingError(ValueError):
@@ -160,6 +161,22 @@ class VendBreakdown:
         """Fixed + energy + levies + VAT: what the customer paid for supply."""
         return self.charges.total
 
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready breakdown to store with the vend and print on the receipt."""
+        return {
+            "tariff_code": self.tariff_code,
+            "effective_from": self.effective_from.isoformat(),
+            "at": self.at.isoformat(),
+            "currency": self.tendered.currency.code,
+            "tendered_minor": self.tendered.minor,
+            "carry_in_minor": self.carry_in.minor,
+            "debt_recovered_minor": self.debt_recovered.minor,
+            "units_kwh": str(self.units_kwh),
+            "free_units_kwh": str(self.free_units_kwh),
+            "carry_out_minor": self.carry_out.minor,
+            "charges": self.charges.to_dict(),
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
@@ -178,6 +195,8 @@ class _Plan:
         recovered = recover_from_purchase(tendered, self.account.debt, self.account.debt_recovery)
         return recovered, tendered + self.account.carry_over - recovered
 
+    curve: UsageCostCurve
+
     def charges(self, steps: int) -> Charges:
         usage = Usage(
             self.version,
@@ -189,13 +208,10 @@ class _Plan:
         return compute_charges(self.tariff.currency, [usage], self.accruals)
 
     def cost(self, steps: int) -> int:
-        return self.charges(steps).total.minor
+        return self.curve.total(steps * exact(UNIT_STEP_KWH))
 
     def exact_cost(self, kwh: Fraction) -> Fraction:
-        usage = Usage(
-            self.version, self.month_to_date, kwh, self.band, self.account.terms.free_units_eligible
-        )
-        return compute_charges(self.tariff.currency, [usage], self.accruals).exact_total
+        return self.curve.exact(kwh)
 
     def estimate_steps(self, funds: Money) -> int:
         """Where the unrounded cost reaches `funds`: it is linear between price breaks,
@@ -210,12 +226,16 @@ class _Plan:
         for hi_kwh in [*breaks, None]:
             probe = lo_kwh + 1 if hi_kwh is None else hi_kwh
             hi_cost = self.exact_cost(probe)
-            if hi_cost > budget or hi_kwh is None:
-                if hi_cost == lo_cost:
+            if hi_kwh is not None and hi_cost <= budget:
+                lo_kwh, lo_cost = hi_kwh, hi_cost
+                continue
+            if hi_cost == lo_cost:
+                if hi_kwh is None:
                     raise NoChargeableRate("the tariff sells energy without a price limit")
-                kwh = lo_kwh + (budget - lo_cost) * (probe - lo_kwh) / (hi_cost - lo_cost)
-                return max(0, math.floor(kwh / exact(UNIT_STEP_KWH)))
-            lo_kwh, lo_cost = hi_kwh, hi_cost
+                # A free stretch: it costs nothing, whatever rounding makes of the rest.
+                return math.floor(hi_kwh / exact(UNIT_STEP_KWH))
+            kwh = lo_kwh + (budget - lo_cost) * (probe - lo_kwh) / (hi_cost - lo_cost)
+            return max(0, math.floor(kwh / exact(UNIT_STEP_KWH)))
         raise AssertionError("unreachable: the last break is unbounded")
 
     def most_steps(self, funds: Money) -> int:
@@ -224,12 +244,12 @@ class _Plan:
         Starts from the unrounded estimate, which rounding can move by a few steps only,
         and gallops out from it to bracket the answer before bisecting.
         """
-        guess = min(self.estimate_steps(funds), _MAX_STEPS)
+        guess = self.estimate_steps(funds)
         if self.cost(guess) <= funds.minor:
             lo, step = guess, 1
             while self.cost(guess + step) <= funds.minor:
                 lo, step = guess + step, step * 2
-                if step > _MAX_STEPS:
+                if guess + step > _MAX_STEPS:
                     raise NoChargeableRate("the tariff sells energy without a price limit")
             hi = guess + step
         else:
@@ -354,7 +374,17 @@ def _plan(tariff: Tariff, account: VendAccount, at: datetime) -> _Plan:
     same_month = last is not None and localtime.same_local_month(last, instant, tz)
     month_to_date = exact(account.month_to_date_kwh) if same_month else Fraction(0)
     accruals, charged_through = _fixed_accruals(tariff, version, account, wall.date())
-    return _Plan(tariff, account, instant, version, band, month_to_date, accruals, charged_through)
+    curve = UsageCostCurve(
+        tariff.currency,
+        version,
+        month_to_date,
+        band,
+        account.terms.free_units_eligible,
+        accruals,
+    )
+    return _Plan(
+        tariff, account, instant, version, band, month_to_date, accruals, charged_through, curve
+    )
 
 
 def _check_account(tariff: Tariff, account: VendAccount, at: datetime) -> None:

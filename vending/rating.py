@@ -23,9 +23,9 @@ from fractions import Fraction
 from typing import ClassVar
 
 from vending import localtime
-from vending.charging import Accrual, Charges, Usage, compute_charges
+from vending.charging import Accrual, Charges, Demand, Usage, compute_charges
 from vending.money import Money, exact
-from vending.tariffs import AccountTerms, Tariff, TimeOfUse
+from vending.tariffs import AccountTerms, Tariff, TariffVersion, TimeOfUse
 
 _US = timedelta(microseconds=1)
 
@@ -126,6 +126,31 @@ def rate_interval(
         position = Fraction(0)
     charges = compute_charges(tariff.currency, usages, accruals)
     return IntervalCharge(t1, t2, energy, charges, position)
+
+
+def rate_demand(tariff: Tariff, month: date, max_demand_kw: Decimal | Fraction) -> Charges:
+    """The demand charge, VAT included, for the local calendar month containing `month`
+    on the month's maximum demand `max_demand_kw` (kW, e.g. the highest 30-minute
+    average the meter recorded).
+
+    A version change within the month splits the charge by days, as fixed charges
+    accrue. Versions without a demand charge contribute nothing. Raises
+    NegativeConsumption and NoTariffInForce (a day of the month precedes the tariff).
+    """
+    kw = _non_negative(max_demand_kw, "max_demand_kw")
+    first = month.replace(day=1)
+    days = localtime.days_in_month(first)
+    shares: dict[date, tuple[TariffVersion, int]] = {}
+    for offset in range(days):
+        version = tariff.version_on(first + timedelta(days=offset))
+        count = shares.get(version.effective_from, (version, 0))[1]
+        shares[version.effective_from] = (version, count + 1)
+    demands = [
+        Demand(version, kw, Fraction(count, days))
+        for version, count in shares.values()
+        if version.demand is not None
+    ]
+    return compute_charges(tariff.currency, [], [], demands)
 
 
 def _month_of(day: date) -> tuple[int, int]:

@@ -94,6 +94,9 @@ class SoftwareSecurityModule:
 
     Cached decoder keys expire after ``cache_ttl_s`` so a retired vending key stops
     working everywhere within that time; ``invalidate()`` clears the cache at once.
+    ``session_factory`` must give read-only sessions that do not wait for the caller's
+    own open transaction (see gridvend.db.make_read_only_session_factory): the module is
+    called in the middle of a vend.
     """
 
     def __init__(

@@ -22,6 +22,7 @@ from vending.tariffs import (
     CapacityCharge,
     DaySchedule,
     DayType,
+    DemandCharge,
     EnergyCharge,
     FixedCharge,
     FixedChargeMode,
@@ -45,7 +46,8 @@ Amount = Annotated[Decimal, Field(allow_inf_nan=False)]
 
 
 class FlatRateDocument(_Document):
-    kind: Literal["flat"] = "flat"
+    # No default: a dump with exclude_defaults must keep the discriminator.
+    kind: Literal["flat"]
     rate_per_kwh: Amount
 
 
@@ -55,7 +57,7 @@ class BlockDocument(_Document):
 
 
 class SteppedBlocksDocument(_Document):
-    kind: Literal["blocks"] = "blocks"
+    kind: Literal["blocks"]
     blocks: list[BlockDocument]
 
 
@@ -77,7 +79,7 @@ class SeasonDocument(_Document):
 
 
 class TimeOfUseDocument(_Document):
-    kind: Literal["time_of_use"] = "time_of_use"
+    kind: Literal["time_of_use"]
     band_rates: dict[str, Amount]
     seasons: list[SeasonDocument]
     holidays: list[date] = []
@@ -108,6 +110,7 @@ class TariffVersionDocument(_Document):
     fixed_charges: list[FixedChargeDocument] = []
     fixed_charge_mode: FixedChargeMode = FixedChargeMode.PRO_RATA
     capacity_rate_per_kva_month: Amount | None = None
+    demand_rate_per_kw_month: Amount | None = None
     free_units_kwh_per_month: Amount = Decimal(0)
     levies: list[LevyDocument] = []
     vat_percent: Amount = Decimal(0)
@@ -125,6 +128,11 @@ class TariffVersionDocument(_Document):
                 None
                 if self.capacity_rate_per_kva_month is None
                 else CapacityCharge(self.capacity_rate_per_kva_month)
+            ),
+            demand=(
+                None
+                if self.demand_rate_per_kw_month is None
+                else DemandCharge(self.demand_rate_per_kw_month)
             ),
             free_units_kwh_per_month=self.free_units_kwh_per_month,
             levies=tuple(
@@ -145,6 +153,9 @@ class TariffVersionDocument(_Document):
             fixed_charge_mode=version.fixed_charge_mode,
             capacity_rate_per_kva_month=(
                 None if version.capacity is None else version.capacity.rate_per_kva_month
+            ),
+            demand_rate_per_kw_month=(
+                None if version.demand is None else version.demand.rate_per_kw_month
             ),
             free_units_kwh_per_month=version.free_units_kwh_per_month,
             levies=[
@@ -250,15 +261,17 @@ def _energy_document(
     energy: EnergyCharge,
 ) -> FlatRateDocument | SteppedBlocksDocument | TimeOfUseDocument:
     if isinstance(energy, FlatRate):
-        return FlatRateDocument(rate_per_kwh=energy.rate_per_kwh)
+        return FlatRateDocument(kind="flat", rate_per_kwh=energy.rate_per_kwh)
     if isinstance(energy, SteppedBlocks):
         return SteppedBlocksDocument(
+            kind="blocks",
             blocks=[
                 BlockDocument(up_to_kwh=b.up_to_kwh, rate_per_kwh=b.rate_per_kwh)
                 for b in energy.blocks
-            ]
+            ],
         )
     return TimeOfUseDocument(
+        kind="time_of_use",
         band_rates=dict(energy.band_rates),
         seasons=[
             SeasonDocument(

@@ -3,7 +3,8 @@
 A `Tariff` is a named sequence of `TariffVersion`s, each in force from its local
 `effective_from` date (local midnight in the tariff's time zone) until the next one. A
 version prices energy one way (`FlatRate`, `SteppedBlocks` or `TimeOfUse`) and may add
-fixed monthly charges, a capacity charge per contracted kVA, free basic units per month,
+fixed monthly charges, a capacity charge per contracted kVA, a demand charge per kW of the
+month's maximum demand, free basic units per month,
 levies and VAT. Every figure is a `Decimal` in the currency's major unit and excludes
 VAT, the way regulators publish tariffs. The JSON form lives in `tariff_documents`.
 
@@ -342,6 +343,18 @@ class CapacityCharge:
 
 
 @dataclass(frozen=True, slots=True)
+class DemandCharge:
+    """Two-part tariffs with metered demand: a monthly charge per kW of the month's
+    maximum demand. It is known only after the month, so it is billed by
+    `rating.rate_demand`, never at a token vend."""
+
+    rate_per_kw_month: Decimal
+
+    def __post_init__(self) -> None:
+        _non_negative(self.rate_per_kw_month, "demand rate_per_kw_month")
+
+
+@dataclass(frozen=True, slots=True)
 class Levy:
     """A levy on energy: an amount per chargeable kWh and/or a percentage of the energy
     amount. `taxable` levies are part of the VAT base."""
@@ -381,6 +394,7 @@ class TariffVersion:
     free_units_kwh_per_month: Decimal = Decimal(0)
     levies: tuple[Levy, ...] = ()
     vat_percent: Decimal = Decimal(0)
+    demand: DemandCharge | None = None
 
     def __post_init__(self) -> None:
         _non_negative(self.free_units_kwh_per_month, "free_units_kwh_per_month")

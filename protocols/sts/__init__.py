@@ -49,6 +49,7 @@ from protocols.sts.meter import (
     MeterState,
     TokenResult,
     TokenStatus,
+    meter_state_for,
     new_meter_state,
     process_token,
 )
@@ -135,6 +136,7 @@ __all__ = [
     "key_change_sections",
     "key_expired",
     "luhn_check_digit",
+    "meter_state_for",
     "new_meter_state",
     "next_tid",
     "parse_meter_number",

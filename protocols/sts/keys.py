@@ -137,6 +137,9 @@ class DecoderKey:
     algorithm: EncryptionAlgorithm = EncryptionAlgorithm.STA
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "algorithm", EncryptionAlgorithm.parse(self.algorithm))
+        if not isinstance(self.key, bytes):
+            raise KeyFormatError("a decoder key must be bytes (use DecoderKey.from_hex)")
         if len(self.key) != self.algorithm.key_bytes:
             raise KeyFormatError(
                 f"a decoder key for EA{self.algorithm} must be {self.algorithm.key_bytes} "
@@ -243,6 +246,8 @@ class KeyConfig:
     key_expiry_number: int = KEN_NEVER_EXPIRES
 
     def __post_init__(self) -> None:
+        if not isinstance(self.vending_key, bytes):
+            raise KeyFormatError("the vending key must be bytes (use vending_key_from_hex)")
         check_supply_group_code(self.supply_group_code)
         check_tariff_index(self.tariff_index)
         check_key_revision(self.key_revision)

@@ -31,14 +31,17 @@ from protocols.sts.errors import (
     UnknownSubclassError,
 )
 from protocols.sts.fields import key_expired
+from protocols.sts.identifiers import MeterPan
 from protocols.sts.keys import (
     DecoderKey,
     EncryptionAlgorithm,
+    KeyConfig,
     KeyType,
     check_key_expiry_number,
     check_key_revision,
     check_supply_group_code,
     check_tariff_index,
+    derive_decoder_key,
 )
 from protocols.sts.tokens import (
     CLEAR_ALL_REGISTERS,
@@ -193,16 +196,18 @@ class MeterState:
         if unknown:
             raise MeterStateError(f"unknown meter state fields: {sorted(unknown)}")
         values = dict(data)
-        for name in ("tid_memory", "credit", "credit_types"):
-            if name in values:
-                values[name] = tuple(values[name])
-        if "pending_sections" in values:
-            values["pending_sections"] = tuple(
-                (int(s), int(b)) for s, b in values["pending_sections"]
-            )
         try:
+            for name in ("tid_memory", "credit", "credit_types"):
+                if name in values:
+                    values[name] = tuple(int(x) for x in values[name])
+            if "pending_sections" in values:
+                values["pending_sections"] = tuple(
+                    (int(s), int(b)) for s, b in values["pending_sections"]
+                )
             return cls(**values)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, MeterStateError):
+                raise
             raise MeterStateError(f"invalid meter state: {exc}") from None
 
 
@@ -238,6 +243,36 @@ def new_meter_state(
         credit_types=credit_types,
         tid_memory_size=tid_memory_size,
         tid_memory=memory,
+    )
+
+
+def meter_state_for(
+    config: KeyConfig,
+    pan: MeterPan,
+    *,
+    credit_types: tuple[int, ...] = (0,),
+    tid_memory_size: int = DEFAULT_TID_MEMORY_SIZE,
+    manufactured_tid: int | None = None,
+) -> MeterState:
+    """A fresh meter holding the decoder key of ``config`` for ``pan``.
+
+    KT, KRN, KEN, TI and SGC come from ``config``; the manufacturer code from the PAN.
+
+    Raises:
+        UnsupportedAlgorithmError, KeyFormatError: from key derivation.
+        MeterStateError: an invalid field.
+    """
+    return new_meter_state(
+        derive_decoder_key(config, pan),
+        key_type=config.key_type,
+        key_revision=config.key_revision,
+        key_expiry_number=config.key_expiry_number,
+        tariff_index=config.tariff_index,
+        supply_group_code=config.supply_group_code,
+        manufacturer_code=pan.manufacturer_code,
+        credit_types=credit_types,
+        tid_memory_size=tid_memory_size,
+        manufactured_tid=manufactured_tid,
     )
 
 

@@ -79,35 +79,56 @@ def _rotl(value: int, count: int) -> int:
     return ((value << count) | (value >> (64 - count))) & _MASK64
 
 
+def _by_key_byte(tables: tuple[tuple[Table, ...], ...]) -> tuple[tuple[Table, ...], ...]:
+    """Index the S-box choice by the whole key byte, so key setup is one lookup per byte.
+
+    For byte j of the block, bits 3 and 7 of byte j of the round key choose the S-box of
+    the low and high nibble.
+    """
+    return tuple(
+        tuple(tables[j][((b >> 3) & 1) | ((b >> 6) & 2)] for b in range(256)) for j in range(8)
+    )
+
+
+_ENCRYPT_BY_KEY = _by_key_byte(_ENCRYPT)
+_UNSUB_UNPERMUTE_BY_KEY = _by_key_byte(_UNSUB_UNPERMUTE)
+_UNSUB_BY_KEY = _by_key_byte(_UNSUB)
+
+
 def _round_keys(key: int) -> list[int]:
     start = _rotl(~key & _MASK64, 64 - 12)  # rotate right by 12
     return [_rotl(start, r) for r in range(16)]
 
 
-def _selectors(round_key: int) -> list[int]:
-    # For byte j: bit 4n+3 of the round key picks S2 for nibble n = 2j (low), 2j+1 (high).
-    return [
-        ((round_key >> (8 * j + 3)) & 1) | (((round_key >> (8 * j + 7)) & 1) << 1) for j in range(8)
-    ]
-
-
-def _stage(tables: tuple[tuple[Table, ...], ...], selectors: list[int]) -> Stage:
-    t = [tables[j][selectors[j]] for j in range(8)]
-    return (t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7])
+def _stage(by_key: tuple[tuple[Table, ...], ...], rk: int) -> Stage:
+    t0, t1, t2, t3, t4, t5, t6, t7 = by_key
+    return (
+        t0[rk & 0xFF],
+        t1[(rk >> 8) & 0xFF],
+        t2[(rk >> 16) & 0xFF],
+        t3[(rk >> 24) & 0xFF],
+        t4[(rk >> 32) & 0xFF],
+        t5[(rk >> 40) & 0xFF],
+        t6[(rk >> 48) & 0xFF],
+        t7[rk >> 56],
+    )
 
 
 @lru_cache(maxsize=4096)
 def _encrypt_stages(key: int) -> tuple[Stage, ...]:
-    return tuple(_stage(_ENCRYPT, _selectors(rk)) for rk in _round_keys(key))
+    return tuple(_stage(_ENCRYPT_BY_KEY, rk) for rk in _round_keys(key))
+
+
+_FIRST_DECRYPT_STAGE: Stage = tuple(_UNPERMUTE[j][0] for j in range(8))  # type: ignore[assignment]
 
 
 @lru_cache(maxsize=4096)
 def _decrypt_stages(key: int) -> tuple[Stage, ...]:
     round_keys = _round_keys(key)
-    stages = [_stage(_UNPERMUTE, [0] * 8)]
+    stages = [_FIRST_DECRYPT_STAGE]
     # Rounds 15..1: undo S-box of round r, then the permutation of round r-1.
-    stages += [_stage(_UNSUB_UNPERMUTE, _selectors(round_keys[r])) for r in range(15, 0, -1)]
-    stages.append(_stage(_UNSUB, _selectors(round_keys[0])))
+    stages += [_stage(_UNSUB_UNPERMUTE_BY_KEY, round_keys[r]) for r in range(15, 0, -1)]
+    stages.append(_stage(_UNSUB_BY_KEY, round_keys[0]))
     return tuple(stages)
 
 
@@ -134,3 +155,16 @@ def sta_encrypt(key: int, block: int) -> int:
 def sta_decrypt(key: int, block: int) -> int:
     """Decrypt a 64-bit block with a 64-bit decoder key (both big-endian integers)."""
     return _run(_decrypt_stages(key), block & _MASK64)
+
+
+def sta_encrypt_with_tables(
+    key: int, block: int, s1: tuple[int, ...], s2: tuple[int, ...], p: tuple[int, ...]
+) -> int:
+    """Encrypt with other STA tables (e.g. the example tables printed in the standard).
+
+    Slow (tables are built on every call): for checking the bit conventions against
+    published examples, not for tokens.
+    """
+    by_key = _by_key_byte(_tables((s1, s2), p))
+    stages = tuple(_stage(by_key, rk) for rk in _round_keys(key))
+    return _run(stages, block & _MASK64)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from protocols.sts.crc import token_crc
 from protocols.sts.digits import format_token, parse_token, transpose_class, untranspose_class
@@ -92,6 +92,14 @@ def _check_exact_amount(name: str, value: int) -> int:
     return field
 
 
+def _subclass_enum(kind: type[enum.IntEnum], value: int, what: str) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(f"{int(m)} ({m.name.lower()})" for m in kind)
+        raise UnknownSubclassError(f"{what} must be one of {allowed}, got {value!r}") from None
+
+
 def round_up_amount(value: int) -> int:
     """The smallest amount a token can carry that is not below ``value`` (base units).
 
@@ -117,7 +125,9 @@ class CreditToken:
     token_class: ClassVar[TokenClass] = TokenClass.CREDIT
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "credit_type", CreditType(self.credit_type))
+        object.__setattr__(
+            self, "credit_type", _subclass_enum(CreditType, self.credit_type, "credit type")
+        )
         check_tid(self.tid)
         _check_exact_amount("amount", self.amount)
         _check_range("RND", self.rnd, 0, 15)
@@ -144,7 +154,9 @@ class CurrencyCreditToken:
     token_class: ClassVar[TokenClass] = TokenClass.CREDIT
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "currency_type", CurrencyType(self.currency_type))
+        object.__setattr__(
+            self, "currency_type", _subclass_enum(CurrencyType, self.currency_type, "currency type")
+        )
         check_tid(self.tid)
         exponent, mantissa = encode_currency_amount(self.amount)
         if decode_currency_amount(exponent, mantissa) != self.amount:

@@ -137,6 +137,19 @@ def test_timestamp_older_than_max_age_is_stale() -> None:
     assert judge(read(0, "1"), now=T0 + timedelta(days=90), settings=settings).flags == set()
 
 
+def test_read_stamped_before_installation_is_rejected() -> None:
+    profile = MeterProfile("M1", 1, Decimal(60), installed_at=at(10))
+    assert judge(read(9, "1"), profile=profile).flags == {Flag.BEFORE_INSTALL}
+    assert judge(read(10, "1"), profile=profile).flags == set()
+
+
+def test_reads_of_a_previous_register_epoch_are_not_context() -> None:
+    # The register restarted at 0 when the meter was exchanged at 0:10.
+    profile = MeterProfile("M1", 1, Decimal(60), installed_at=at(10))
+    verdict = judge(read(15, "0.400"), [stored(0, "52000")], profile=profile)
+    assert verdict.status is Status.ACCEPTED
+
+
 @pytest.mark.parametrize(
     "value",
     [Decimal("NaN"), Decimal("sNaN"), Decimal("Infinity"), 1.5, "12", None, Decimal("1E+15")],
@@ -219,11 +232,28 @@ def test_conflict_is_judged_against_a_rejected_first_read_too() -> None:
     assert verdict.flags == {Flag.CONFLICT}
 
 
+def test_resend_of_either_read_of_a_conflict_is_a_duplicate() -> None:
+    history = [stored(15, "1002", Quality.REJECTED), stored(15, "1001")]
+    assert judge(read(15, "1001"), history).status is Status.DUPLICATE
+    assert judge(read(15, "1002"), history).status is Status.DUPLICATE
+    third = judge(read(15, "1003"), history)
+    assert third.flags == {Flag.CONFLICT}
+    assert "a read of 1001 is already stored" in third.reason
+
+
 def test_real_read_at_an_estimated_timestamp_replaces_the_estimate() -> None:
     history = [stored(0, "1000"), stored(15, "1000.5", Quality.ESTIMATED), stored(30, "1001")]
     verdict = judge(read(15, "1000.7"), history)
     assert verdict.status is Status.ACCEPTED
     assert verdict.flags == {Flag.REPLACES_ESTIMATE}
+
+
+def test_real_read_near_an_estimated_boundary_replaces_that_estimate() -> None:
+    history = [stored(0, "1000"), stored(15, "1000.5", Quality.ESTIMATED), stored(30, "1001")]
+    verdict = judge(read(15.5, "1000.7"), history)
+    assert verdict.flags == {Flag.REPLACES_ESTIMATE}
+    assert "estimate at 2026-03-02T00:15:00Z" in verdict.reason
+    assert Flag.REPLACES_ESTIMATE not in judge(read(17, "1000.7"), history).flags
 
 
 def test_second_read_of_a_batch_at_one_timestamp_conflicts_with_the_first() -> None:
@@ -436,6 +466,7 @@ def test_stored_read_refuses_malformed_values() -> None:
         {"interval": timedelta(seconds=90.5)},
         {"interval": timedelta(0)},
         {"register_capacity_kwh": Decimal(-1)},
+        {"installed_at": datetime(2026, 1, 1)},
     ],
 )
 def test_meter_profile_refuses_impossible_ratings(kwargs: dict[str, object]) -> None:
@@ -479,3 +510,36 @@ def test_missing_boundaries_exclude_those_covered_by_either_read() -> None:
     assert missing_boundaries(at(0), at(60), interval, tol) == (at(15), at(45))
     assert missing_boundaries(at(1), at(16), interval, tol) is None
     assert missing_boundaries(at(-1.5), at(16.5), interval, tol) == (at(0), at(15))
+
+
+def test_quantity_given_by_its_wire_name_is_understood() -> None:
+    new = RegisterRead("M1", "energy_import_kwh", at(15), Decimal("1001"))  # type: ignore[arg-type]
+    verdict = judge(new, [stored(0, "1000")])
+    assert verdict.status is Status.ACCEPTED
+    assert verdict.to_stored() == stored(15, "1001")
+
+
+def test_read_for_another_meter_cannot_become_context_for_this_one() -> None:
+    verdicts = validate_reads(
+        [read(15, "5000", meter="M2"), read(30, "1001")], [stored(0, "1000")], PROFILE, NOW
+    )
+    assert verdicts[0].status is Status.REJECTED
+    assert verdicts[1].status is Status.ACCEPTED
+
+
+def test_late_read_inside_an_estimated_gap_replaces_its_estimate() -> None:
+    history = [
+        stored(0, "1000.000"),
+        stored(15, "1000.003", Quality.ESTIMATED),
+        stored(30, "1000.005", Quality.ESTIMATED),
+        stored(45, "1000.008", Quality.ESTIMATED),
+        stored(60, "1000.010"),
+    ]
+    verdict = judge(read(30, "1000.009"), history)
+    assert verdict.status is Status.ACCEPTED
+    assert verdict.flags == {Flag.REPLACES_ESTIMATE, Flag.GAP}
+
+
+def test_verdict_reason_joins_every_finding_with_its_flag() -> None:
+    verdict = judge(read(60, "999", unit="Wh"), [stored(0, "1000")])
+    assert verdict.reason.startswith("unit_mismatch: energy_import_kwh is in 'kWh'")

@@ -50,8 +50,8 @@ def _wait_listening(port: int, timeout_s: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def _mosquitto(binary: str) -> Iterator[BrokerAddress]:
-    port = _free_port()
+def _mosquitto(binary: str, port: int | None = None) -> Iterator[BrokerAddress]:
+    port = port or _free_port()
     with tempfile.TemporaryDirectory() as tmp:
         conf = Path(tmp) / "mosquitto.conf"
         conf.write_text(

@@ -97,3 +97,50 @@ def test_energy_used_equals_credit_used_in_token_mode(
     assert meter.credit_kwh is not None
     used = meter.energy_import_kwh - start_energy
     assert abs((credit - meter.credit_kwh) - used) <= Decimal("0.000001")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32),
+    credit_milli=st.integers(0, 40_000),
+    limit=st.one_of(st.none(), st.integers(100, 20_000)),
+    minutes=st.integers(1, 24 * 60),
+)
+def test_a_meter_that_says_nothing_can_change_produces_no_events(
+    seed: int, credit_milli: int, limit: int | None, minutes: int
+) -> None:
+    meter = token_meter(
+        seed=seed, initial_credit_kwh=Decimal(credit_milli).scaleb(-3), power_limit_w=limit
+    )
+    meter.take_events()
+    until = T0 + timedelta(minutes=minutes)
+    if not meter.may_change_before(until):
+        assert meter.advance(until) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32),
+    steps=st.lists(st.integers(1, 4 * 3600), min_size=1, max_size=12),
+    credit_milli=st.integers(0, 60_000),
+)
+def test_quiet_fast_path_integrates_exactly_like_the_general_loop(
+    seed: int, steps: list[int], credit_milli: int
+) -> None:
+    # A tamper rate too small to ever fire keeps the second meter on the general loop.
+    from meter_sim.faults import FaultConfig
+
+    credit = Decimal(credit_milli).scaleb(-3)
+    fast = token_meter(seed=seed, initial_credit_kwh=credit)
+    slow = token_meter(
+        seed=seed, initial_credit_kwh=credit, faults=FaultConfig(tamper_per_day=1e-12)
+    )
+    now = T0
+    for step in steps:
+        now += timedelta(seconds=step)
+        fast.advance(now)
+        slow.advance(now)
+        assert fast.energy_import_kwh == slow.energy_import_kwh
+        assert fast.credit_kwh == slow.credit_kwh
+        assert fast.relay_closed == slow.relay_closed
+    assert [e.kind for e in fast.events] == [e.kind for e in slow.events]

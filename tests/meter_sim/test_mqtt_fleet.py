@@ -24,6 +24,7 @@ from protocols.mqtt import (
 from protocols.quantities import Quantity
 from tests.meter_sim.conftest import BrokerAddress
 from tests.meter_sim.probe import Probe, probe
+from tests.meter_sim.vend import Vendor
 
 START = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)
 
@@ -190,3 +191,31 @@ async def test_power_limit_is_set_by_command(one_meter: tuple[Probe, MeterConfig
     assert reply.status is ReplyStatus.OK
     assert reply.result["power_limit_w"] == 3000
     assert Decimal(str(reply.result["credit_kwh"])) > 0
+
+
+async def test_pushed_credit_token_is_accepted_then_used(
+    one_meter: tuple[Probe, MeterConfig],
+) -> None:
+    p, config = one_meter
+    token = Vendor(config).credit(Decimal(12), START)
+    body = {"v": 1, "id": "t-1", "name": "push_token", "params": {"token": token}}
+    reply, _ = await p.command(config.serial, body)
+    assert reply.status is ReplyStatus.OK
+    assert reply.result["token_status"] == "accept"
+    assert reply.result["credit_added_kwh"] == "12.0"
+    again, _ = await p.command(config.serial, {**body, "id": "t-2"})
+    assert again.status is ReplyStatus.ERROR
+    assert again.result["token_status"] == "used"
+    assert again.reason is not None and again.reason.startswith("token used")
+
+
+async def test_a_repeated_command_id_is_answered_without_running_it_again(
+    one_meter: tuple[Probe, MeterConfig],
+) -> None:
+    p, config = one_meter
+    token = Vendor(config).credit(Decimal(3), START)
+    body = {"v": 1, "id": "dup-1", "name": "push_token", "params": {"token": token}}
+    first, _ = await p.command(config.serial, body)
+    second, _ = await p.command(config.serial, body)
+    assert first == second
+    assert first.status is ReplyStatus.OK

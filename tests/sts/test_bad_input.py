@@ -167,3 +167,19 @@ def test_unknown_meter_test_subclass_is_refused() -> None:
 def test_encrypted_token_without_a_key_is_refused() -> None:
     with pytest.raises(KeyFormatError, match="decoder key"):
         encode_token(CreditToken(CreditType.ELECTRICITY, 1, 1))
+
+
+def test_unknown_credit_type_is_an_unknown_subclass() -> None:
+    with pytest.raises(UnknownSubclassError, match="credit type"):
+        CreditToken(7, 1, 1)  # type: ignore[arg-type]
+
+
+def test_vending_key_must_be_bytes() -> None:
+    with pytest.raises(KeyFormatError, match="bytes"):
+        KeyConfig("ab" * 20, "123456", "01", 1)  # type: ignore[arg-type]
+
+
+def test_decoder_key_must_be_bytes_of_the_algorithms_length() -> None:
+    with pytest.raises(KeyFormatError, match="bytes"):
+        DecoderKey("e653341f", "07")  # type: ignore[arg-type]
+    assert DecoderKey(bytes(16), "11").algorithm.key_bytes == 16  # type: ignore[arg-type]

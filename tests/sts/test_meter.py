@@ -271,6 +271,9 @@ def test_meter_state_survives_json_round_trip() -> None:
         {"credit": [0]},
         {"colour": "red"},
         {"manufacturer_code": "1"},
+        {"credit": "abcdefgh"},
+        {"pending_sections": [["a", 1]]},
+        {"tid_memory_size": "many"},
     ],
 )
 def test_invalid_meter_state_is_refused(change: dict[str, object]) -> None:
@@ -285,3 +288,67 @@ def test_meter_never_raises_for_typed_input(text: str) -> None:
     result = process_token(meter, text, NOW)
     if not result.accepted:
         assert result.state == meter
+
+
+def test_meter_state_for_a_key_configuration_accepts_that_configurations_tokens() -> None:
+    from protocols.sts import KeyConfig, meter_state_for, parse_meter_number
+
+    pan = parse_meter_number("0100000000008")  # 4-digit manufacturer code 0100
+    config = KeyConfig(bytes(20), "123457", "07", 3, key_expiry_number=200)
+    state = meter_state_for(config, pan)
+    assert (state.manufacturer_code, state.tariff_index, state.key_revision) == ("0100", "07", 3)
+    assert state.key_expiry_number == 200
+    token = encode_token(CreditToken(CreditType.ELECTRICITY, 42, 7), state.decoder_key)
+    assert process_token(state, token, NOW).state.credit[0] == 7
+
+
+TOKEN_VECTORS = [v for v in load_vectors("token")]
+
+
+@pytest.mark.parametrize("vector", TOKEN_VECTORS, ids=[v["id"] for v in TOKEN_VECTORS])
+def test_meter_with_the_vectors_key_accepts_every_compliance_token(
+    vector: dict[str, object],
+) -> None:
+    if vector["token_class"] == 1:
+        key = KEY
+        mfr = str(vector["manufacturer_code"])
+    else:
+        key = DecoderKey.from_hex(str(vector["decoder_key_hex"]), str(vector["ea"]))
+        mfr = "00"
+    meter = new_meter_state(
+        key,
+        key_expiry_number=int(vector.get("key_expiry_number", 255)),  # type: ignore[call-overload]
+        manufacturer_code=mfr,
+        credit_types=tuple(range(8)),
+    )
+    result = process_token(meter, str(vector["expected_token"]), NOW)
+    assert result.status is TokenStatus.ACCEPT, result.message
+
+
+@settings(derandomize=True, deadline=None, max_examples=60)
+@given(
+    entries=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 500)), max_size=30),
+    size=st.integers(1, 6),
+)
+def test_meter_credits_each_tid_once_and_keeps_its_memory_bounded(
+    entries: list[tuple[int, int]], size: int
+) -> None:
+    decoder = MeterDecoder(_meter(tid_memory_size=size))
+    accepted: list[int] = []
+    credited = 0
+    for tid, amount in entries:
+        remembered = decoder.state.tid_memory
+        result = decoder.enter(_credit(tid, amount), NOW)
+        if tid in remembered:
+            assert result.status is TokenStatus.USED
+        elif len(remembered) == size and tid < remembered[0]:
+            assert result.status is TokenStatus.OLD
+        else:
+            assert result.status is TokenStatus.ACCEPT
+            accepted.append(tid)
+            credited += amount
+        memory = decoder.state.tid_memory
+        assert list(memory) == sorted(set(memory))
+        assert len(memory) <= size
+    assert len(accepted) == len(set(accepted))
+    assert decoder.state.credit[0] == credited

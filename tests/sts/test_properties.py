@@ -24,10 +24,12 @@ from protocols.sts.sta import sta_decrypt, sta_encrypt
 from protocols.sts.tokens import Token, decode_token, encode_token
 from tests.sts.strategies import all_tokens, decoder_keys, tids
 
-settings.register_profile("sts", derandomize=True, deadline=None)
-settings.load_profile("sts")
+# Seeded (derandomized) so every run checks the same examples; no deadline because the
+# shared CI machine's speed varies.
+deterministic = settings(derandomize=True, deadline=None)
 
 
+@deterministic
 @given(token=all_tokens, key=decoder_keys())
 def test_encode_then_decode_is_the_identity_for_every_token_and_algorithm(
     token: Token, key: DecoderKey
@@ -38,6 +40,7 @@ def test_encode_then_decode_is_the_identity_for_every_token_and_algorithm(
     assert decode_token(digits, key) == token
 
 
+@deterministic
 @given(
     token=all_tokens,
     key=decoder_keys(),
@@ -56,6 +59,7 @@ def test_a_single_changed_digit_is_rejected_or_decodes_to_another_token(
     assert decoded != token
 
 
+@deterministic
 @given(value=st.integers(0, AMOUNT_MAX))
 def test_amount_encoding_never_gives_less_and_is_within_one_step(value: int) -> None:
     carried = decode_amount(encode_amount(value))
@@ -63,11 +67,13 @@ def test_amount_encoding_never_gives_less_and_is_within_one_step(value: int) -> 
     assert carried - value < amount_step(carried)
 
 
+@deterministic
 @given(field=st.integers(0, 0xFFFF))
 def test_every_amount_field_decodes_and_encodes_back_to_itself(field: int) -> None:
     assert encode_amount(decode_amount(field)) == field
 
 
+@deterministic
 @given(value=st.integers(0, 10**15))
 def test_currency_amount_encoding_never_gives_less(value: int) -> None:
     exponent, mantissa = encode_currency_amount(value)
@@ -76,27 +82,32 @@ def test_currency_amount_encoding_never_gives_less(value: int) -> None:
     assert carried - value < 10**exponent
 
 
+@deterministic
 @given(key=st.integers(0, 2**64 - 1), block=st.integers(0, 2**64 - 1))
 def test_sta_decrypt_inverts_encrypt(key: int, block: int) -> None:
     assert sta_decrypt(key, sta_encrypt(key, block)) == block
 
 
+@deterministic
 @given(key=decoder_keys(), block=st.integers(0, 2**64 - 1))
 def test_every_algorithm_decrypt_inverts_encrypt(key: DecoderKey, block: int) -> None:
     assert key.decrypt(key.encrypt(block)) == block
 
 
+@deterministic
 @given(value=st.integers(0, TOKEN_MAX), sep=st.sampled_from(["", " ", "-", " - "]))
 def test_token_digits_parse_back_with_any_separator(value: int, sep: str) -> None:
     digits = format_token(value)
     assert parse_token(group_digits(digits).replace(" ", sep)) == value
 
 
+@deterministic
 @given(tid=tids, base=st.sampled_from(BaseDate))
 def test_tid_and_datetime_round_trip(tid: int, base: BaseDate) -> None:
     assert tid_from_datetime(datetime_from_tid(tid, base), base) == tid
 
 
+@deterministic
 @given(
     mfr=st.one_of(st.from_regex(r"\A[0-9]{2}\Z"), st.from_regex(r"\A[0-9]{4}\Z")),
     serial=st.from_regex(r"\A[0-9]{8}\Z"),

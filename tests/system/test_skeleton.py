@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -24,9 +25,10 @@ from tests.conftest import bearer_headers
 
 @pytest.fixture
 async def system(
-    database_url: str, mqtt_broker: BrokerEndpoint, topic_prefix: str
+    database_url: str, mqtt_broker: BrokerEndpoint, topic_prefix: str, tmp_path: Path
 ) -> AsyncIterator[System]:
     settings = Settings(
+        data_dir=tmp_path,
         database_url=database_url,
         api_port=0,
         mqtt_topic_prefix=topic_prefix,
@@ -55,7 +57,7 @@ async def _eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 10
         await asyncio.sleep(0.05)
 
 
-async def _register(api: httpx.AsyncClient, serial: str, meter_number: str = "60072712345") -> int:
+async def _register(api: httpx.AsyncClient, serial: str, meter_number: str = "60072712346") -> int:
     response = await api.post("/api/meters", json={"serial": serial, "meter_number": meter_number})
     assert response.status_code == 201, response.text
     return int(response.json()["id"])

@@ -14,6 +14,7 @@ from vending.tariffs import (
     CapacityCharge,
     DaySchedule,
     DayType,
+    DemandCharge,
     EnergyCharge,
     FixedCharge,
     FixedChargeMode,
@@ -141,15 +142,30 @@ ZONES = [
     "America/Santiago",  # daylight saving changes at midnight
 ]
 
-rates = st.decimals(min_value=D("0.0001"), max_value=D("9.9999"), places=4)
+rates = st.decimals(min_value=D("0.001"), max_value=D("999.9999"), places=4)
 money_rates = st.decimals(min_value=D(0), max_value=D("999.99"), places=2)
 percents = st.decimals(min_value=D(0), max_value=D(30), places=2)
 
 
+# Strategies are built once here: building them inside draws is slow.
+_block_limits = st.sets(st.integers(1, 2000), max_size=3)
+_period_cuts = st.sets(st.integers(1, 24 * 60 - 1), max_size=5)
+_levies = st.lists(
+    st.tuples(st.decimals(min_value=D(0), max_value=D("0.5"), places=4), percents, st.booleans()),
+    max_size=2,
+)
+_fixed = st.lists(money_rates, max_size=2)
+_capacity = st.none() | money_rates.map(CapacityCharge)
+_demand = st.none() | money_rates.map(DemandCharge)
+_free_units = st.sampled_from([D(0), D(0), D(50), D(100)])
+_vat = st.sampled_from([D(0), D(15), D("7.5"), D(16), D(18)])
+_band_counts = st.integers(1, 3)
+_season_split = st.integers(0, 11)
+
+
 @st.composite
 def stepped_blocks(draw: st.DrawFn) -> SteppedBlocks:
-    n = draw(st.integers(1, 4))
-    limits = sorted(draw(st.sets(st.integers(1, 2000), min_size=n - 1, max_size=n - 1)))
+    limits = sorted(draw(_block_limits))
     blocks = [Block(D(limit), draw(rates)) for limit in limits]
     blocks.append(Block(None, draw(rates)))
     return SteppedBlocks(tuple(blocks))
@@ -157,7 +173,7 @@ def stepped_blocks(draw: st.DrawFn) -> SteppedBlocks:
 
 @st.composite
 def day_schedules(draw: st.DrawFn, bands: list[str]) -> tuple[Period, ...]:
-    cuts = sorted(draw(st.sets(st.integers(1, 24 * 60 - 1), max_size=5)))
+    cuts = sorted(draw(_period_cuts))
     starts = [0, *cuts]
     ends: list[int | None] = [*cuts, None]
     return tuple(
@@ -172,9 +188,9 @@ def day_schedules(draw: st.DrawFn, bands: list[str]) -> tuple[Period, ...]:
 
 @st.composite
 def time_of_use(draw: st.DrawFn) -> TimeOfUse:
-    bands = ["peak", "standard", "off-peak"][: draw(st.integers(1, 3))]
+    bands = ["peak", "standard", "off-peak"][: draw(_band_counts)]
     band_rates = {b: draw(rates) for b in bands}
-    split = draw(st.integers(0, 11))
+    split = draw(_season_split)
     month_sets = (
         [frozenset(range(1, 13))]
         if split == 0
@@ -200,43 +216,39 @@ energy_charges: st.SearchStrategy[EnergyCharge] = st.one_of(
 
 @st.composite
 def tariff_versions(draw: st.DrawFn, effective_from: date) -> TariffVersion:
-    fixed = draw(st.lists(money_rates, max_size=2))
-    levies = draw(
-        st.lists(
-            st.builds(
-                Levy,
-                name=st.just("x"),
-                per_kwh=st.decimals(min_value=D(0), max_value=D("0.5"), places=4),
-                percent_of_energy=percents,
-                taxable=st.booleans(),
-            ),
-            max_size=2,
-        )
-    )
+    fixed = draw(_fixed)
+    levies = draw(_levies)
     return TariffVersion(
         effective_from=effective_from,
         energy=draw(energy_charges),
         fixed_charges=tuple(FixedCharge(f"fixed {i}", a) for i, a in enumerate(fixed)),
         fixed_charge_mode=draw(st.sampled_from(FixedChargeMode)),
-        capacity=draw(st.none() | money_rates.map(CapacityCharge)),
-        free_units_kwh_per_month=D(draw(st.sampled_from([0, 0, 50, 100]))),
-        levies=tuple(Levy(f"levy {i}", lv.per_kwh, lv.percent_of_energy, lv.taxable)
-                     for i, lv in enumerate(levies)),
-        vat_percent=draw(st.sampled_from([D(0), D(15), D("7.5"), D(16), D(18)])),
-    )  # fmt: skip
+        capacity=draw(_capacity),
+        free_units_kwh_per_month=draw(_free_units),
+        levies=tuple(
+            Levy(f"levy {i}", per_kwh, pct, taxable)
+            for i, (per_kwh, pct, taxable) in enumerate(levies)
+        ),
+        vat_percent=draw(_vat),
+        demand=draw(_demand),
+    )
+
+
+_version_offsets = {n: st.sets(st.integers(1, 360), max_size=n - 1) for n in (1, 2, 3)}
+_currencies = st.sampled_from([ZAR, ZAR, UGX, KWD])
+_zones = st.sampled_from(ZONES)
 
 
 @st.composite
 def tariffs(draw: st.DrawFn, max_versions: int = 2) -> Tariff:
-    n = draw(st.integers(1, max_versions))
     first = date(2026, 1, 1)
-    offsets = sorted(draw(st.sets(st.integers(1, 360), min_size=n - 1, max_size=n - 1)))
+    offsets = sorted(draw(_version_offsets[max_versions]))
     dates = [first] + [first + timedelta(days=o) for o in offsets]
     return Tariff(
         code="T",
         name="generated",
-        currency=draw(st.sampled_from([ZAR, ZAR, UGX, KWD])),
-        timezone=draw(st.sampled_from(ZONES)),
+        currency=draw(_currencies),
+        timezone=draw(_zones),
         versions=tuple(draw(tariff_versions(d)) for d in dates),
     )
 

@@ -252,3 +252,5 @@ def test_any_valid_tariff_survives_a_document_round_trip(tariff: Tariff) -> None
     again = TariffDocument.model_validate_json(doc.model_dump_json())
     assert again == doc
     assert again.to_tariff() == tariff
+    compact = doc.model_dump_json(exclude_defaults=True)
+    assert TariffDocument.model_validate_json(compact).to_tariff() == tariff

@@ -1,0 +1,60 @@
+"""The head-end's narrow public interface for the money side (vending, balance engine).
+
+Other packages call these functions with their own session (same database); they never
+query head-end tables themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from headend.models import Meter
+from headend.registry import normalise_meter_number
+
+__all__ = ["MeterSummary", "find_meter", "normalise_meter_number"]
+
+
+@dataclass(frozen=True, slots=True)
+class MeterSummary:
+    """What vending needs to know about a meter."""
+
+    id: int
+    serial: str
+    meter_number: str | None
+    prepaid_mode: str
+    lifecycle: str
+    supply_group_code: str | None
+    tariff_index: str | None
+    key_revision: int | None
+
+
+def find_meter(
+    session: Session, *, meter_number: str | None = None, meter_id: int | None = None
+) -> MeterSummary | None:
+    """The meter with this STS meter number (DRN or PAN, as typed) or id, or None.
+
+    Raises ValueError for a meter number that cannot be one (wrong length, bad check
+    digit, unknown IIN).
+    """
+    if meter_number is not None:
+        query = select(Meter).where(Meter.meter_number == normalise_meter_number(meter_number))
+    elif meter_id is not None:
+        query = select(Meter).where(Meter.id == meter_id)
+    else:
+        raise ValueError("give a meter_number or a meter_id")
+    meter = session.scalar(query)
+    if meter is None:
+        return None
+    return MeterSummary(
+        id=meter.id,
+        serial=meter.serial,
+        meter_number=meter.meter_number,
+        prepaid_mode=meter.prepaid_mode,
+        lifecycle=meter.lifecycle,
+        supply_group_code=meter.supply_group_code,
+        tariff_index=meter.tariff_index,
+        key_revision=meter.key_revision,
+    )

@@ -1,0 +1,262 @@
+"""Customers, accounts, the meter-account link (with history) and stored tariffs."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from headend.interface import find_meter
+from vending import localtime
+from vending.debt import DebtRecoveryRule
+from vending.errors import VendingError
+from vending.models import (
+    Account,
+    AccountMeter,
+    Customer,
+    TariffRecord,
+    TariffVersionRecord,
+)
+from vending.money import Currency, Money
+from vending.pricing import VendAccount
+from vending.tariff_documents import TariffDocument, TariffVersionDocument
+from vending.tariffs import AccountTerms, Tariff, TariffError
+
+
+class CustomerCategory(StrEnum):
+    RESIDENTIAL = "residential"
+    COMMERCIAL = "commercial"
+    INDUSTRIAL = "industrial"
+
+
+class Protection(StrEnum):
+    LIFE_SUPPORT = "life_support"
+    HOSPITAL = "hospital"
+    PRIORITY = "priority"
+
+
+class NewCustomer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    address: Annotated[str, Field(max_length=500)] = ""
+    phone: Annotated[str, Field(max_length=32, pattern=r"^[0-9 +()-]*$")] = ""
+    email: Annotated[str, Field(max_length=128, pattern=r"^$|^[^@\s]+@[^@\s]+\.[^@\s]+$")] = ""
+    category: CustomerCategory = CustomerCategory.RESIDENTIAL
+    protection: Protection | None = None
+
+
+class DebtRecoveryTerms(BaseModel):
+    """An account's arrears recovery rule, as stored (see vending.debt)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    percent_of_purchase: Annotated[Decimal, Field(ge=0, le=100)] = Decimal(0)
+    fixed_per_purchase_minor: Annotated[int, Field(ge=0)] = 0
+    cap_per_purchase_minor: Annotated[int | None, Field(ge=0)] = None
+    max_share_percent: Annotated[Decimal, Field(ge=0, le=100)] = Decimal(50)
+    allow_whole_purchase: bool = False
+
+    def to_rule(self) -> DebtRecoveryRule:
+        return DebtRecoveryRule(
+            percent_of_purchase=self.percent_of_purchase,
+            fixed_per_purchase_minor=self.fixed_per_purchase_minor,
+            cap_per_purchase_minor=self.cap_per_purchase_minor,
+            max_share_percent=self.max_share_percent,
+            allow_whole_purchase=self.allow_whole_purchase,
+        )
+
+
+class NewAccount(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: int
+    tariff_code: Annotated[str, Field(min_length=1, max_length=40)]
+    debt: Annotated[Decimal, Field(ge=0, description="Arrears taken over, major units.")] = Decimal(
+        0
+    )
+    debt_recovery: DebtRecoveryTerms = DebtRecoveryTerms()
+    capacity_kva: Annotated[Decimal | None, Field(ge=0)] = None
+    free_units_eligible: bool = True
+
+
+def add_customer(session: Session, new: NewCustomer, now: datetime) -> Customer:
+    customer = Customer(
+        name=new.name,
+        address=new.address,
+        phone=new.phone,
+        email=new.email,
+        category=new.category.value,
+        protection=new.protection.value if new.protection else None,
+        created_at=now,
+    )
+    session.add(customer)
+    session.flush()
+    return customer
+
+
+def open_account(session: Session, new: NewAccount, now: datetime) -> Account:
+    """Open an account on a stored tariff; VendingError customer_not_found / tariff_not_found."""
+    if session.get(Customer, new.customer_id) is None:
+        raise VendingError("customer_not_found", f"no customer {new.customer_id}")
+    tariff = load_tariff(session, new.tariff_code)
+    debt = Money.parse(new.debt, tariff.currency)
+    number = (session.scalar(select(func.count()).select_from(Account)) or 0) + 1
+    account = Account(
+        account_number=f"A{number:09d}",
+        customer_id=new.customer_id,
+        currency=tariff.currency.code,
+        tariff_code=tariff.code,
+        capacity_kva=new.capacity_kva,
+        free_units_eligible=new.free_units_eligible,
+        debt_minor=debt.minor,
+        carry_over_minor=0,
+        month_to_date_kwh=Decimal(0),
+        # Monthly fixed charges accrue from the day the account opens.
+        fixed_charged_through=localtime.local_date(now, tariff.tz) - timedelta(days=1),
+        debt_recovery=new.debt_recovery.model_dump(mode="json"),
+        status="active",
+        created_at=now,
+    )
+    session.add(account)
+    session.flush()
+    return account
+
+
+def link_meter(
+    session: Session, account_id: int, meter_number: str, *, actor: str, now: datetime
+) -> AccountMeter:
+    """Put a registered meter on an account, closing its link to any previous account.
+
+    VendingError: account_not_found, meter_not_found, meter_already_linked (same account).
+    """
+    if session.get(Account, account_id) is None:
+        raise VendingError("account_not_found", f"no account {account_id}")
+    try:
+        meter = find_meter(session, meter_number=meter_number)
+    except ValueError as exc:
+        raise VendingError("invalid_meter_number", str(exc)) from None
+    if meter is None:
+        raise VendingError("meter_not_found", f"meter {meter_number} is not registered")
+    current = open_link(session, meter.id)
+    if current is not None:
+        if current.account_id == account_id:
+            raise VendingError(
+                "meter_already_linked", f"meter {meter_number} is already on this account"
+            )
+        current.unlinked_at = now
+        session.flush()
+    link = AccountMeter(account_id=account_id, meter_id=meter.id, linked_at=now, linked_by=actor)
+    session.add(link)
+    session.flush()
+    return link
+
+
+def open_link(session: Session, meter_id: int) -> AccountMeter | None:
+    return session.scalar(
+        select(AccountMeter).where(
+            AccountMeter.meter_id == meter_id, AccountMeter.unlinked_at.is_(None)
+        )
+    )
+
+
+def save_tariff(session: Session, document: TariffDocument, *, actor: str, now: datetime) -> Tariff:
+    """Store a tariff or add versions to a stored one (existing versions never change).
+
+    VendingError: invalid_tariff (the tariff's own validation), tariff_mismatch (the
+    identity differs from the stored tariff's), version_exists (a stored effective date).
+    """
+    try:
+        tariff = document.to_tariff()
+    except (TariffError, ValueError) as exc:
+        raise VendingError("invalid_tariff", str(exc)) from None
+    record = session.get(TariffRecord, document.code)
+    if record is None:
+        session.add(
+            TariffRecord(
+                code=document.code,
+                name=document.name,
+                currency=document.currency,
+                currency_minor_digits=document.currency_minor_digits,
+                timezone=document.timezone,
+                created_at=now,
+            )
+        )
+    elif (record.currency, record.timezone) != (document.currency, document.timezone):
+        raise VendingError(
+            "tariff_mismatch", f"tariff {document.code} exists with another currency or zone"
+        )
+    stored = set(
+        session.scalars(
+            select(TariffVersionRecord.effective_from).where(
+                TariffVersionRecord.tariff_code == document.code
+            )
+        )
+    )
+    for version in document.versions:
+        if version.effective_from in stored:
+            raise VendingError(
+                "version_exists",
+                f"tariff {document.code} already has a version from {version.effective_from}; "
+                "tariff versions are never changed, add one with a later date",
+            )
+        session.add(
+            TariffVersionRecord(
+                tariff_code=document.code,
+                effective_from=version.effective_from,
+                document=version.model_dump(mode="json"),
+                created_at=now,
+                created_by=actor,
+            )
+        )
+    session.flush()
+    return load_tariff(session, document.code) if stored else tariff
+
+
+def load_tariff(session: Session, code: str) -> Tariff:
+    """The stored tariff with all its versions; VendingError tariff_not_found."""
+    record = session.get(TariffRecord, code)
+    if record is None:
+        raise VendingError("tariff_not_found", f"no tariff {code!r}")
+    versions = session.scalars(
+        select(TariffVersionRecord.document)
+        .where(TariffVersionRecord.tariff_code == code)
+        .order_by(TariffVersionRecord.effective_from)
+    ).all()
+    return TariffDocument(
+        code=record.code,
+        name=record.name,
+        currency=record.currency,
+        currency_minor_digits=record.currency_minor_digits,
+        timezone=record.timezone,
+        versions=[TariffVersionDocument.model_validate(v) for v in versions],
+    ).to_tariff()
+
+
+def pricing_state(account: Account, currency: Currency) -> VendAccount:
+    """The account as pricing sees it."""
+    terms = DebtRecoveryTerms.model_validate(account.debt_recovery or {})
+    return VendAccount(
+        debt=Money(account.debt_minor, currency),
+        carry_over=Money(account.carry_over_minor, currency),
+        month_to_date_kwh=account.month_to_date_kwh,
+        last_purchase_at=account.last_purchase_at,
+        fixed_charged_through=account.fixed_charged_through,
+        terms=AccountTerms(
+            capacity_kva=account.capacity_kva, free_units_eligible=account.free_units_eligible
+        ),
+        debt_recovery=terms.to_rule(),
+    )
+
+
+def store_pricing_state(account: Account, state: VendAccount) -> None:
+    account.debt_minor = state.debt.minor
+    account.carry_over_minor = state.carry_over.minor
+    account.month_to_date_kwh = state.month_to_date_kwh
+    account.last_purchase_at = state.last_purchase_at
+    account.fixed_charged_through = state.fixed_charged_through

@@ -1,0 +1,384 @@
+"""The vend: one payment becomes one priced breakdown and one token, in one transaction.
+
+``vend`` runs inside the caller's transaction and either stores everything (the vend,
+the account's new pricing state, the TID cursor, the vending point's cash, the audit
+entry) or raises :class:`VendingError` having stored nothing. A retried request with the
+same ``(channel, reference)`` returns the vend already made; with a different body it is
+refused, so one payment never yields two tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from headend.audit import AuditSink
+from headend.interface import MeterSummary, find_meter, normalise_meter_number
+from protocols.sts import CreditType, StsError, next_tid
+from vending.accounts import load_tariff, open_link, pricing_state, store_pricing_state
+from vending.errors import VendingError
+from vending.keystore import KeyStoreError
+from vending.models import Account, Customer, LedgerEntry, MeterTidCursor, Shift, Vend, VendingPoint
+from vending.money import Currency, Money, MoneyError
+from vending.pricing import (
+    AmountBelowMinimum,
+    PricingError,
+    VendBreakdown,
+    minimum_tender,
+    price_vend,
+)
+from vending.security_module import IssuedToken, MeterKeyRef, SecurityModule
+from vending.tariffs import Tariff, TariffError
+
+VENDABLE_LIFECYCLES = ("installed", "commissioned", "active")
+
+
+class PaymentMethod(StrEnum):
+    CASH = "cash"
+    CARD = "card"
+    MOBILE_MONEY = "mobile_money"
+    BANK = "bank"
+
+
+@dataclass(frozen=True, slots=True)
+class VendLimits:
+    """The largest single vend, in minor units (the smallest comes from the tariff)."""
+
+    maximum_minor: int = 10_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class VendRequest:
+    meter_number: str
+    amount: Decimal
+    payment_method: PaymentMethod
+    channel: str
+    reference: str
+    operator: str
+    shift_id: int | None = None
+    vending_point_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """What the clerk sees before taking money: who, which meter, the limits, the debt."""
+
+    meter: MeterSummary
+    account: Account
+    customer: Customer
+    tariff: Tariff
+    minimum: Money
+    maximum: Money
+    debt: Money
+
+
+def lookup(session: Session, meter_number: str, now: datetime, limits: VendLimits) -> Quote:
+    """The pre-vend lookup; no side effect. VendingError as for :func:`vend`."""
+    meter, account = _meter_and_account(session, meter_number, lock=False)
+    tariff = _tariff(session, account)
+    state = pricing_state(account, tariff.currency)
+    try:
+        minimum = minimum_tender(tariff, state, now)
+    except (PricingError, TariffError) as exc:
+        raise VendingError("tariff_problem", str(exc)) from None
+    customer = session.get_one(Customer, account.customer_id)
+    return Quote(
+        meter=meter,
+        account=account,
+        customer=customer,
+        tariff=tariff,
+        minimum=minimum,
+        maximum=Money(limits.maximum_minor, tariff.currency),
+        debt=state.debt,
+    )
+
+
+def vend(
+    session: Session,
+    request: VendRequest,
+    *,
+    security_module: SecurityModule,
+    audit: AuditSink,
+    now: datetime,
+    limits: VendLimits = VendLimits(),
+) -> Vend:
+    """Sell ``request.amount`` of credit for a meter; see the module docstring."""
+    earlier = _find_by_reference(session, request.channel, request.reference)
+    if earlier is not None:
+        return _same_request_or_conflict(session, earlier, request)
+    meter, account = _meter_and_account(session, request.meter_number, lock=True)
+    tariff = _tariff(session, account)
+    tendered = _tendered(request.amount, tariff, limits)
+    point = _check_shift_and_point(session, request, tendered)
+    state = pricing_state(account, tariff.currency)
+    try:
+        breakdown = price_vend(tariff, tendered, state, now)
+    except AmountBelowMinimum as exc:
+        raise VendingError(
+            "amount_below_minimum", str(exc), minimum=str(exc.minimum.to_decimal())
+        ) from None
+    except (PricingError, TariffError, MoneyError) as exc:
+        raise VendingError("pricing_refused", str(exc)) from None
+
+    token: IssuedToken | None = None
+    if meter.prepaid_mode == "token" and breakdown.units_kwh > 0:
+        token = _credit_token(session, meter, breakdown, security_module, now)
+    record = Vend(
+        receipt_number=f"pending-{request.channel}-{request.reference}"[:32],
+        channel=request.channel,
+        reference=request.reference,
+        account_id=account.id,
+        meter_id=meter.id,
+        shift_id=request.shift_id,
+        vending_point_id=point.id if point else None,
+        operator=request.operator,
+        payment_method=request.payment_method.value,
+        currency=tariff.currency.code,
+        tendered_minor=tendered.minor,
+        units_kwh=breakdown.units_kwh,
+        breakdown=breakdown_document(breakdown),
+        token_digits=token.digits if token else None,
+        tid=token.tid if token else None,
+        status="issued",
+        created_at=now,
+        reprints=0,
+    )
+    session.add(record)
+    try:
+        session.flush()
+    except IntegrityError:
+        # A concurrent request with the same reference won the race; it will be found
+        # by the retry, which returns its vend.
+        raise VendingError(
+            "concurrent_duplicate", "the same request is being processed; retry to get its answer"
+        ) from None
+    record.receipt_number = f"{point.code if point else request.channel}-{record.id:010d}"
+    store_pricing_state(account, breakdown.account_after)
+    if meter.prepaid_mode == "central":
+        _book_payment(session, account, breakdown, record, now)
+    if point is not None:
+        point.outstanding_minor += tendered.minor
+    audit.record(
+        session,
+        actor=request.operator,
+        action="vend",
+        subject=f"meter:{meter.meter_number}",
+        detail={
+            "receipt": record.receipt_number,
+            "amount": str(tendered.to_decimal()),
+            "currency": tariff.currency.code,
+            "units_kwh": str(breakdown.units_kwh),
+            "tid": record.tid,
+            "channel": request.channel,
+        },
+    )
+    session.flush()
+    return record
+
+
+def _find_by_reference(session: Session, channel: str, reference: str) -> Vend | None:
+    return session.scalar(select(Vend).where(Vend.channel == channel, Vend.reference == reference))
+
+
+def _same_request_or_conflict(session: Session, earlier: Vend, request: VendRequest) -> Vend:
+    meter = find_meter(session, meter_id=earlier.meter_id)
+    same_meter = meter is not None and meter.meter_number == _normalised(request.meter_number)
+    same_amount = (
+        Money.parse(request.amount, Currency.of(earlier.currency)).minor == earlier.tendered_minor
+    )
+    if same_meter and same_amount:
+        return earlier
+    raise VendingError(
+        "reference_conflict",
+        f"reference {request.reference!r} was already used for another vend on this channel",
+    )
+
+
+def _normalised(meter_number: str) -> str | None:
+    try:
+        return normalise_meter_number(meter_number)
+    except ValueError:
+        return None
+
+
+def _meter_and_account(
+    session: Session, meter_number: str, *, lock: bool
+) -> tuple[MeterSummary, Account]:
+    try:
+        meter = find_meter(session, meter_number=meter_number)
+    except ValueError as exc:
+        raise VendingError("invalid_meter_number", str(exc)) from None
+    if meter is None:
+        raise VendingError("meter_not_found", f"meter {meter_number} is not registered")
+    if meter.lifecycle not in VENDABLE_LIFECYCLES:
+        raise VendingError(
+            "meter_not_vendable",
+            f"meter {meter_number} is {meter.lifecycle}: it cannot be sold credit",
+        )
+    link = open_link(session, meter.id)
+    if link is None:
+        raise VendingError("meter_not_on_account", f"meter {meter_number} is on no account")
+    query = select(Account).where(Account.id == link.account_id)
+    if lock:
+        query = query.with_for_update()
+    account = session.scalar(query)
+    if account is None or account.status != "active":
+        raise VendingError("account_closed", f"the account of meter {meter_number} is not active")
+    return meter, account
+
+
+def _tariff(session: Session, account: Account) -> Tariff:
+    return load_tariff(session, account.tariff_code)
+
+
+def _tendered(amount: Decimal, tariff: Tariff, limits: VendLimits) -> Money:
+    try:
+        tendered = Money.parse(amount, tariff.currency)
+    except MoneyError as exc:
+        raise VendingError("invalid_amount", str(exc)) from None
+    if tendered.minor <= 0:
+        raise VendingError("invalid_amount", "the amount must be positive")
+    if tendered.minor > limits.maximum_minor:
+        maximum = Money(limits.maximum_minor, tariff.currency)
+        raise VendingError(
+            "amount_above_maximum", f"{tendered} is above the maximum vend of {maximum}"
+        )
+    return tendered
+
+
+def _check_shift_and_point(
+    session: Session, request: VendRequest, tendered: Money
+) -> VendingPoint | None:
+    point_id = request.vending_point_id
+    if request.shift_id is not None:
+        shift = session.get(Shift, request.shift_id)
+        if shift is None or shift.closed_at is not None or shift.clerk != request.operator:
+            raise VendingError("no_open_shift", "open a shift before vending")
+        point_id = shift.vending_point_id
+    if point_id is None:
+        return None
+    point = session.scalar(
+        select(VendingPoint).where(VendingPoint.id == point_id).with_for_update()
+    )
+    if point is None or not point.active:
+        raise VendingError("vending_point_inactive", "the vending point is not active")
+    if point.outstanding_minor + tendered.minor > point.credit_limit_minor:
+        raise VendingError(
+            "vending_point_limit",
+            f"vending point {point.code} has reached its credit limit: bank the cash first",
+        )
+    return point
+
+
+def _credit_token(
+    session: Session,
+    meter: MeterSummary,
+    breakdown: VendBreakdown,
+    security_module: SecurityModule,
+    now: datetime,
+) -> IssuedToken:
+    if meter.supply_group_code is None or meter.tariff_index is None or meter.key_revision is None:
+        raise VendingError(
+            "meter_keys_unknown",
+            f"meter {meter.meter_number} has no supply group, tariff index or key revision",
+        )
+    ref = MeterKeyRef(
+        meter_number=meter.meter_number or "",
+        supply_group_code=meter.supply_group_code,
+        tariff_index=meter.tariff_index,
+        key_revision=meter.key_revision,
+    )
+    try:
+        attributes = security_module.key_attributes(ref)
+        cursor = session.scalar(
+            select(MeterTidCursor).where(MeterTidCursor.meter_id == meter.id).with_for_update()
+        )
+        same_key = cursor is not None and (
+            cursor.supply_group_code,
+            cursor.key_revision,
+            cursor.base_date,
+        ) == (ref.supply_group_code, ref.key_revision, int(attributes.base_date))
+        last_tid = cursor.last_tid if cursor is not None and same_key else None
+        tid = next_tid(now, attributes.base_date, last_tid, attributes.key_expiry_number)
+        amount = int(breakdown.units_kwh * 10)
+        token = security_module.credit_token(
+            ref, credit_type=CreditType.ELECTRICITY, amount=amount, tid=tid
+        )
+    except KeyStoreError as exc:
+        raise VendingError(exc.code, str(exc)) from None
+    except StsError as exc:
+        raise VendingError("token_refused", str(exc)) from None
+    if cursor is None:
+        session.add(
+            MeterTidCursor(
+                meter_id=meter.id,
+                supply_group_code=ref.supply_group_code,
+                key_revision=ref.key_revision,
+                base_date=int(attributes.base_date),
+                last_tid=tid,
+            )
+        )
+    else:
+        cursor.supply_group_code = ref.supply_group_code
+        cursor.key_revision = ref.key_revision
+        cursor.base_date = int(attributes.base_date)
+        cursor.last_tid = tid
+    return token
+
+
+def _book_payment(
+    session: Session, account: Account, breakdown: VendBreakdown, record: Vend, now: datetime
+) -> None:
+    """Central-balance meters: the money (less the debt share) goes to the balance."""
+    credited = breakdown.tendered - breakdown.debt_recovered
+    session.add(
+        LedgerEntry(
+            account_id=account.id,
+            kind="payment",
+            amount_minor=credited.minor,
+            reference=f"vend:{record.id}",
+            detail={"receipt": record.receipt_number},
+            created_at=now,
+        )
+    )
+
+
+def breakdown_document(breakdown: VendBreakdown) -> dict[str, Any]:
+    """The breakdown as stored with the vend and shown on receipts (major units, text)."""
+
+    def money(value: Money) -> str:
+        return str(value.to_decimal())
+
+    return {
+        "tariff_code": breakdown.tariff_code,
+        "tariff_effective_from": breakdown.effective_from.isoformat(),
+        "tendered": money(breakdown.tendered),
+        "carry_in": money(breakdown.carry_in),
+        "debt_recovered": money(breakdown.debt_recovered),
+        "fixed": money(breakdown.fixed_amount),
+        "energy": money(breakdown.energy_amount),
+        "levies": money(breakdown.levy_amount),
+        "tax": money(breakdown.tax_amount),
+        "carry_out": money(breakdown.carry_out),
+        "units_kwh": str(breakdown.units_kwh),
+        "free_units_kwh": str(breakdown.free_units_kwh),
+        "lines": [
+            {
+                "kind": str(line.kind),
+                "label": line.label,
+                "amount": money(line.amount),
+                "kwh": None
+                if line.kwh is None
+                else str(Decimal(line.kwh.numerator) / line.kwh.denominator),
+                "rate": None if line.rate is None else str(line.rate),
+            }
+            for line in breakdown.charges.lines
+        ],
+    }
