@@ -15,7 +15,7 @@ Bad writes are answered with a Modbus exception and change nothing:
   than one value;
 - exception 3 (ILLEGAL_VALUE): more registers than the profile allows per request, or
   a value out of range (relay not 0/1, power limit not a whole number of watts within
-  0..1,000,000, a token that is not 20 ASCII digits);
+  0..1,000,000, a meter time outside 2000..2099, a token that is not 20 ASCII digits);
 - exception 4 (DEVICE_FAILURE): a valid command the meter refuses in its state (close
   the relay with no credit or under tamper lockout), or a value the register cannot
   represent.
@@ -32,7 +32,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from pymodbus import FramerType
@@ -436,6 +436,11 @@ class ModbusSimServer:
                 model.set_power_limit(int(number) or None)
             except MeterError as exc:
                 raise _RequestRefused(ExcCodes.ILLEGAL_VALUE, str(exc)) from None
+        elif reg.point is Prepaid.METER_TIME:
+            try:
+                model.set_clock(datetime.fromtimestamp(int(number), tz=UTC))
+            except (MeterError, OverflowError, OSError, ValueError) as exc:
+                raise _RequestRefused(ExcCodes.ILLEGAL_VALUE, f"meter time: {exc}") from None
         elif reg.point is Prepaid.TOKEN_ENTRY:
             if len(text) != 20 or not text.isdigit():
                 raise _RequestRefused(ExcCodes.ILLEGAL_VALUE, "a token is 20 ASCII digits")
@@ -579,6 +584,8 @@ class _Snapshot:
                 return Decimal(_numeric_serial(model.config.serial))
             case Prepaid.DEVICE_ADDRESS:
                 return Decimal(unit.meter.unit_id)
+            case Prepaid.METER_TIME:
+                return Decimal(int(model.meter_time.timestamp()))
         return _ZERO
 
     def text(self, point: Prepaid) -> str:

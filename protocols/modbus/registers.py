@@ -110,6 +110,7 @@ class Prepaid(enum.StrEnum):
     RELAY_COMMAND = "relay_command"  # the actuator: write 1 to close, 0 to open
     EVENT_LOG = "event_log"  # the newest events, see EventLog
     SERIAL_NUMBER = "serial_number"  # numeric serial (Eastron UINT32 at 0xFC00)
+    METER_TIME = "meter_time"  # the meter's clock, Unix seconds UTC; write to set it
     DEVICE_ADDRESS = "device_address"  # the Modbus unit id the meter answers to
 
 
@@ -400,7 +401,7 @@ def prepaid_extension(
 
     Layout (offsets from ``base``): 0 relay closed, 1 relay reason, 2 prepaid mode,
     3 last token result, 4 token count, 5 reserved, 6-7 credit kWh, 8-9 power limit W,
-    10-11 event count (UINT32),
+    10-11 event count (UINT32), 12-13 meter clock (UINT32 Unix seconds, writable),
     16-25 token entry (20 ASCII digits), 32-41 STS meter number (ASCII, 20 chars),
     48-79 serial (ASCII, 64 chars), 80-127 event log (8 records of 6 registers).
 
@@ -420,6 +421,9 @@ def prepaid_extension(
             Prepaid.POWER_LIMIT_W, Block.HOLDING, base + 8, power_limit_codec, Access.READ_WRITE
         ),
         Register(Prepaid.EVENT_COUNT, Block.HOLDING, base + 10, ScaledInt(words=2), Access.READ),
+        Register(
+            Prepaid.METER_TIME, Block.HOLDING, base + 12, ScaledInt(words=2), Access.READ_WRITE
+        ),
         Register(Prepaid.TOKEN_ENTRY, Block.HOLDING, base + 16, Ascii(10), Access.WRITE),
         Register(Prepaid.METER_NUMBER, Block.HOLDING, base + 32, Ascii(10), Access.READ),
         Register(Prepaid.METER_SERIAL, Block.HOLDING, base + 48, Ascii(32), Access.READ),

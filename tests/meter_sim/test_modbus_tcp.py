@@ -511,3 +511,24 @@ async def test_a_meter_without_relay_or_prepaid_block_refuses_those_addresses(ga
     reply = await gateway.client.read_holding_registers(0x1000, count=2, device_id=4)
     assert reply.isError() and reply.exception_code == 2
     assert gateway.sim.model(4).relay_closed
+
+
+async def test_meter_clock_reads_and_is_set_over_modbus(gateway: Rig):
+    from datetime import UTC, datetime
+
+    from protocols.modbus import clock_write, meter_time
+
+    values = await _routine(gateway, EASTRON, 1)
+    assert meter_time(values[Prepaid.METER_TIME]) == gateway.clock().replace(microsecond=0)
+    target = datetime(2026, 11, 24, 9, 30, tzinfo=UTC)
+    assert not (await write(gateway.client, clock_write(DDS238, target), 3)).isError()
+    assert gateway.sim.model(3).meter_time == target
+    values = await _routine(gateway, DDS238, 3)
+    assert meter_time(values[Prepaid.METER_TIME]) == target
+
+
+async def test_a_meter_time_outside_the_meter_range_is_refused(gateway: Rig):
+    before = state_of(gateway.sim.model(1))
+    reply = await gateway.client.write_registers(0x100C, [0x0000, 0x0001], device_id=1)  # 1970
+    assert reply.isError() and reply.exception_code == 3
+    assert state_of(gateway.sim.model(1)) == before
