@@ -43,8 +43,10 @@ class RetryPolicy:
 
     def backoff(self, retry: int, rng: random.Random) -> timedelta:
         """The pause before retry number ``retry`` (1 for the first retry)."""
-        exponent = min(max(retry - 1, 0), 30)
-        base = min(self.backoff_initial * (2**exponent), self.backoff_max)
-        if self.jitter == 0:
-            return base
-        return base * rng.uniform(1 - self.jitter, 1 + self.jitter)
+        exponent = min(max(retry - 1, 0), 64)
+        seconds = min(
+            self.backoff_initial.total_seconds() * 2.0**exponent, self.backoff_max.total_seconds()
+        )
+        if self.jitter:
+            seconds *= rng.uniform(1 - self.jitter, 1 + self.jitter)
+        return timedelta(seconds=seconds)

@@ -5,6 +5,8 @@ share one queue:
 
 - Only a meter's *head* (its open command with the lowest id) is ever acted on, so the
   commands for one meter run one at a time in the order they were requested.
+- A queued command is not sent while its meter is known to be offline (the retained
+  status/last will says so); it is sent when the meter is back, or expires.
 - On PostgreSQL the dispatcher claims due heads with ``SELECT ... FOR UPDATE SKIP
   LOCKED``; a reply handler locks its one row with ``FOR UPDATE``. On SQLite every
   writing transaction first takes the database write lock (SQLite's only lock), which
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, select, text
+from sqlalchemy import exists, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
@@ -492,6 +494,9 @@ def _due_heads(now: datetime, limit: int) -> Any:
             MeterCommand.state.in_(OPEN_STATES),
             MeterCommand.next_action_at <= now,
             is_head,
+            # A command waits while its meter is known to be offline, instead of spending
+            # its attempts on a meter that cannot answer; it expires if it stays so.
+            or_(MeterCommand.state == CommandState.SENT.value, Meter.online.is_not(False)),
         )
         .order_by(MeterCommand.next_action_at, MeterCommand.id)
         .limit(limit)

@@ -17,7 +17,7 @@ from headend.commands import (
     Confirmation,
 )
 from headend.commands.models import MeterCommand
-from headend.models import MeterLifecycle, MeterProtocol
+from headend.models import Meter, MeterLifecycle, MeterProtocol
 from protocols.mqtt import CommandName, ReplyStatus
 from tests.headend.commands_support import (
     REPLIES_TOPIC,
@@ -239,6 +239,27 @@ def test_commands_for_one_meter_run_one_at_a_time_in_request_order(
     queue.handle_reply(REPLIES_TOPIC, reply_to(readback, result=OPEN))
     [next_up] = queue.claim_due(instance="test")
     assert (next_up.message.command_id, next_up.message.name) == (second, "connect")
+
+
+def test_command_for_an_offline_meter_waits_until_the_meter_is_back(
+    queue: CommandQueue, session_factory: sessionmaker[Session]
+) -> None:
+    meter = add_meter(session_factory, "M-1")
+    _set_online(session_factory, meter, False)
+    command_id = _disconnect(queue, meter)
+    assert queue.claim_due(instance="test") == []
+    assert queue.status(command_id).attempts == 0
+
+    _set_online(session_factory, meter, True)
+    [sent] = queue.claim_due(instance="test")
+    assert sent.message.command_id == command_id
+
+
+def _set_online(session_factory: sessionmaker[Session], meter_id: int, online: bool) -> None:
+    with session_factory() as session, session.begin():
+        meter = session.get(Meter, meter_id)
+        assert meter is not None
+        meter.online = online
 
 
 def test_unanswered_command_is_resent_with_the_same_id_then_fails(
