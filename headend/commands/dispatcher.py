@@ -24,6 +24,7 @@ import functools
 import logging
 import math
 import random
+import socket
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -31,7 +32,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from headend.commands.service import CommandQueue, Outbound
+from headend.commands.service import CommandQueue, InboundReply, Outbound
 from protocols.mqtt import Command, MeterChannel, TopicScheme
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ class CommandDispatcher:
         client = self._make_client()
         client.pending_calls_threshold = 10 * self._batch_size
         async with client:
+            _disable_nagle(client)
             await client.subscribe(self.reply_topic, qos=1)
             self.connected.set()
             log.info("command dispatcher %s listening on %s", self._instance, self.reply_topic)
@@ -167,23 +169,37 @@ class CommandDispatcher:
                 await asyncio.wait_for(self._wakeup.wait(), self._poll_interval_s)
 
     async def _receive(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            self.replies += 1
-            payload = _payload_bytes(message.payload)
-            correlation = None
-            if message.properties is not None:
-                correlation = getattr(message.properties, "CorrelationData", None)
-            received_at = datetime.now(UTC)
-            topic = message.topic.value
-            follow_up = await self._call_queue(
-                functools.partial(
-                    self._queue.handle_reply,
-                    topic,
-                    payload,
-                    correlation_data=correlation,
-                    received_at=received_at,
+        inbox: asyncio.Queue[InboundReply] = asyncio.Queue()
+        applier = asyncio.create_task(self._apply_replies(client, inbox))
+        try:
+            async for message in client.messages:
+                self.replies += 1
+                correlation = None
+                if message.properties is not None:
+                    correlation = getattr(message.properties, "CorrelationData", None)
+                inbox.put_nowait(
+                    InboundReply(
+                        message.topic.value,
+                        _payload_bytes(message.payload),
+                        correlation,
+                        datetime.now(UTC),
+                    )
                 )
-            )
+                if applier.done():
+                    applier.result()
+        finally:
+            applier.cancel()
+            await asyncio.gather(applier, return_exceptions=True)
+
+    async def _apply_replies(
+        self, client: aiomqtt.Client, inbox: asyncio.Queue[InboundReply]
+    ) -> None:
+        """Apply replies in batches: whatever arrived while the last batch was stored."""
+        while True:
+            batch = [await inbox.get()]
+            while len(batch) < self._batch_size and not inbox.empty():
+                batch.append(inbox.get_nowait())
+            follow_up = await self._call_queue(functools.partial(self._queue.handle_replies, batch))
             await self._publish(client, follow_up)
 
     async def _call_queue(self, call: Callable[[], list[Outbound]]) -> list[Outbound]:
@@ -224,6 +240,15 @@ class CommandDispatcher:
         # If this publish is lost, the command's reply deadline passes and it is retried.
         await client.publish(topic, command.to_bytes(), qos=1, properties=properties)
         self.published += 1
+
+
+def _disable_nagle(client: aiomqtt.Client) -> None:
+    """Send small packets at once: with Nagle's algorithm a PUBLISH written right after
+    another small packet waits for the peer's delayed ACK (about 40 ms on Linux)."""
+    sock = client._client.socket()
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _payload_bytes(payload: object) -> bytes:

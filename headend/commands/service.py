@@ -108,6 +108,16 @@ class Outbound:
 
 
 @dataclass(frozen=True, slots=True)
+class InboundReply:
+    """One message as it arrived on the replies topic (``correlation_data``: MQTT 5)."""
+
+    topic: str
+    payload: bytes
+    correlation_data: bytes | None = None
+    received_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class KnownControlState:
     meter_id: int
     relay_closed: bool | None
@@ -271,33 +281,27 @@ class CommandQueue:
         correlation_data: bytes | None = None,
         received_at: datetime | None = None,
     ) -> list[Outbound]:
-        """Apply one message from the replies topic; return follow-up messages to publish.
+        """Apply one message from the replies topic; see :meth:`handle_replies`."""
+        return self.handle_replies([InboundReply(topic, payload, correlation_data, received_at)])
 
-        A reply that cannot be applied (not a reply, an unknown correlation id, another
-        meter's id, not awaited) is kept in ``rejected_messages`` with the reason and
-        changes nothing else.
+    def handle_replies(self, replies: Sequence[InboundReply]) -> list[Outbound]:
+        """Apply messages from the replies topic in one transaction, in order; return the
+        follow-up messages (read-backs, re-sends) to publish.
+
+        A reply that cannot be applied (not a reply, CorrelationData not matching its id,
+        an unknown correlation id, another meter's id, not awaited) is kept in
+        ``rejected_messages`` with the reason and changes nothing else.
         """
-        now = self._clock()
-        seen_at = received_at or now
         try:
-            reply = parse_reply(payload)
-        except PayloadError as exc:
-            self._reject(topic, payload, seen_at, "bad_payload", str(exc))
-            return []
-        if correlation_data is not None and correlation_data != reply.id.encode():
-            detail = (
-                f"CorrelationData {correlation_data[:64]!r} does not match reply id {reply.id!r}"
-            )
-            self._reject(topic, payload, seen_at, "correlation_mismatch", detail)
-            return []
-        correlation_id, readback_number = machine.split_wire_id(reply.id)
-        try:
-            return self._apply_reply(
-                topic, payload, seen_at, now, reply, correlation_id, readback_number
-            )
+            return self._apply_replies(replies)
         except StaleDataError:
-            log.warning("command %s changed under a reply; the reply is dropped", correlation_id)
-            return []
+            if len(replies) == 1:
+                log.warning("a command changed under its reply; the reply is dropped")
+                return []
+            # Apply them one by one so one lost race does not hold back the others.
+            return [out for reply in replies for out in self.handle_replies([reply])]
+
+    # --- internals -------------------------------------------------------------------
 
     # --- internals -------------------------------------------------------------------
 
@@ -374,61 +378,75 @@ class CommandQueue:
                 )
             return command.id, True
 
-    def _apply_reply(
-        self,
-        topic: str,
-        payload: bytes,
-        seen_at: datetime,
-        now: datetime,
-        reply: CommandReply,
-        correlation_id: str,
-        readback_number: int | None,
-    ) -> list[Outbound]:
+    def _apply_replies(self, replies: Sequence[InboundReply]) -> list[Outbound]:
+        now = self._clock()
         with self._session_factory() as session, session.begin():
             _take_write_lock(session)
-            row = session.execute(
+            parsed: list[tuple[InboundReply, CommandReply, str, int | None]] = []
+            for inbound in replies:
+                try:
+                    reply = parse_reply(inbound.payload)
+                except PayloadError as exc:
+                    _add_rejected(session, inbound, now, "bad_payload", str(exc))
+                    continue
+                correlation = inbound.correlation_data
+                if correlation is not None and correlation != reply.id.encode():
+                    detail = f"CorrelationData {correlation[:64]!r} does not match id {reply.id!r}"
+                    _add_rejected(session, inbound, now, "correlation_mismatch", detail)
+                    continue
+                correlation_id, readback_number = machine.split_wire_id(reply.id)
+                parsed.append((inbound, reply, correlation_id, readback_number))
+            if not parsed:
+                return []
+            # Locked in id order, so two batches never wait on each other in a cycle.
+            rows = session.execute(
                 select(MeterCommand, Meter.comm_id)
                 .join(Meter, Meter.id == MeterCommand.meter_id)
-                .where(MeterCommand.correlation_id == correlation_id)
+                .where(MeterCommand.correlation_id.in_({p[2] for p in parsed}))
+                .order_by(MeterCommand.id)
                 .with_for_update(of=MeterCommand)
-            ).first()
-            if row is None:
-                _add_rejected(
-                    session,
-                    topic,
-                    payload,
-                    seen_at,
-                    "unknown_correlation_id",
-                    f"no command has correlation id {reply.id!r}",
-                )
-                return []
-            command, comm_id = row
-            if reply.meter_id != comm_id:
-                _add_rejected(
-                    session,
-                    topic,
-                    payload,
-                    seen_at,
-                    "meter_mismatch",
-                    f"reply to command {command.id} for meter {comm_id!r} "
-                    f"comes from {reply.meter_id!r}",
-                )
-                return []
-            try:
-                message = machine.on_reply(
-                    command, readback_number, reply, now, self.policy, self._rng
-                )
-            except machine.UnexpectedReply as exc:
-                _add_rejected(session, topic, payload, seen_at, "unexpected_reply", str(exc))
-                return []
-            if readback_number is not None or command.name == CommandName.READ_NOW.value:
-                snapshot = snapshot_from_readback(reply.result)
-                if snapshot is not None:
-                    _observe(session, command.meter_id, snapshot, seen_at, command.id)
-            self._audit_if_final(session, command)
-            if message is None:
-                return []
-            return [Outbound(comm_id, message)]
+            ).all()
+            commands = {command.correlation_id: (command, comm_id) for command, comm_id in rows}
+            outbound: list[Outbound] = []
+            for inbound, reply, correlation_id, readback_number in parsed:
+                found = commands.get(correlation_id)
+                if found is None:
+                    detail = f"no command has correlation id {reply.id!r}"
+                    _add_rejected(session, inbound, now, "unknown_correlation_id", detail)
+                    continue
+                message = self._apply_reply(session, inbound, now, reply, *found, readback_number)
+                if message is not None:
+                    outbound.append(Outbound(found[1], message))
+            return outbound
+
+    def _apply_reply(
+        self,
+        session: Session,
+        inbound: InboundReply,
+        now: datetime,
+        reply: CommandReply,
+        command: MeterCommand,
+        comm_id: str,
+        readback_number: int | None,
+    ) -> machine.WireMessage | None:
+        if reply.meter_id != comm_id:
+            detail = (
+                f"reply to command {command.id} for meter {comm_id!r} comes from {reply.meter_id!r}"
+            )
+            _add_rejected(session, inbound, now, "meter_mismatch", detail)
+            return None
+        try:
+            message = machine.on_reply(command, readback_number, reply, now, self.policy, self._rng)
+        except machine.UnexpectedReply as exc:
+            _add_rejected(session, inbound, now, "unexpected_reply", str(exc))
+            return None
+        if readback_number is not None or command.name == CommandName.READ_NOW.value:
+            snapshot = snapshot_from_readback(reply.result)
+            if snapshot is not None:
+                seen_at = inbound.received_at or now
+                _observe(session, command.meter_id, snapshot, seen_at, command.id)
+        self._audit_if_final(session, command)
+        return message
 
     def _expire_waiting(self, session: Session, now: datetime, limit: int) -> None:
         """Expire queued commands past their time even when they are not their meter's head."""
@@ -461,12 +479,6 @@ class CommandQueue:
                 "error": command.last_error,
             },
         )
-
-    def _reject(
-        self, topic: str, payload: bytes, seen_at: datetime, reason: str, detail: str
-    ) -> None:
-        with self._session_factory() as session, session.begin():
-            _add_rejected(session, topic, payload, seen_at, reason, detail)
 
 
 def _take_write_lock(session: Session) -> None:
@@ -540,16 +552,16 @@ def _observe(
 
 
 def _add_rejected(
-    session: Session, topic: str, payload: bytes, seen_at: datetime, reason: str, detail: str
+    session: Session, inbound: InboundReply, now: datetime, reason: str, detail: str
 ) -> None:
-    log.info("rejected reply on %s: %s: %s", topic, reason, detail)
+    log.info("rejected reply on %s: %s: %s", inbound.topic, reason, detail)
     session.add(
         RejectedMessage(
             source=REJECT_SOURCE,
-            topic=topic,
-            payload=payload,
+            topic=inbound.topic,
+            payload=inbound.payload,
             reason=f"{reason}: {detail}",
-            received_at=seen_at,
+            received_at=inbound.received_at or now,
         )
     )
 

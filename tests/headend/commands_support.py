@@ -12,8 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gridvend.audit import AuditEntry, AuditLog
 from headend.commands import CommandQueue, RetryPolicy
 from headend.commands.service import Outbound
-from headend.models import MeterLifecycle, MeterProtocol, RejectedMessage
-from headend.registry import MeterRegistration, register_meter
+from headend.models import Meter, MeterLifecycle, MeterProtocol, RejectedMessage
 from protocols.mqtt import CommandReply, ReplyStatus
 
 START = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
@@ -51,11 +50,17 @@ def add_meter(
     protocol: MeterProtocol = MeterProtocol.MQTT,
     lifecycle: MeterLifecycle = MeterLifecycle.ACTIVE,
 ) -> int:
+    """A meter row as the registry would store it (any lifecycle, no addressing checks)."""
     with session_factory() as session, session.begin():
-        meter = register_meter(
-            session,
-            MeterRegistration(serial=serial, protocol=protocol, lifecycle=lifecycle),
+        meter = Meter(
+            serial=serial,
+            comm_id=serial,
+            protocol=protocol.value,
+            lifecycle=lifecycle.value,
+            created_at=START,
         )
+        session.add(meter)
+        session.flush()
         return meter.id
 
 

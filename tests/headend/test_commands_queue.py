@@ -17,6 +17,7 @@ from headend.commands import (
     Confirmation,
 )
 from headend.commands.models import MeterCommand
+from headend.commands.service import InboundReply
 from headend.models import Meter, MeterLifecycle, MeterProtocol
 from protocols.mqtt import CommandName, ReplyStatus
 from tests.headend.commands_support import (
@@ -450,3 +451,30 @@ def test_concurrent_dispatchers_never_claim_the_same_command(
         thread.join()
     assert sorted(claimed) == sorted(set(claimed))
     assert len(claimed) == len(meters)
+
+
+def test_a_batch_of_replies_applies_the_good_ones_and_keeps_the_bad_ones(
+    queue: CommandQueue, session_factory: sessionmaker[Session]
+) -> None:
+    meters = [add_meter(session_factory, f"M-{i}") for i in range(3)]
+    ids = [_disconnect(queue, m) for m in meters]
+    sent = sorted(queue.claim_due(instance="test"), key=lambda o: o.message.command_id)
+    batch = [
+        InboundReply(REPLIES_TOPIC, reply_to(sent[0])),
+        InboundReply(REPLIES_TOPIC, b"{}"),
+        InboundReply(REPLIES_TOPIC, reply_to(sent[1]), correlation_data=b"someone-else"),
+        InboundReply(REPLIES_TOPIC, reply_to(sent[2])),
+        InboundReply(REPLIES_TOPIC, reply_to(sent[2])),  # QoS 1 duplicate
+    ]
+    follow_up = queue.handle_replies(batch)
+    assert [o.message.command_id for o in follow_up] == [ids[0], ids[2]]
+    assert [queue.status(i).step for i in ids] == [
+        "await_readback",
+        "await_reply",
+        "await_readback",
+    ]
+    assert [r.split(":")[0] for r in rejected_reasons(session_factory)] == [
+        "bad_payload",
+        "correlation_mismatch",
+        "unexpected_reply",
+    ]
