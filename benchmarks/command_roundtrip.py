@@ -17,27 +17,39 @@ Every figure comes from the timestamps the queue itself stores, on one clock:
 Cases: ``sequential`` (one command at a time, relays toggled on random meters) and
 ``burst`` (one disconnect or connect for every meter at once).
 
+``--tcp-nodelay`` runs the same against a Mosquitto with ``set_tcp_nodelay true`` and
+meters whose connections disable Nagle's algorithm: the dispatcher always does; the
+broker helper and the simulator do not (yet), and the difference is most of the latency.
+
 Usage: python benchmarks/command_roundtrip.py [--meters 50] [--sequential 200]
-       [--bursts 3] [--database-url URL]
+       [--bursts 3] [--database-url URL] [--tcp-nodelay]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing as mp
 import os
 import random
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from multiprocessing.synchronize import Event as EventType
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from sqlalchemy.orm import Session, sessionmaker
+
 from gridvend.audit import AuditLog
-from gridvend.broker import BrokerEndpoint, provide_broker
+from gridvend.broker import BrokerEndpoint, find_mosquitto, free_port, provide_broker
 from gridvend.db import make_engine, make_session_factory, upgrade
 from headend.commands import CommandQueue, CommandState, CommandStatus, RetryPolicy
 from headend.commands.dispatcher import CommandDispatcher
@@ -49,7 +61,18 @@ SEED = 11
 PREFIX = "bench/"
 
 
-def _run_fleet(host: str, port: int, v5: bool, count: int, ready: mp.Event, stop: mp.Event) -> None:  # type: ignore[type-arg]
+def _run_fleet(
+    host: str,
+    port: int,
+    v5: bool,
+    count: int,
+    nodelay: bool,
+    ready: EventType,
+    stop: EventType,
+) -> None:
+    if nodelay:
+        _patch_meters_nodelay()
+
     async def main() -> None:
         configs = describe_fleet(count, SEED)
         async with MqttFleet(host, port, configs, topic_prefix=PREFIX, speed=1.0, mqtt_v5=v5):
@@ -60,7 +83,59 @@ def _run_fleet(host: str, port: int, v5: bool, count: int, ready: mp.Event, stop
     asyncio.run(main())
 
 
-def _register(session_factory, count: int) -> list[int]:  # type: ignore[no-untyped-def]
+def _patch_meters_nodelay() -> None:
+    """Turn Nagle's algorithm off on every aiomqtt connection of this (the fleet's) process.
+
+    Only for ``--tcp-nodelay``: it shows what the round trip becomes once the simulated
+    meters' transport sets TCP_NODELAY itself (meter_sim is not changed by this script).
+    """
+    import aiomqtt
+
+    enter = aiomqtt.Client.__aenter__
+
+    async def enter_without_nagle(self: aiomqtt.Client) -> aiomqtt.Client:
+        client = await enter(self)
+        sock = self._client.socket()
+        if isinstance(sock, socket.socket):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client
+
+    aiomqtt.Client.__aenter__ = enter_without_nagle  # type: ignore[method-assign,assignment]
+
+
+@contextlib.contextmanager
+def _mosquitto_without_nagle() -> Iterator[BrokerEndpoint]:
+    """A Mosquitto like gridvend.broker's, plus ``set_tcp_nodelay true``."""
+    binary = find_mosquitto()
+    if binary is None:
+        raise SystemExit("--tcp-nodelay needs mosquitto installed")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="gridvend-bench-broker-") as tmp:
+        config = Path(tmp) / "mosquitto.conf"
+        config.write_text(
+            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "max_queued_messages 100000\nmax_inflight_messages 0\nset_tcp_nodelay true\n"
+        )
+        process = subprocess.Popen(
+            [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), 0.2).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            yield BrokerEndpoint("127.0.0.1", port, True, "mosquitto+nodelay")
+        finally:
+            process.terminate()
+            process.wait(5)
+
+
+def _register(session_factory: sessionmaker[Session], count: int) -> list[int]:
     now = datetime.now(UTC)
     with session_factory() as session, session.begin():
         meters = [
@@ -81,13 +156,11 @@ def _register(session_factory, count: int) -> list[int]:  # type: ignore[no-unty
 async def _wait_final(queue: CommandQueue, ids: list[int]) -> list[CommandStatus]:
     done: dict[int, CommandStatus] = {}
     while len(done) < len(ids):
-        for command_id in ids:
-            if command_id not in done:
-                status = await asyncio.to_thread(queue.status, command_id)
-                if status.final:
-                    done[command_id] = status
+        pending = [i for i in ids if i not in done]
+        current = await asyncio.to_thread(queue.statuses, pending)
+        done.update({i: s for i, s in current.items() if s.final})
         if len(done) < len(ids):
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.01)
     return [done[i] for i in ids]
 
 
@@ -161,7 +234,15 @@ async def _bench(args: argparse.Namespace, broker: BrokerEndpoint, url: str) -> 
     ready, stop = mp.Event(), mp.Event()
     fleet = mp.Process(
         target=_run_fleet,
-        args=(broker.host, broker.port, broker.supports_v5, args.meters, ready, stop),
+        args=(
+            broker.host,
+            broker.port,
+            broker.supports_v5,
+            args.meters,
+            args.tcp_nodelay,
+            ready,
+            stop,
+        ),
         daemon=True,
     )
     fleet.start()
@@ -187,7 +268,9 @@ async def _bench(args: argparse.Namespace, broker: BrokerEndpoint, url: str) -> 
             meter = rng.choice(meter_ids)
             name = "connect" if not relay_closed[meter] else "disconnect"
             relay_closed[meter] = name == "connect"
-            command_id = queue.request(meter, name, requested_by="bench", reason="benchmark")
+            command_id = await asyncio.to_thread(
+                queue.request, meter, name, requested_by="bench", reason="benchmark"
+            )
             statuses.extend(await _wait_final(queue, [command_id]))
         _report("sequential", statuses, time.perf_counter() - started)
 
@@ -206,12 +289,16 @@ async def _bench(args: argparse.Namespace, broker: BrokerEndpoint, url: str) -> 
 async def _burst(
     queue: CommandQueue, meter_ids: list[int], relay_closed: dict[int, bool]
 ) -> list[CommandStatus]:
-    ids = []
-    for meter in meter_ids:
-        name = "connect" if not relay_closed[meter] else "disconnect"
-        relay_closed[meter] = name == "connect"
-        ids.append(queue.request(meter, name, requested_by="bench", reason="benchmark"))
-    return await _wait_final(queue, ids)
+    def request_all() -> list[int]:
+        # As a caller would: from its own thread, while the dispatcher keeps working.
+        ids = []
+        for meter in meter_ids:
+            name = "connect" if not relay_closed[meter] else "disconnect"
+            relay_closed[meter] = name == "connect"
+            ids.append(queue.request(meter, name, requested_by="bench", reason="benchmark"))
+        return ids
+
+    return await _wait_final(queue, await asyncio.to_thread(request_all))
 
 
 def main() -> None:
@@ -221,8 +308,18 @@ def main() -> None:
     parser.add_argument("--bursts", type=int, default=3)
     parser.add_argument("--poll", type=float, default=0.2, help="dispatcher poll interval, s")
     parser.add_argument("--database-url", default=None)
+    parser.add_argument(
+        "--tcp-nodelay",
+        action="store_true",
+        help="also disable Nagle in the broker and the simulated meters (what-if)",
+    )
     args = parser.parse_args()
-    with provide_broker(os.environ.get("GRIDVEND_MQTT_URL")) as broker:
+    broker_context = (
+        _mosquitto_without_nagle()
+        if args.tcp_nodelay
+        else provide_broker(os.environ.get("GRIDVEND_MQTT_URL"))
+    )
+    with broker_context as broker:
         if args.database_url:
             asyncio.run(_bench(args, broker, args.database_url))
             return

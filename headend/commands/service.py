@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import random
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -217,6 +217,16 @@ class CommandQueue:
             if command is None:
                 raise CommandError("command_not_found", f"no command {command_id}")
             return _status(command)
+
+    def statuses(self, command_ids: Collection[int]) -> dict[int, CommandStatus]:
+        """The status of each of these commands that exists, by id (one query)."""
+        if not command_ids:
+            return {}
+        with self._session_factory() as session:
+            rows = session.scalars(
+                select(MeterCommand).where(MeterCommand.id.in_(set(command_ids)))
+            )
+            return {c.id: _status(c) for c in rows}
 
     def list_for_meter(
         self,
