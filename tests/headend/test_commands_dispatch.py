@@ -369,3 +369,24 @@ async def test_lost_replies_are_retried_until_every_disconnect_is_confirmed(
         assert all(not model.relay_closed for model in fleet.models.values())
     assert {s.state for s in statuses} == {CommandState.CONFIRMED}
     assert sum(s.attempts + s.readbacks for s in statuses) > 2 * len(meters)  # some were lost
+
+
+async def test_two_dispatchers_on_one_database_share_the_work_without_doubles(
+    session_factory: sessionmaker[Session], mqtt_broker: BrokerEndpoint, topic_prefix: str
+) -> None:
+    first, second = _queue(session_factory), _queue(session_factory)
+    async with (
+        _fleet(mqtt_broker, topic_prefix, session_factory, count=6) as (fleet, meters),
+        _running(_dispatcher(first, mqtt_broker, topic_prefix, _instance())) as one,
+        _running(_dispatcher(second, mqtt_broker, topic_prefix, _instance())) as two,
+    ):
+        ids = [
+            queue.request(meter, name, requested_by="engine", reason="")
+            for name in ("disconnect", "connect")
+            for meter, queue in zip(meters, [first, second] * 3, strict=True)
+        ]
+        statuses = [await _final(first, i) for i in ids]
+        assert all(model.relay_closed for model in fleet.models.values())
+    assert {s.state for s in statuses} == {CommandState.CONFIRMED}
+    assert {(s.attempts, s.readbacks) for s in statuses} == {(1, 1)}  # nothing sent twice
+    assert one.published + two.published == 2 * len(ids)
