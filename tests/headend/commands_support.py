@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gridvend.audit import AuditEntry, AuditLog
+from gridvend.broker import BrokerEndpoint
 from headend.commands import CommandQueue, RetryPolicy
+from headend.commands.dispatcher import CommandDispatcher
 from headend.commands.service import Outbound
 from headend.models import Meter, MeterLifecycle, MeterProtocol, RejectedMessage
-from protocols.mqtt import CommandReply, ReplyStatus
+from protocols.mqtt import CommandReply, ReplyStatus, TopicScheme
 
 START = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
 REPLIES_TOPIC = "ami/v1/headend/test/replies"
@@ -26,6 +30,18 @@ FAST_POLICY = RetryPolicy(
     backoff_max=timedelta(seconds=8),
     jitter=0,
     default_ttl=timedelta(minutes=5),
+)
+
+
+# For tests against simulated meters: short timeouts, quick retries.
+LIVE_POLICY = RetryPolicy(
+    reply_timeout=timedelta(seconds=2),
+    max_attempts=5,
+    max_readbacks=5,
+    backoff_initial=timedelta(milliseconds=100),
+    backoff_max=timedelta(milliseconds=400),
+    jitter=0,
+    default_ttl=timedelta(minutes=2),
 )
 
 
@@ -105,3 +121,36 @@ def rejected_reasons(session_factory: sessionmaker[Session]) -> list[str]:
 def count(session_factory: sessionmaker[Session], model: type) -> int:
     with session_factory() as session:
         return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def dispatcher_for(
+    queue: CommandQueue,
+    broker: BrokerEndpoint,
+    prefix: str,
+    instance: str,
+    *,
+    mqtt_v5: bool | None = None,
+) -> CommandDispatcher:
+    dispatcher = CommandDispatcher(
+        queue,
+        broker.host,
+        broker.port,
+        scheme=TopicScheme(prefix),
+        instance=instance,
+        mqtt_v5=broker.supports_v5 if mqtt_v5 is None else mqtt_v5,
+        poll_interval_s=0.05,
+    )
+    queue.set_notify(dispatcher.wake)
+    return dispatcher
+
+
+@contextlib.asynccontextmanager
+async def running(dispatcher: CommandDispatcher) -> AsyncIterator[CommandDispatcher]:
+    task = asyncio.create_task(dispatcher.run())
+    try:
+        await asyncio.wait_for(dispatcher.connected.wait(), timeout=10)
+        yield dispatcher
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

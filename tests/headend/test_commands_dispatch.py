@@ -24,24 +24,19 @@ from headend.commands import (
     Confirmation,
     RetryPolicy,
 )
-from headend.commands.dispatcher import CommandDispatcher
 from meter_sim import FaultConfig, MqttFleet, describe_fleet
 from protocols.mqtt import Command, MeterChannel, TopicScheme
-from tests.headend.commands_support import add_meter, rejected_reasons
-
-POLICY = RetryPolicy(
-    reply_timeout=timedelta(seconds=2),
-    max_attempts=5,
-    max_readbacks=5,
-    backoff_initial=timedelta(milliseconds=100),
-    backoff_max=timedelta(milliseconds=400),
-    jitter=0,
-    default_ttl=timedelta(minutes=2),
+from tests.headend.commands_support import (
+    LIVE_POLICY,
+    add_meter,
+    dispatcher_for,
+    rejected_reasons,
+    running,
 )
 
 
 def _queue(session_factory: sessionmaker[Session]) -> CommandQueue:
-    return CommandQueue(session_factory, audit=AuditLog(), policy=POLICY, rng=random.Random(3))
+    return CommandQueue(session_factory, audit=AuditLog(), policy=LIVE_POLICY, rng=random.Random(3))
 
 
 @contextlib.asynccontextmanager
@@ -62,39 +57,6 @@ async def _fleet(
         broker.host, broker.port, configs, topic_prefix=prefix, speed=1.0, mqtt_v5=v5
     ) as fleet:
         yield fleet, meter_ids
-
-
-def _dispatcher(
-    queue: CommandQueue,
-    broker: BrokerEndpoint,
-    prefix: str,
-    instance: str,
-    *,
-    mqtt_v5: bool | None = None,
-) -> CommandDispatcher:
-    dispatcher = CommandDispatcher(
-        queue,
-        broker.host,
-        broker.port,
-        scheme=TopicScheme(prefix),
-        instance=instance,
-        mqtt_v5=broker.supports_v5 if mqtt_v5 is None else mqtt_v5,
-        poll_interval_s=0.05,
-    )
-    queue.set_notify(dispatcher.wake)
-    return dispatcher
-
-
-@contextlib.asynccontextmanager
-async def _running(dispatcher: CommandDispatcher) -> AsyncIterator[CommandDispatcher]:
-    task = asyncio.create_task(dispatcher.run())
-    try:
-        await asyncio.wait_for(dispatcher.connected.wait(), timeout=10)
-        yield dispatcher
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def _final(queue: CommandQueue, command_id: int, timeout_s: float = 30) -> CommandStatus:
@@ -121,8 +83,8 @@ async def test_disconnect_is_confirmed_by_reading_the_meter_back(
 ) -> None:
     queue = _queue(session_factory)
     async with _fleet(mqtt_broker, topic_prefix, session_factory) as (fleet, meters):
-        dispatcher = _dispatcher(queue, mqtt_broker, topic_prefix, _instance())
-        async with _running(dispatcher):
+        dispatcher = dispatcher_for(queue, mqtt_broker, topic_prefix, _instance())
+        async with running(dispatcher):
             command_id = queue.request(
                 meters[0], "disconnect", requested_by="tech", reason="relay test"
             )
@@ -143,7 +105,7 @@ async def test_second_disconnect_is_confirmed_without_sending_another_disconnect
     queue = _queue(session_factory)
     async with _fleet(mqtt_broker, topic_prefix, session_factory, count=1) as (fleet, meters):
         agent_stats = next(link.agent.stats for link in fleet._links)
-        async with _running(_dispatcher(queue, mqtt_broker, topic_prefix, _instance())):
+        async with running(dispatcher_for(queue, mqtt_broker, topic_prefix, _instance())):
             first = queue.request(meters[0], "disconnect", requested_by="engine", reason="a")
             await _final(queue, first)
             commands_before = agent_stats.commands
@@ -164,7 +126,7 @@ async def test_disconnect_then_connect_for_one_meter_run_in_order(
     async with _fleet(mqtt_broker, topic_prefix, session_factory, count=1) as (fleet, meters):
         disconnect = queue.request(meters[0], "disconnect", requested_by="engine", reason="")
         connect = queue.request(meters[0], "connect", requested_by="engine", reason="top-up")
-        async with _running(_dispatcher(queue, mqtt_broker, topic_prefix, _instance())):
+        async with running(dispatcher_for(queue, mqtt_broker, topic_prefix, _instance())):
             first = await _final(queue, disconnect)
             second = await _final(queue, connect)
         assert fleet.models[_serial(fleet, 0)].relay_closed is True
@@ -178,7 +140,7 @@ async def test_power_limit_is_confirmed_by_reading_it_back(
 ) -> None:
     queue = _queue(session_factory)
     async with _fleet(mqtt_broker, topic_prefix, session_factory, count=1) as (fleet, meters):
-        async with _running(_dispatcher(queue, mqtt_broker, topic_prefix, _instance())):
+        async with running(dispatcher_for(queue, mqtt_broker, topic_prefix, _instance())):
             command_id = queue.request(
                 meters[0], "set_power_limit", {"watts": 2500}, requested_by="tech", reason=""
             )
@@ -193,10 +155,10 @@ async def test_token_the_meter_rejects_fails_with_the_meters_reason(
     session_factory: sessionmaker[Session], mqtt_broker: BrokerEndpoint, topic_prefix: str
 ) -> None:
     queue = _queue(session_factory)
-    dispatcher = _dispatcher(queue, mqtt_broker, topic_prefix, _instance())
+    dispatcher = dispatcher_for(queue, mqtt_broker, topic_prefix, _instance())
     async with (
         _fleet(mqtt_broker, topic_prefix, session_factory, count=1) as (_, meters),
-        _running(dispatcher),
+        running(dispatcher),
     ):
         command_id = queue.request(
             meters[0],
@@ -215,10 +177,10 @@ async def test_read_now_is_confirmed_by_the_meters_reply_with_its_registers(
     session_factory: sessionmaker[Session], mqtt_broker: BrokerEndpoint, topic_prefix: str
 ) -> None:
     queue = _queue(session_factory)
-    dispatcher = _dispatcher(queue, mqtt_broker, topic_prefix, _instance())
+    dispatcher = dispatcher_for(queue, mqtt_broker, topic_prefix, _instance())
     async with (
         _fleet(mqtt_broker, topic_prefix, session_factory, count=1) as (_, meters),
-        _running(dispatcher),
+        running(dispatcher),
     ):
         command_id = queue.request(meters[0], "read_now", requested_by="tech", reason="")
         status = await _final(queue, command_id)
@@ -238,7 +200,7 @@ async def test_disconnect_queued_while_the_head_end_is_down_is_sent_after_restar
         command_id = before.request(meters[0], "disconnect", requested_by="engine", reason="")
         # The head-end process ends here; a new one starts with a fresh queue object.
         after = _queue(session_factory)
-        async with _running(_dispatcher(after, mqtt_broker, topic_prefix, instance)):
+        async with running(dispatcher_for(after, mqtt_broker, topic_prefix, instance)):
             status = await _final(after, command_id)
         assert fleet.models[_serial(fleet, 0)].relay_closed is False
     assert (status.state, status.confirmation) == (CommandState.CONFIRMED, Confirmation.READBACK)
@@ -257,7 +219,7 @@ async def test_disconnect_marked_sent_before_a_crash_is_resent_and_confirmed(
         assert crashed.status(command_id).state == CommandState.SENT
 
         restarted = _queue(session_factory)
-        async with _running(_dispatcher(restarted, mqtt_broker, topic_prefix, instance)):
+        async with running(dispatcher_for(restarted, mqtt_broker, topic_prefix, instance)):
             status = await _final(restarted, command_id)
         assert fleet.models[_serial(fleet, 0)].relay_closed is False
     assert (status.state, status.confirmation) == (CommandState.CONFIRMED, Confirmation.READBACK)
@@ -271,8 +233,8 @@ async def test_reply_arriving_while_the_head_end_is_down_is_picked_up_after_rest
     slow = RetryPolicy(reply_timeout=timedelta(seconds=60), default_ttl=timedelta(minutes=5))
     async with _fleet(mqtt5_broker, topic_prefix, session_factory, count=1) as (fleet, meters):
         first = CommandQueue(session_factory, audit=AuditLog(), policy=slow)
-        dispatcher = _dispatcher(first, mqtt5_broker, topic_prefix, instance)
-        async with _running(dispatcher):
+        dispatcher = dispatcher_for(first, mqtt5_broker, topic_prefix, instance)
+        async with running(dispatcher):
             pass  # the broker now holds a persistent session for this instance's replies
         command_id = first.request(meters[0], "disconnect", requested_by="engine", reason="")
         [outbound] = first.claim_due(instance=instance)
@@ -295,7 +257,7 @@ async def test_reply_arriving_while_the_head_end_is_down_is_picked_up_after_rest
             await asyncio.sleep(0.02)
 
         second = CommandQueue(session_factory, audit=AuditLog(), policy=slow)
-        async with _running(_dispatcher(second, mqtt5_broker, topic_prefix, instance)):
+        async with running(dispatcher_for(second, mqtt5_broker, topic_prefix, instance)):
             status = await _final(second, command_id)
     assert (status.state, status.confirmation) == (CommandState.CONFIRMED, Confirmation.READBACK)
     assert status.attempts == 1  # the kept reply was used: nothing was re-sent
@@ -309,8 +271,8 @@ async def test_mqtt_311_meters_are_answered_through_reply_to(
         fleet,
         meters,
     ):
-        dispatcher = _dispatcher(queue, mqtt_broker, topic_prefix, _instance(), mqtt_v5=False)
-        async with _running(dispatcher):
+        dispatcher = dispatcher_for(queue, mqtt_broker, topic_prefix, _instance(), mqtt_v5=False)
+        async with running(dispatcher):
             command_id = queue.request(meters[0], "disconnect", requested_by="tech", reason="")
             status = await _final(queue, command_id)
         assert fleet.models[_serial(fleet, 0)].relay_closed is False
@@ -322,8 +284,8 @@ async def test_reply_with_an_unknown_correlation_id_is_recorded_and_changes_noth
 ) -> None:
     queue = _queue(session_factory)
     async with _fleet(mqtt_broker, topic_prefix, session_factory, count=1) as (fleet, meters):
-        dispatcher = _dispatcher(queue, mqtt_broker, topic_prefix, _instance())
-        async with _running(dispatcher):
+        dispatcher = dispatcher_for(queue, mqtt_broker, topic_prefix, _instance())
+        async with running(dispatcher):
             command_id = queue.request(meters[0], "disconnect", requested_by="tech", reason="")
             confirmed = await _final(queue, command_id)
             stray = (
@@ -363,7 +325,7 @@ async def test_lost_replies_are_retried_until_every_disconnect_is_confirmed(
         fleet,
         meters,
     ):
-        async with _running(_dispatcher(queue, mqtt_broker, topic_prefix, _instance())):
+        async with running(dispatcher_for(queue, mqtt_broker, topic_prefix, _instance())):
             ids = [queue.request(m, "disconnect", requested_by="engine", reason="") for m in meters]
             statuses = [await _final(queue, i) for i in ids]
         assert all(not model.relay_closed for model in fleet.models.values())
@@ -377,8 +339,8 @@ async def test_two_dispatchers_on_one_database_share_the_work_without_doubles(
     first, second = _queue(session_factory), _queue(session_factory)
     async with (
         _fleet(mqtt_broker, topic_prefix, session_factory, count=6) as (fleet, meters),
-        _running(_dispatcher(first, mqtt_broker, topic_prefix, _instance())) as one,
-        _running(_dispatcher(second, mqtt_broker, topic_prefix, _instance())) as two,
+        running(dispatcher_for(first, mqtt_broker, topic_prefix, _instance())) as one,
+        running(dispatcher_for(second, mqtt_broker, topic_prefix, _instance())) as two,
     ):
         ids = [
             queue.request(meter, name, requested_by="engine", reason="")
