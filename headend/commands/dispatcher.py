@@ -234,7 +234,7 @@ class CommandDispatcher:
             properties = Properties(PacketTypes.PUBLISH)
             properties.ResponseTopic = self.reply_topic
             properties.CorrelationData = message.wire_id.encode()
-            remaining = (message.expires_at - now).total_seconds()
+            remaining = (message.reply_deadline - now).total_seconds()
             properties.MessageExpiryInterval = max(1, math.ceil(remaining))
         topic = self._scheme.meter_topic(item.comm_id, MeterChannel.COMMAND)
         # If this publish is lost, the command's reply deadline passes and it is retried.

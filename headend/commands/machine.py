@@ -39,12 +39,19 @@ READBACK_MARK = ".r"
 
 @dataclass(frozen=True, slots=True)
 class WireMessage:
-    """One message to put on the wire for a command; the meter ignores it after ``expires_at``."""
+    """One message to put on the wire for a command.
+
+    ``reply_deadline`` is when the head-end stops waiting for its reply (the broker may
+    drop the message then: MQTT 5 message expiry needs no clock agreement). The meter
+    ignores it after ``expires_at``: the deadline plus the policy's allowance for meter
+    clocks, never later than the command's own expiry.
+    """
 
     command_id: int
     wire_id: str
     name: CommandName
     params: dict[str, ParamValue]
+    reply_deadline: datetime
     expires_at: datetime
 
 
@@ -136,6 +143,12 @@ def _on_command_reply(
     command.acknowledged_at = now
     command.last_error = None
     if CommandName(command.name) in READBACK_COMMANDS:
+        if command.readbacks >= policy.max_readbacks:
+            # Only a late or repeated acknowledgement can get here: the read-backs that
+            # followed the earlier one are spent.
+            error = f"acknowledged, but all {command.readbacks} read-backs are used"
+            _finish(command, CommandState.FAILED, now, error)
+            return None
         return _send_readback(command, now, policy)
     _confirm(command, now, Confirmation.METER_REPLY)
     return None
@@ -193,6 +206,7 @@ def _send_command(command: MeterCommand, now: datetime, policy: RetryPolicy) -> 
         name,
         wire_params(name, command.params, now),
         deadline,
+        _meter_expiry(command, deadline, policy),
     )
 
 
@@ -210,6 +224,7 @@ def _send_readback(command: MeterCommand, now: datetime, policy: RetryPolicy) ->
         CommandName.READ_NOW,
         {},
         deadline,
+        _meter_expiry(command, deadline, policy),
     )
 
 
@@ -254,6 +269,10 @@ def _finish(command: MeterCommand, state: CommandState, now: datetime, error: st
 
 def _deadline(command: MeterCommand, now: datetime, policy: RetryPolicy) -> datetime:
     return min(now + policy.reply_timeout, command.expires_at)
+
+
+def _meter_expiry(command: MeterCommand, deadline: datetime, policy: RetryPolicy) -> datetime:
+    return min(deadline + policy.meter_clock_tolerance, command.expires_at)
 
 
 def _seconds(policy: RetryPolicy) -> str:

@@ -17,6 +17,9 @@ class RetryPolicy:
     ``backoff_initial`` doubles per retry up to ``backoff_max``, then +-``jitter`` (a
     fraction) is applied so that retries to many meters after an outage spread out.
     ``default_ttl``: a command not confirmed this long after it was requested expires.
+    ``meter_clock_tolerance``: added to a message's reply deadline for the ``expires_at``
+    the meter checks against its own clock, so a meter whose clock is somewhat off does
+    not ignore every command (the broker's MQTT 5 expiry uses the deadline itself).
     Raises ValueError for a policy that could never send anything.
     """
 
@@ -28,6 +31,7 @@ class RetryPolicy:
     jitter: float = 0.2
     default_ttl: timedelta = timedelta(minutes=15)
     max_ttl: timedelta = timedelta(days=7)
+    meter_clock_tolerance: timedelta = timedelta(seconds=30)
 
     def __post_init__(self) -> None:
         if self.reply_timeout <= timedelta(0):
@@ -38,6 +42,8 @@ class RetryPolicy:
             raise ValueError("need 0 <= backoff_initial <= backoff_max")
         if not 0 <= self.jitter < 1:
             raise ValueError("jitter must be in [0, 1)")
+        if self.meter_clock_tolerance < timedelta(0):
+            raise ValueError("meter_clock_tolerance must not be negative")
         if not timedelta(0) < self.default_ttl <= self.max_ttl:
             raise ValueError("need 0 < default_ttl <= max_ttl")
 

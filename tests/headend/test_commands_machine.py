@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from datetime import timedelta
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from headend.commands import machine
@@ -74,6 +74,18 @@ _events = st.lists(
 
 
 @settings(max_examples=300, deadline=None)
+@example(  # a late acknowledgement once every read-back is spent
+    events=[
+        ("tick", 0),
+        ("reply", "command", ReplyStatus.OK, True),
+        ("tick", 5),
+        ("tick", 2),
+        ("reply", "latest_readback", ReplyStatus.OK, True),
+        ("reply", "command", ReplyStatus.OK, True),
+    ],
+    known=None,
+    seed=0,
+)
 @given(
     events=_events,
     known=st.sampled_from([None, ControlSnapshot(False, None), ControlSnapshot(True, None)]),
@@ -121,7 +133,8 @@ def test_any_sequence_of_ticks_and_replies_keeps_the_command_consistent(
             if number is not None and status is ReplyStatus.OK:
                 last_readback_relay = relay
         if sent is not None:
-            assert sent.expires_at <= command.expires_at
+            assert sent.reply_deadline == command.next_action_at
+            assert sent.reply_deadline <= sent.expires_at <= command.expires_at
             if sent.name is CommandName.READ_NOW:
                 assert sent.wire_id == f"{command.correlation_id}.r{command.readbacks}"
             else:
