@@ -6,17 +6,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import subprocess
+import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import aiomqtt
+import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from sqlalchemy.orm import Session, sessionmaker
 
 from gridvend.audit import AuditLog
-from gridvend.broker import BrokerEndpoint
+from gridvend.broker import BrokerEndpoint, find_mosquitto, free_port, provide_broker
 from headend.commands import (
     CommandQueue,
     CommandState,
@@ -352,3 +356,52 @@ async def test_two_dispatchers_on_one_database_share_the_work_without_doubles(
     assert {s.state for s in statuses} == {CommandState.CONFIRMED}
     assert {(s.attempts, s.readbacks) for s in statuses} == {(1, 1)}  # nothing sent twice
     assert one.published + two.published == 2 * len(ids)
+
+
+@contextlib.contextmanager
+def _own_mosquitto(port: int) -> Iterator[BrokerEndpoint]:
+    """A Mosquitto of this test's own on ``port`` (so it can be stopped and started)."""
+    binary = find_mosquitto()
+    if binary is None:
+        pytest.skip("needs mosquitto to restart a broker")
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "mosquitto.conf"
+        config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+        process = subprocess.Popen(
+            [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            with provide_broker(f"mqtt://127.0.0.1:{port}") as endpoint:
+                yield endpoint
+        finally:
+            process.terminate()
+            process.wait(5)
+
+
+async def test_dispatcher_reconnects_after_the_broker_restarts_and_sends_what_waited(
+    session_factory: sessionmaker[Session], topic_prefix: str
+) -> None:
+    port = free_port()
+    queue = _queue(session_factory)
+    with _own_mosquitto(port) as broker:
+        dispatcher = dispatcher_for(queue, broker, topic_prefix, _instance())
+        async with running(dispatcher):
+            pass  # connected once; then the broker goes away
+    configs = describe_fleet(1, seed=8)
+    meter = add_meter(session_factory, configs[0].serial)
+    task = asyncio.create_task(dispatcher.run())
+    try:
+        command_id = queue.request(meter, "disconnect", requested_by="engine", reason="")
+        await asyncio.sleep(0.2)  # the dispatcher is failing to connect meanwhile
+        assert not dispatcher.connected.is_set()
+        with _own_mosquitto(port) as broker:
+            async with MqttFleet(
+                broker.host, broker.port, configs, topic_prefix=topic_prefix, speed=1.0
+            ) as fleet:
+                status = await _final(queue, command_id)
+                assert fleet.models[configs[0].serial].relay_closed is False
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert status.state == CommandState.CONFIRMED
