@@ -2,6 +2,7 @@
 
     POST /api/meters/{meter_id}/commands   queue a command (202, the command as stored)
     GET  /api/commands/{command_id}        one command
+    GET  /api/commands?state=failed        every meter's commands, newest first
     GET  /api/meters/{meter_id}/commands   a meter's commands, newest first
 
 Who may request what: relay and power-limit commands and time sync need admin,
@@ -149,6 +150,15 @@ def make_router(
             raise _error(exc) from None
         response.headers["Location"] = f"/api/commands/{command_id}"
         return command
+
+    @router.get("/commands", response_model=list[CommandOut])
+    def list_recent_commands(
+        _: Any = require(*READERS),
+        state: Annotated[list[CommandState] | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    ) -> Any:
+        """Commands of every meter, newest first; ``?state=failed&state=expired`` to filter."""
+        return queue.list_recent(states=state, limit=limit)
 
     @router.get("/commands/{command_id}", response_model=CommandOut)
     def read_command(command_id: int, _: Any = require(*READERS)) -> Any:

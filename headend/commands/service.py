@@ -245,6 +245,17 @@ class CommandQueue:
             query = query.order_by(MeterCommand.id.desc()).limit(max(1, min(limit, 1000)))
             return [_status(c) for c in session.scalars(query)]
 
+    def list_recent(
+        self, *, states: Sequence[CommandState] | None = None, limit: int = 50
+    ) -> list[CommandStatus]:
+        """Commands of every meter, newest first (e.g. every ``failed`` one, for an operator)."""
+        with self._session_factory() as session:
+            query = select(MeterCommand)
+            if states:
+                query = query.where(MeterCommand.state.in_([s.value for s in states]))
+            query = query.order_by(MeterCommand.id.desc()).limit(max(1, min(limit, 1000)))
+            return [_status(c) for c in session.scalars(query)]
+
     def known_control_state(self, meter_id: int) -> KnownControlState | None:
         """The relay and power limit as last read back from the meter, if ever."""
         with self._session_factory() as session:

@@ -83,6 +83,8 @@ def test_meter_commands_are_listed_newest_first_and_filtered_by_state(
         f"/api/meters/{meter}/commands", params={"state": "confirmed"}, headers=headers
     ).json()
     assert [c["id"] for c in confirmed] == [ids[0]]
+    everywhere = client.get("/api/commands", params={"state": "queued"}, headers=headers).json()
+    assert [c["id"] for c in everywhere] == [ids[1]]
 
 
 @pytest.mark.parametrize(
