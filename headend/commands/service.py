@@ -56,7 +56,14 @@ from headend.commands.spec import (
     validate_params,
 )
 from headend.models import Meter, MeterLifecycle, MeterProtocol, RejectedMessage
-from protocols.mqtt import CommandName, CommandReply, PayloadError, parse_reply
+from protocols.mqtt import (
+    CommandName,
+    CommandReply,
+    PayloadError,
+    TopicError,
+    check_meter_id,
+    parse_reply,
+)
 
 log = logging.getLogger(__name__)
 
@@ -363,6 +370,10 @@ class CommandQueue:
                     "unsupported_transport",
                     f"meter {meter_id} speaks {meter.protocol}; commands go over MQTT only",
                 )
+            try:
+                check_meter_id(meter.comm_id)
+            except TopicError as exc:
+                raise CommandError("unsupported_transport", f"meter {meter_id}: {exc}") from None
             command = MeterCommand(
                 meter_id=meter_id,
                 name=name.value,

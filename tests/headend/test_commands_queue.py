@@ -101,17 +101,23 @@ def test_invalid_request_is_refused_with_its_code_and_stores_nothing(
     assert audit_actions(session_factory) == []
 
 
-def test_command_for_an_unknown_decommissioned_or_modbus_meter_is_refused(
+def test_command_for_an_unknown_decommissioned_or_unreachable_meter_is_refused(
     queue: CommandQueue, session_factory: sessionmaker[Session]
 ) -> None:
     retired = add_meter(session_factory, "M-OLD", lifecycle=MeterLifecycle.DECOMMISSIONED)
     modbus = add_meter(session_factory, "M-MB", protocol=MeterProtocol.MODBUS_TCP)
+    no_topic = add_meter(session_factory, "site/7")  # cannot be one MQTT topic level
     codes = []
-    for meter in (999_999, retired, modbus):
+    for meter in (999_999, retired, modbus, no_topic):
         with pytest.raises(CommandError) as raised:
             _disconnect(queue, meter)
         codes.append(raised.value.code)
-    assert codes == ["meter_not_found", "meter_decommissioned", "unsupported_transport"]
+    assert codes == [
+        "meter_not_found",
+        "meter_decommissioned",
+        "unsupported_transport",
+        "unsupported_transport",
+    ]
     assert count(session_factory, MeterCommand) == 0
 
 
