@@ -135,6 +135,8 @@ class KnownControlState:
 class CommandQueue:
     """Commands to meters: request them, follow them, and (for the dispatcher) drive them.
 
+    ``policy`` applies to every command unless ``policies`` has one for its name (e.g. a
+    token push sent once only, or a longer reply timeout for a slow command).
     ``audit`` receives an entry, in the same transaction, for every relay, power-limit and
     token command when it is requested and when it ends. ``notify`` is called after a
     request is committed (the dispatcher's ``wake``), from whatever thread requested it.
@@ -147,6 +149,7 @@ class CommandQueue:
         *,
         audit: AuditSink,
         policy: RetryPolicy | None = None,
+        policies: Mapping[CommandName, RetryPolicy] | None = None,
         clock: Callable[[], datetime] = _utcnow,
         rng: random.Random | None = None,
         notify: Callable[[], None] | None = None,
@@ -154,6 +157,7 @@ class CommandQueue:
         self._session_factory = session_factory
         self._audit = audit
         self.policy = policy or RetryPolicy()
+        self._policies = dict(policies or {})
         self._clock = clock
         self._rng = rng or random.Random()
         self._notify = notify
@@ -164,6 +168,10 @@ class CommandQueue:
 
     def now(self) -> datetime:
         return self._clock()
+
+    def policy_for(self, name: CommandName | str) -> RetryPolicy:
+        """The retry policy of one kind of command (its override, else the queue's)."""
+        return self._policies.get(CommandName(name), self.policy)
 
     # --- the public interface -------------------------------------------------------
 
@@ -197,10 +205,11 @@ class CommandQueue:
             raise CommandError("invalid_request", f"reason exceeds {MAX_REASON_CHARS} characters")
         if idempotency_key is not None and not 1 <= len(idempotency_key) <= 128:
             raise CommandError("invalid_request", "idempotency_key must be 1-128 characters")
-        lifetime = self.policy.default_ttl if ttl is None else ttl
-        if not timedelta(0) < lifetime <= self.policy.max_ttl:
+        policy = self.policy_for(command_name)
+        lifetime = policy.default_ttl if ttl is None else ttl
+        if not timedelta(0) < lifetime <= policy.max_ttl:
             raise CommandError(
-                "invalid_request", f"ttl must be positive and at most {self.policy.max_ttl}"
+                "invalid_request", f"ttl must be positive and at most {policy.max_ttl}"
             )
         try:
             command_id, created = self._insert(
@@ -290,7 +299,11 @@ class CommandQueue:
                 outbound = []
                 for command, comm_id in rows:
                     message = machine.on_due(
-                        command, now, self.policy, known.get(command.meter_id), self._rng
+                        command,
+                        now,
+                        self.policy_for(command.name),
+                        known.get(command.meter_id),
+                        self._rng,
                     )
                     if message is not None:
                         command.sent_by = instance
@@ -466,7 +479,8 @@ class CommandQueue:
             _add_rejected(session, inbound, now, "meter_mismatch", detail)
             return None
         try:
-            message = machine.on_reply(command, readback_number, reply, now, self.policy, self._rng)
+            policy = self.policy_for(command.name)
+            message = machine.on_reply(command, readback_number, reply, now, policy, self._rng)
         except machine.UnexpectedReply as exc:
             _add_rejected(session, inbound, now, "unexpected_reply", str(exc))
             return None

@@ -9,18 +9,21 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from gridvend.audit import AuditLog
 from headend.commands import (
     CommandError,
     CommandQueue,
     CommandState,
     CommandStep,
     Confirmation,
+    RetryPolicy,
 )
 from headend.commands.models import MeterCommand
 from headend.commands.service import InboundReply
 from headend.models import Meter, MeterLifecycle, MeterProtocol
 from protocols.mqtt import CommandName, ReplyStatus
 from tests.headend.commands_support import (
+    FAST_POLICY,
     REPLIES_TOPIC,
     Clock,
     add_meter,
@@ -484,3 +487,27 @@ def test_a_batch_of_replies_applies_the_good_ones_and_keeps_the_bad_ones(
         "correlation_mismatch",
         "unexpected_reply",
     ]
+
+
+def test_a_kind_of_command_can_have_its_own_retry_policy(
+    session_factory: sessionmaker[Session], clock: Clock
+) -> None:
+    once = RetryPolicy(
+        reply_timeout=timedelta(seconds=30), max_attempts=1, default_ttl=timedelta(minutes=2)
+    )
+    queue = CommandQueue(
+        session_factory,
+        audit=AuditLog(),
+        policy=FAST_POLICY,
+        policies={CommandName.PUSH_TOKEN: once},
+        clock=clock,
+    )
+    meter = add_meter(session_factory, "M-1")
+    token = queue.request(meter, "push_token", {"token": "1" * 20}, requested_by="clerk", reason="")
+    [sent] = queue.claim_due(instance="test")
+    assert sent.message.reply_deadline == clock.now + timedelta(seconds=30)
+    clock.advance(30)
+    queue.claim_due(instance="test")
+    status = queue.status(token)
+    assert (status.state, status.attempts) == (CommandState.FAILED, 1)  # never sent twice
+    assert status.expires_at == status.requested_at + timedelta(minutes=2)
