@@ -41,6 +41,7 @@ from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from meter_sim.clock import SimClock
 from meter_sim.faults import FaultInjector
 from meter_sim.model import CommandRefused, MeterError, MeterModel, TokenStatus
 from protocols.modbus import (
@@ -56,15 +57,18 @@ from protocols.modbus import (
     RelayReason,
     TokenResult,
     get_profile,
+    profile_for_phases,
 )
 from protocols.modbus.registers import Setting
 from protocols.quantities import Quantity
 
 __all__ = [
+    "Clock",
     "ModbusMeter",
     "ModbusSimServer",
     "serve_modbus_rtu",
     "serve_modbus_tcp",
+    "sim_clock_now",
 ]
 
 log = logging.getLogger(__name__)
@@ -287,6 +291,11 @@ class ModbusSimServer:
         except _RequestRefused as refused:
             log.debug("unit %s: %s", unit.meter.unit_id, refused)
             return refused.code
+        except MeterError as exc:
+            # The clock left the model's range, or the model refused in some other way:
+            # a real meter would report an internal failure, not crash the bus.
+            log.warning("unit %s: %s", unit.meter.unit_id, exc)
+            return ExcCodes.DEVICE_FAILURE
         return None
 
     def _refresh(
@@ -376,8 +385,8 @@ class ModbusSimServer:
         elif reg.point is Prepaid.TOKEN_ENTRY:
             if len(text) != 20 or not text.isdigit():
                 raise _RequestRefused(ExcCodes.ILLEGAL_VALUE, "a token is 20 ASCII digits")
-            unit.token_count = (unit.token_count + 1) % 0x10000
             model.enter_token(text, model.now)
+            unit.token_count = (unit.token_count + 1) % 0x10000
         else:
             raise _RequestRefused(ExcCodes.ILLEGAL_ADDRESS, f"{reg.point} is not writable")
 
@@ -483,12 +492,24 @@ class _Snapshot:
         return result
 
 
+def sim_clock_now(clock: SimClock) -> Clock:
+    """A ``now`` for the servers: ``clock``'s simulated time at the running loop's time.
+
+    ``clock`` must have been created with ``real_origin=loop.time()`` of this loop.
+    Raise RuntimeError when called outside a running event loop.
+    """
+    loop = asyncio.get_running_loop()
+    return lambda: clock.now(loop.time())
+
+
 def _as_meters(
     meters: Sequence[MeterModel | ModbusMeter], profile: Profile | str
 ) -> list[ModbusMeter]:
     default = get_profile(profile) if isinstance(profile, str) else profile
     return [
-        m if isinstance(m, ModbusMeter) else ModbusMeter(index + 1, m, default)
+        m
+        if isinstance(m, ModbusMeter)
+        else ModbusMeter(index + 1, m, profile_for_phases(default, m.config.phases))
         for index, m in enumerate(meters)
     ]
 
@@ -506,7 +527,9 @@ async def serve_modbus_tcp(
 ) -> AsyncIterator[ModbusSimServer]:
     """Serve ``meters`` on ``host:port`` until the context exits.
 
-    A bare ``MeterModel`` at index i is unit id i+1 with ``profile``; pass
+    A bare ``MeterModel`` at index i is unit id i+1 with ``profile`` (or its sibling
+    for the model's number of phases: a three-phase model under
+    ``eastron-sdm120-prepaid`` is served as ``eastron-sdm630-prepaid``); pass
     :class:`ModbusMeter` items to choose unit ids and profiles per meter. ``now`` gives
     the simulated time each read advances the models to. ``port=0`` picks a free
     port; the bound one is in ``server.address``. ``framer=FramerType.RTU``

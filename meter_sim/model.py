@@ -479,7 +479,7 @@ class MeterModel:
                 trip_at = max(
                     t, self._over_limit_since + timedelta(seconds=self.config.power_limit_trip_s)
                 )
-                if trip_at >= end and trip_at != t:
+                if trip_at > end:
                     trip_at = None
                 else:
                     end = trip_at

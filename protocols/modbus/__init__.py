@@ -1,7 +1,14 @@
 """The Modbus register map of gridvend meters (sans-IO): codecs, profiles, read planning."""
 
 from protocols.modbus.codecs import Ascii, Codec, CodecError, Float32, ScaledInt
-from protocols.modbus.profiles import PROFILES, Profile, ProfileError, RelayActuator, get_profile
+from protocols.modbus.profiles import (
+    PROFILES,
+    Profile,
+    ProfileError,
+    RelayActuator,
+    get_profile,
+    profile_for_phases,
+)
 from protocols.modbus.reading import (
     PointValue,
     ReadRequest,
@@ -13,6 +20,7 @@ from protocols.modbus.reading import (
     plan_reads,
     power_limit_write,
     relay_write,
+    routine_points,
     token_write,
 )
 from protocols.modbus.registers import (
@@ -64,6 +72,8 @@ __all__ = [
     "meter_totals",
     "plan_reads",
     "power_limit_write",
+    "profile_for_phases",
     "relay_write",
+    "routine_points",
     "token_write",
 ]

@@ -29,6 +29,7 @@ __all__ = [
     "ProfileError",
     "RelayActuator",
     "get_profile",
+    "profile_for_phases",
 ]
 
 # Largest FC03/FC04 read the Modbus application protocol allows.
@@ -172,6 +173,20 @@ DDS238_ZN = Profile(
 PROFILES: dict[str, Profile] = {
     p.name: p for p in (EASTRON_SDM120, EASTRON_SDM120_PREPAID, EASTRON_SDM630_PREPAID, DDS238_ZN)
 }
+
+
+# The same meter family with the other number of phases.
+_PHASE_SIBLINGS: dict[tuple[str, int], str] = {
+    ("eastron-sdm120-prepaid", 3): "eastron-sdm630-prepaid",
+    ("eastron-sdm630-prepaid", 1): "eastron-sdm120-prepaid",
+}
+
+
+def profile_for_phases(profile: Profile, phases: int) -> Profile:
+    """``profile``'s sibling for a meter with ``phases`` phases, or ``profile`` itself when
+    the family has no such sibling (a three-phase meter then shows its totals only)."""
+    sibling = _PHASE_SIBLINGS.get((profile.name, phases))
+    return PROFILES[sibling] if sibling else profile
 
 
 def get_profile(name: str) -> Profile:

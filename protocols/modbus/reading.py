@@ -33,6 +33,7 @@ __all__ = [
     "plan_reads",
     "power_limit_write",
     "relay_write",
+    "routine_points",
     "token_write",
 ]
 
@@ -82,6 +83,30 @@ def _default_points(profile: Profile) -> list[Point]:
     if profile.event_log is not None:
         points.append(Prepaid.EVENT_LOG)
     return points
+
+
+# The prepaid state a head-end polls with every reading (identity and the event log are
+# read at commissioning and when the event count moves).
+_ROUTINE_PREPAID = (
+    Prepaid.RELAY_CLOSED,
+    Prepaid.RELAY_REASON,
+    Prepaid.TOKEN_RESULT,
+    Prepaid.TOKEN_COUNT,
+    Prepaid.POWER_LIMIT_W,
+    Prepaid.EVENT_COUNT,
+)
+
+
+def routine_points(profile: Profile) -> tuple[Point, ...]:
+    """What a periodic poll reads: every measurand, and the prepaid state the profile has
+    (relay state and reason, last token result and count, power limit, event count; the
+    relay actuator itself when the profile has no separate relay state register)."""
+    points: list[Point] = list(profile.measurands)
+    points.extend(p for p in _ROUTINE_PREPAID if profile.find(p) is not None)
+    relay = profile.find(Prepaid.RELAY_COMMAND)
+    if relay is not None and profile.find(Prepaid.RELAY_CLOSED) is None:
+        points.append(Prepaid.RELAY_COMMAND)
+    return tuple(points)
 
 
 def plan_reads(profile: Profile, points: Iterable[Point] | None = None) -> tuple[ReadRequest, ...]:

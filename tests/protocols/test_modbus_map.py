@@ -204,3 +204,23 @@ def test_token_and_power_limit_writes_are_fc16_blocks() -> None:
     assert limit.registers == (0x459C, 0x4000)
     with pytest.raises(CodecError, match="20 decimal digits"):
         token_write(profile, "1234")
+
+
+def test_eastron_prepaid_profiles_name_their_other_phase_sibling() -> None:
+    from protocols.modbus import profile_for_phases
+
+    sdm120 = get_profile("eastron-sdm120-prepaid")
+    assert profile_for_phases(sdm120, 3).name == "eastron-sdm630-prepaid"
+    assert profile_for_phases(sdm120, 1) is sdm120
+    assert profile_for_phases(get_profile("dds238-zn"), 3).name == "dds238-zn"
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_a_routine_poll_reads_every_measurand_in_few_requests(name: str) -> None:
+    from protocols.modbus import routine_points
+
+    profile = get_profile(name)
+    points = routine_points(profile)
+    assert set(profile.measurands) <= set(points)
+    assert Prepaid.TOKEN_ENTRY not in points
+    assert len(plan_reads(profile, points)) <= 3
