@@ -217,7 +217,9 @@ class ModbusPoller:
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Poll every scheduled group at each of its interval boundaries until ``stop``
-        is set (or the task is cancelled), then close the connections.
+        is set, then finish the pass under way, write everything and close the
+        connections. Cancelling the task stops at once (a pass cut short leaves its
+        remaining meters unpolled for that interval, with no outcome).
 
         The interval in progress at start is polled at once (a restarted or newly
         leased worker catches up; meters already done for it are skipped). Intervals
@@ -231,7 +233,7 @@ class ModbusPoller:
             if group.interval is not None
         ]
         try:
-            await stop.wait()
+            await asyncio.gather(*tasks)
         finally:
             for task in tasks:
                 task.cancel()
@@ -248,7 +250,13 @@ class ModbusPoller:
                 # A database outage must not end the schedule; the next pass retries.
                 log.exception("Modbus pass %s %s failed", group.name, interval_ts.isoformat())
             interval_ts += group.interval
-            await self._clock.sleep_until(interval_ts)
+            sleeper = asyncio.ensure_future(self._clock.sleep_until(interval_ts))
+            stopper = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                stopper.cancel()
 
     async def close(self) -> None:
         """Write what is pending and close every connection."""
