@@ -81,13 +81,16 @@ class PollerConfig:
     breaker_cooldown: timedelta = timedelta(minutes=30)
     lease_ttl: timedelta = timedelta(minutes=2)
     max_parallel_channels: int = 32
-    write_batch: int = 200
+    max_leased_channels: int | None = None
+    write_batch: int = 50
 
     def __post_init__(self) -> None:
         if not self.timeout_s > 0:
             raise ValueError("timeout_s must be positive")
         if self.max_parallel_channels < 1 or self.write_batch < 1:
             raise ValueError("max_parallel_channels and write_batch must be at least 1")
+        if self.max_leased_channels is not None and self.max_leased_channels < 1:
+            raise ValueError("max_leased_channels must be at least 1 (or None: no cap)")
         if self.lease_ttl <= timedelta(0):
             raise ValueError("lease_ttl must be positive")
 
@@ -114,7 +117,6 @@ class _Channel:
     targets: list[PollTarget]
     # Held around each meter's reads: one request in flight on the channel.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    lease_renewed_at: datetime | None = None
 
 
 class ModbusPoller:
@@ -282,68 +284,84 @@ class ModbusPoller:
             raise ValueError(f"{interval_ts.isoformat()} is not a {group} interval boundary")
         report = PassReport(group, interval_ts)
         deadline = interval_ts + poll_group.interval
+        work = {
+            channel.key: [t for t in channel.targets if self._plan(t, poll_group)]
+            for channel in self._channels.values()
+        }
+        work = {key: targets for key, targets in work.items() if targets}
+        if not work:
+            return report
+        begun = await asyncio.to_thread(self._begin_pass, work, group, interval_ts)
+        for key in work.keys() - begun.keys():
+            self._channels[key].link.close()
+            report.channels_leased_elsewhere.append(key)
+        locked = {m for meters, _ in begun.values() for m in meters}
+        held = [channel_resource(k) for k in begun] + [meter_resource(m) for m in locked]
+        self._pass_locked |= locked
+        renewer = asyncio.create_task(self._keep_leases(held))
         limit = asyncio.Semaphore(self._config.max_parallel_channels)
 
-        async def one(channel: _Channel) -> None:
+        async def one(key: str) -> None:
             async with limit:
-                await self._poll_channel(channel, poll_group, interval_ts, deadline, report)
+                meters, done = begun[key]
+                await self._poll_channel(
+                    self._channels[key],
+                    work[key],
+                    meters,
+                    done,
+                    poll_group,
+                    interval_ts,
+                    deadline,
+                    report,
+                )
 
-        await asyncio.gather(*(one(c) for c in list(self._channels.values())))
+        try:
+            await asyncio.gather(*(one(key) for key in sorted(begun)))
+            # Outcomes must be stored before the meter locks go, so that the next
+            # holder sees these meters as done and does not poll them again.
+            await self._recorder.drain()
+        finally:
+            renewer.cancel()
+            self._pass_locked -= locked
+            await asyncio.to_thread(self._release, [meter_resource(m) for m in locked])
         return report
 
     async def _poll_channel(
         self,
         channel: _Channel,
+        targets: Sequence[PollTarget],
+        locked: set[int],
+        done: set[int],
         group: PollGroup,
         interval_ts: datetime,
         deadline: datetime,
         report: PassReport,
     ) -> None:
-        targets = [t for t in channel.targets if self._plan(t, group)]
-        if not targets:
-            return
-        begun = await asyncio.to_thread(
-            self._begin_channel_pass, channel, targets, group.name, interval_ts
-        )
-        if begun is None:
-            channel.link.close()
-            report.channels_leased_elsewhere.append(channel.key)
-            return
-        locked, done = begun
         report.channels_polled.append(channel.key)
-        report.already_done += len(done)
-        self._pass_locked |= locked
-        try:
-            for target in targets:
-                if target.meter_id in done:
-                    continue
-                if target.meter_id not in locked:
-                    now = self._wall()
-                    result = PollResult(
-                        target.meter_id,
-                        group.name,
-                        interval_ts,
-                        channel.key,
-                        self.worker_id,
-                        now,
-                        now,
-                        attempts=0,
-                        requests=0,
-                        failure=PollFailure(
-                            FailureReason.METER_BUSY, "another worker holds the meter lock"
-                        ),
-                    )
-                else:
-                    await self._renew_if_due(channel, locked)
-                    result = await self._poll_meter(channel, target, group, interval_ts, deadline)
-                self._count(report, result)
-                self._recorder.submit(result)
-            # Outcomes must be visible before the meter locks go, so that the next
-            # holder sees these meters as done and does not poll them again.
-            await self._recorder.drain()
-        finally:
-            self._pass_locked -= locked
-            await asyncio.to_thread(self._release, [meter_resource(m) for m in locked])
+        for target in targets:
+            if target.meter_id in done:
+                report.already_done += 1
+                continue
+            if target.meter_id not in locked:
+                now = self._wall()
+                result = PollResult(
+                    target.meter_id,
+                    group.name,
+                    interval_ts,
+                    channel.key,
+                    self.worker_id,
+                    now,
+                    now,
+                    attempts=0,
+                    requests=0,
+                    failure=PollFailure(
+                        FailureReason.METER_BUSY, "another worker holds the meter lock"
+                    ),
+                )
+            else:
+                result = await self._poll_meter(channel, target, group, interval_ts, deadline)
+            self._count(report, result)
+            self._recorder.submit(result)
 
     @staticmethod
     def _count(report: PassReport, result: PollResult) -> None:
@@ -353,54 +371,57 @@ class ModbusPoller:
             report.failed += 1
             report.reasons[result.failure.reason.value] += 1
 
-    def _begin_channel_pass(
-        self, channel: _Channel, targets: Sequence[PollTarget], group: str, interval_ts: datetime
-    ) -> tuple[set[int], set[int]] | None:
-        """Lease the channel, lock its meters, and find those already polled.
-
-        Returns (locked meter ids, done meter ids), or None if another worker holds
-        the channel.
+    def _begin_pass(
+        self, work: dict[str, list[PollTarget]], group: str, interval_ts: datetime
+    ) -> dict[str, tuple[set[int], set[int]]]:
+        """In one transaction: lease channels (those already held first, then free ones
+        up to ``max_leased_channels``), lock their meters, and find those already polled
+        for the interval. Returns {channel: (locked meter ids, done meter ids)}.
         """
         now = self._wall()
         ttl = self._config.lease_ttl
+        cap = self._config.max_leased_channels
         with self._session_factory() as session, session.begin():
-            resource = channel_resource(channel.key)
-            if not claim_leases(session, [resource], self.worker_id, now, ttl):
-                return None
-            channel.lease_renewed_at = now
-            meter_ids = [t.meter_id for t in targets]
-            won = claim_leases(
+            resources = {channel_resource(key): key for key in work}
+            holders = lease_holders(session, resources, now)
+            mine = [r for r in resources if holders.get(r) == self.worker_id]
+            won = claim_leases(session, mine, self.worker_id, now, ttl)
+            for resource in sorted(r for r in resources if r not in holders):
+                if cap is not None and len(won) >= cap:
+                    break
+                won |= claim_leases(session, [resource], self.worker_id, now, ttl)
+            channels = [resources[r] for r in won]
+            meter_ids = [t.meter_id for key in channels for t in work[key]]
+            claimed = claim_leases(
                 session, [meter_resource(m) for m in meter_ids], self.worker_id, now, ttl
             )
-            locked = {m for m in meter_ids if meter_resource(m) in won}
-            done = set(
-                session.execute(
-                    select(ModbusPollOutcome.meter_id).where(
-                        ModbusPollOutcome.meter_id.in_(list(locked)),
-                        ModbusPollOutcome.poll_group == group,
-                        ModbusPollOutcome.interval_ts == interval_ts,
-                        ModbusPollOutcome.ok.is_(True),
-                    )
-                ).scalars()
+            locked = {m for m in meter_ids if meter_resource(m) in claimed}
+            done: set[int] = set()
+            if locked:
+                done = set(
+                    session.execute(
+                        select(ModbusPollOutcome.meter_id).where(
+                            ModbusPollOutcome.meter_id.in_(list(locked)),
+                            ModbusPollOutcome.poll_group == group,
+                            ModbusPollOutcome.interval_ts == interval_ts,
+                            ModbusPollOutcome.ok.is_(True),
+                        )
+                    ).scalars()
+                )
+        return {
+            key: (
+                {t.meter_id for t in work[key]} & locked,
+                {t.meter_id for t in work[key]} & done,
             )
-        return locked, done
+            for key in channels
+        }
 
-    async def _renew_if_due(self, channel: _Channel, locked: set[int]) -> None:
-        """Renew the channel lease and meter locks once a third of the ttl has passed."""
-        now = self._wall()
-        if (
-            channel.lease_renewed_at is not None
-            and now - channel.lease_renewed_at < self._config.lease_ttl / 3
-        ):
-            return
-        resources = [channel_resource(channel.key), *(meter_resource(m) for m in locked)]
-
-        def renew() -> None:
-            with self._session_factory() as session, session.begin():
-                claim_leases(session, resources, self.worker_id, now, self._config.lease_ttl)
-
-        await asyncio.to_thread(renew)
-        channel.lease_renewed_at = now
+    async def _keep_leases(self, resources: list[str]) -> None:
+        """Renew this pass's leases every third of their ttl while it runs."""
+        period = self._config.lease_ttl.total_seconds() / 3
+        while True:
+            await asyncio.sleep(period)
+            await asyncio.to_thread(self._claim, resources)
 
     def _release(self, resources: list[str]) -> None:
         with self._session_factory() as session, session.begin():

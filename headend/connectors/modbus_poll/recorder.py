@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import func, insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -128,14 +128,14 @@ class Recorder:
                     for r in results
                 ]
         with self._session_factory() as session, session.begin():
-            session.add_all(_outcome(r) for r in results)
+            session.execute(insert(ModbusPollOutcome), [_outcome(r) for r in results])
             _add_health(session, results)
         return results
 
 
-def _outcome(result: PollResult) -> ModbusPollOutcome:
+def _outcome(result: PollResult) -> dict[str, Any]:
     failure = result.failure
-    return ModbusPollOutcome(
+    return dict(
         meter_id=result.meter_id,
         poll_group=result.group,
         interval_ts=result.interval_ts,
