@@ -35,17 +35,20 @@ from headend.connectors.modbus_poll.schedule import (
     interval_start,
 )
 from headend.connectors.modbus_poll.targets import (
+    REGISTRY_FIELDS,
     PollTarget,
     RtuTransport,
     TargetError,
     TcpTransport,
     target_from_registry,
+    targets_from_registry,
 )
 
 __all__ = [
     "DEFAULT_GROUPS",
     "ENERGY_GROUP",
     "INSTANTANEOUS_GROUP",
+    "REGISTRY_FIELDS",
     "BreakerState",
     "ChannelBusyError",
     "CircuitBreaker",
@@ -73,4 +76,5 @@ __all__ = [
     "meter_resource",
     "release_leases",
     "target_from_registry",
+    "targets_from_registry",
 ]

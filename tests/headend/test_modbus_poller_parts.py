@@ -27,6 +27,7 @@ from headend.connectors.modbus import (
     meter_resource,
     release_leases,
     target_from_registry,
+    targets_from_registry,
 )
 from protocols.quantities import Quantity
 
@@ -104,17 +105,21 @@ def test_modbus_exceptions_for_bad_requests_are_not_retried():
 
 def test_targets_are_built_from_registry_values():
     tcp = target_from_registry(
-        meter_id=4, protocol="modbus_tcp", profile="dds238-zn", unit_id=3, host="10.0.0.5"
+        meter_id=4,
+        protocol="modbus_tcp",
+        modbus_profile="dds238-zn",
+        modbus_unit=3,
+        modbus_host="10.0.0.5",
     )
     assert tcp.transport == TcpTransport("10.0.0.5", 502)
     rtu = target_from_registry(
         meter_id=5,
         protocol="modbus_rtu",
-        profile="eastron-sdm120-prepaid",
-        unit_id=7,
-        serial_port="/dev/ttyUSB0",
-        baudrate=2400,
-        parity="e",
+        modbus_profile="eastron-sdm120-prepaid",
+        modbus_unit=7,
+        rtu_port="/dev/ttyUSB0",
+        rtu_baud=2400,
+        rtu_parity="e",
     )
     assert rtu.transport == RtuTransport("/dev/ttyUSB0", 2400, "E", 1)
     assert rtu.channel == "rtu:/dev/ttyUSB0"
@@ -126,17 +131,36 @@ def test_targets_are_built_from_registry_values():
         {"protocol": "mqtt"},
         {"protocol": "modbus_tcp"},
         {"protocol": "modbus_rtu"},
-        {"protocol": "modbus_tcp", "host": "h", "unit_id": 0},
-        {"protocol": "modbus_tcp", "host": "h", "profile": "no-such-meter"},
-        {"protocol": "modbus_rtu", "serial_port": "/dev/x", "baudrate": 1234},
-        {"protocol": "modbus_rtu", "serial_port": "/dev/x", "parity": "X"},
-        {"protocol": "modbus_tcp", "host": "h", "tcp_port": 70000},
+        {"protocol": "modbus_tcp", "modbus_host": "h", "modbus_unit": 0},
+        {"protocol": "modbus_tcp", "modbus_host": "h", "modbus_unit": None},
+        {"protocol": "modbus_tcp", "modbus_host": "h", "modbus_profile": "no-such-meter"},
+        {"protocol": "modbus_tcp", "modbus_host": "h", "modbus_profile": None},
+        {"protocol": "modbus_rtu", "rtu_port": "/dev/x", "rtu_baud": 1234},
+        {"protocol": "modbus_rtu", "rtu_port": "/dev/x", "rtu_parity": "X"},
+        {"protocol": "modbus_tcp", "modbus_host": "h", "modbus_port": 70000},
     ],
 )
-def test_invalid_registry_values_raise_a_target_error(values: dict):
-    arguments = {"meter_id": 1, "profile": "dds238-zn", "unit_id": 1, **values}
-    with pytest.raises(TargetError):
+def test_invalid_registry_values_raise_a_target_error_naming_the_meter(values: dict):
+    arguments = {"meter_id": 1, "modbus_profile": "dds238-zn", "modbus_unit": 1, **values}
+    with pytest.raises(TargetError, match=r"^meter 1: "):
         target_from_registry(**arguments)
+
+
+def test_registry_rows_become_targets_and_bad_rows_are_reported_not_fatal():
+    rows = [
+        {
+            "id": 1,
+            "protocol": "modbus_tcp",
+            "modbus_profile": "dds238-zn",
+            "modbus_unit": 1,
+            "modbus_host": "gw1",
+        },
+        {"id": 2, "protocol": "mqtt"},
+        {"id": 3, "protocol": "modbus_rtu", "modbus_profile": "dds238-zn", "modbus_unit": 2},
+    ]
+    targets, problems = targets_from_registry(rows)
+    assert [t.meter_id for t in targets] == [1]
+    assert [meter for meter, _ in problems] == [3]
 
 
 def test_a_lease_is_exclusive_until_it_expires_and_renewable_by_its_owner(

@@ -6,17 +6,20 @@ line (RS-485 port). A channel carries one request at a time.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from protocols.modbus import Profile, ProfileError, get_profile
 
 __all__ = [
+    "REGISTRY_FIELDS",
     "PollTarget",
     "RtuTransport",
     "TargetError",
     "TcpTransport",
     "target_from_registry",
+    "targets_from_registry",
 ]
 
 _PARITIES = frozenset({"N", "E", "O"})
@@ -106,50 +109,97 @@ class PollTarget:
         return get_profile(self.profile)
 
 
+# The registry (headend.models.Meter) columns the poller reads, besides id and protocol.
+REGISTRY_FIELDS = (
+    "modbus_profile",
+    "modbus_unit",
+    "modbus_host",
+    "modbus_port",
+    "rtu_port",
+    "rtu_baud",
+    "rtu_parity",
+)
+
+
 def target_from_registry(
     *,
     meter_id: int,
     protocol: str,
-    profile: str,
-    unit_id: int,
-    host: str | None = None,
-    tcp_port: int | None = None,
+    modbus_profile: str | None,
+    modbus_unit: int | None,
+    modbus_host: str | None = None,
+    modbus_port: int | None = None,
+    rtu_port: str | None = None,
+    rtu_baud: int | None = None,
+    rtu_parity: str | None = None,
+    rtu_stopbits: int | None = None,
     tcp_framer: str = "socket",
-    serial_port: str | None = None,
-    baudrate: int | None = None,
-    parity: str | None = None,
-    stopbits: int | None = None,
 ) -> PollTarget:
-    """Build a target from a registry row's plain values.
+    """Build a target from a registry row's plain values (the Meter columns of the same
+    names).
 
-    ``protocol`` is ``"modbus_tcp"`` (needs ``host``; ``tcp_port`` defaults to 502) or
-    ``"modbus_rtu"`` (needs ``serial_port``; 9600 8N1 unless given).
+    ``protocol`` is ``"modbus_tcp"`` (needs ``modbus_host``; port 502 unless given) or
+    ``"modbus_rtu"`` (needs ``rtu_port``; 9600 baud, no parity, 1 stop bit unless given).
 
     Raises:
-        TargetError: another protocol, a missing or invalid address, an unknown profile.
+        TargetError: another protocol, a missing or invalid address or unit id, an
+            unknown profile.
     """
+    if not modbus_profile:
+        raise TargetError(f"meter {meter_id}: no Modbus profile")
+    if modbus_unit is None:
+        raise TargetError(f"meter {meter_id}: no Modbus unit id")
     transport: Transport
-    if protocol == "modbus_tcp":
-        if not host:
-            raise TargetError(f"meter {meter_id}: Modbus TCP needs a host")
-        if tcp_framer not in ("socket", "rtu"):
-            raise TargetError(f"meter {meter_id}: unknown TCP framer {tcp_framer!r}")
-        transport = TcpTransport(host, 502 if tcp_port is None else tcp_port, tcp_framer)  # type: ignore[arg-type]
-    elif protocol == "modbus_rtu":
-        if not serial_port:
-            raise TargetError(f"meter {meter_id}: Modbus RTU needs a serial port")
-        parity_value = (parity or "N").upper()
-        if parity_value not in _PARITIES:
-            raise TargetError(f"meter {meter_id}: parity must be N, E or O, not {parity!r}")
-        stop_value = 1 if stopbits is None else stopbits
-        if stop_value not in (1, 2):
-            raise TargetError(f"meter {meter_id}: stop bits must be 1 or 2, not {stopbits}")
-        transport = RtuTransport(
-            serial_port,
-            9600 if baudrate is None else baudrate,
-            parity_value,  # type: ignore[arg-type]
-            stop_value,  # type: ignore[arg-type]
-        )
-    else:
-        raise TargetError(f"meter {meter_id}: protocol {protocol!r} is not polled over Modbus")
-    return PollTarget(meter_id, profile, unit_id, transport)
+    try:
+        if protocol == "modbus_tcp":
+            if not modbus_host:
+                raise TargetError(f"meter {meter_id}: Modbus TCP needs a host")
+            if tcp_framer not in ("socket", "rtu"):
+                raise TargetError(f"meter {meter_id}: unknown TCP framer {tcp_framer!r}")
+            transport = TcpTransport(
+                modbus_host,
+                502 if modbus_port is None else modbus_port,
+                tcp_framer,  # type: ignore[arg-type]
+            )
+        elif protocol == "modbus_rtu":
+            if not rtu_port:
+                raise TargetError(f"meter {meter_id}: Modbus RTU needs a serial port")
+            transport = RtuTransport(
+                rtu_port,
+                9600 if rtu_baud is None else rtu_baud,
+                (rtu_parity or "N").upper(),  # type: ignore[arg-type]
+                1 if rtu_stopbits is None else rtu_stopbits,  # type: ignore[arg-type]
+            )
+        else:
+            raise TargetError(f"meter {meter_id}: protocol {protocol!r} is not polled over Modbus")
+        return PollTarget(meter_id, modbus_profile, modbus_unit, transport)
+    except TargetError as exc:
+        message = str(exc)
+        if not message.startswith(f"meter {meter_id}:"):
+            message = f"meter {meter_id}: {message}"
+        raise TargetError(message) from None
+
+
+def targets_from_registry(
+    rows: Iterable[Mapping[str, Any]],
+) -> tuple[list[PollTarget], list[tuple[int, str]]]:
+    """Targets for the Modbus rows among ``rows`` (mappings with ``id``, ``protocol`` and
+    the :data:`REGISTRY_FIELDS`); rows of other protocols are ignored.
+
+    Returns (targets, problems): a row that cannot be polled is reported as
+    (meter id, reason) instead of stopping the others.
+    """
+    targets: list[PollTarget] = []
+    problems: list[tuple[int, str]] = []
+    for row in rows:
+        if row.get("protocol") not in ("modbus_tcp", "modbus_rtu"):
+            continue
+        meter_id = int(row["id"])
+        values: dict[str, Any] = {name: row.get(name) for name in REGISTRY_FIELDS}
+        try:
+            targets.append(
+                target_from_registry(meter_id=meter_id, protocol=str(row["protocol"]), **values)
+            )
+        except TargetError as exc:
+            problems.append((meter_id, str(exc)))
+    return targets, problems
