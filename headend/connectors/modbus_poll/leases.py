@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, delete, or_, select
+from sqlalchemy import Table, case, delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -35,13 +35,35 @@ def meter_resource(meter_id: int) -> str:
     return f"meter:{meter_id}"
 
 
+_LEASES: Table = ModbusLease.__table__  # type: ignore[assignment]
+
+
 def _upsert(session: Session) -> Any:
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        return postgresql.insert(ModbusLease)
-    if dialect == "sqlite":
-        return sqlite.insert(ModbusLease)
-    raise RuntimeError(f"unsupported database dialect {dialect!r}")
+        insert: Any = postgresql.insert(_LEASES)
+    elif dialect == "sqlite":
+        insert = sqlite.insert(_LEASES)
+    else:
+        raise RuntimeError(f"unsupported database dialect {dialect!r}")
+    leases = _LEASES.c
+    # A row is taken over only when it has expired (``acquired_at`` of the new row is
+    # the claim time) or is already the claimer's; a renewal keeps its acquisition time.
+    return insert.on_conflict_do_update(
+        index_elements=[leases.resource],
+        set_={
+            "owner": insert.excluded.owner,
+            "expires_at": insert.excluded.expires_at,
+            "acquired_at": case(
+                (leases.owner == insert.excluded.owner, leases.acquired_at),
+                else_=insert.excluded.acquired_at,
+            ),
+        },
+        where=or_(
+            leases.expires_at <= insert.excluded.acquired_at,
+            leases.owner == insert.excluded.owner,
+        ),
+    ).returning(leases.resource)
 
 
 def claim_leases(
@@ -51,6 +73,9 @@ def claim_leases(
 
     A resource is won if it is free, expired, or already ``owner``'s. Runs in the
     caller's transaction; commit it to make the claim visible.
+
+    Raises:
+        ValueError: ``ttl`` is not positive.
     """
     wanted = sorted(set(resources))
     if not wanted:
@@ -58,33 +83,11 @@ def claim_leases(
     if ttl <= timedelta(0):
         raise ValueError("a lease needs a positive ttl")
     expires = now + ttl
-    insert = _upsert(session)
-    statement = (
-        insert.values(
-            [
-                {"resource": r, "owner": owner, "acquired_at": now, "expires_at": expires}
-                for r in wanted
-            ]
-        )
-        .on_conflict_do_update(
-            index_elements=[ModbusLease.resource],
-            set_={
-                "owner": insert.excluded.owner,
-                "expires_at": insert.excluded.expires_at,
-                # Keep the original acquisition time on a renewal.
-                "acquired_at": _renewal_acquired_at(insert, owner),
-            },
-            where=or_(ModbusLease.expires_at <= now, ModbusLease.owner == owner),
-        )
-        .returning(ModbusLease.resource)
-    )
-    return set(session.execute(statement).scalars())
-
-
-def _renewal_acquired_at(insert: Any, owner: str) -> Any:
-    return case(
-        (ModbusLease.owner == owner, ModbusLease.acquired_at), else_=insert.excluded.acquired_at
-    )
+    rows = [
+        {"resource": r, "owner": owner, "acquired_at": now, "expires_at": expires} for r in wanted
+    ]
+    # executemany of one cached statement (SQLAlchemy batches it into multi-row VALUES).
+    return set(session.execute(_upsert(session), rows).scalars())
 
 
 def release_leases(session: Session, resources: Iterable[str], owner: str) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import func, insert
+from sqlalchemy import Table, func, insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -34,6 +34,8 @@ _COUNTER_OF_REASON = {
     FailureReason.CONNECTION_LOST: "connection_errors",
     FailureReason.BAD_REPLY: "bad_replies",
 }
+_OUTCOMES: Table = ModbusPollOutcome.__table__  # type: ignore[assignment]
+_HEALTH: Table = ModbusCommHealth.__table__  # type: ignore[assignment]
 _COUNTERS = (
     "polls_ok",
     "polls_failed",
@@ -128,7 +130,7 @@ class Recorder:
                     for r in results
                 ]
         with self._session_factory() as session, session.begin():
-            session.execute(insert(ModbusPollOutcome), [_outcome(r) for r in results])
+            session.execute(insert(_OUTCOMES), [_outcome(r) for r in results])
             _add_health(session, results)
         return results
 
@@ -185,15 +187,13 @@ def _add_health(session: Session, results: Sequence[PollResult]) -> None:
     if not rows:
         return
     dialect = session.get_bind().dialect.name
-    insert = (postgresql if dialect == "postgresql" else sqlite).insert(ModbusCommHealth)
-    table = ModbusCommHealth
-    updates: dict[str, Any] = {
-        name: getattr(table, name) + insert.excluded[name] for name in _COUNTERS
-    }
+    insert = (postgresql if dialect == "postgresql" else sqlite).insert(_HEALTH)
+    columns = _HEALTH.c
+    updates: dict[str, Any] = {name: columns[name] + insert.excluded[name] for name in _COUNTERS}
     for name in ("last_ok_at", "last_failure_at", "last_failure_reason"):
-        updates[name] = func.coalesce(insert.excluded[name], getattr(table, name))
+        updates[name] = func.coalesce(insert.excluded[name], columns[name])
     statement = insert.on_conflict_do_update(
-        index_elements=[table.meter_id, table.day], set_=updates
+        index_elements=[columns.meter_id, columns.day], set_=updates
     )
     # One row per (meter, day) in ``rows``, so one statement cannot hit a key twice.
     session.execute(statement, list(rows.values()))
