@@ -28,7 +28,7 @@ from headend.connectors.modbus import (
 )
 from headend.connectors.modbus_models import ModbusCommHealth, ModbusPollOutcome
 from headend.ingest import Ingestor
-from headend.models import Reading, RejectedMessage
+from headend.models import Meter, Reading, RejectedMessage
 from meter_sim.faults import FaultConfig
 from meter_sim.modbus_server import ModbusSimServer
 from protocols.mqtt import TopicScheme
@@ -84,6 +84,9 @@ async def test_a_clean_pass_stores_one_energy_reading_per_meter_at_the_interval_
     assert {r.ts for r in rows} == {ts}
     energy = {r.meter_id for r in rows if r.quantity == Quantity.ENERGY_IMPORT_KWH}
     assert energy == {t.meter_id for t in fleet.targets}
+    with session_factory() as session:
+        meters = session.scalars(select(Meter)).all()
+    assert all(m.online and m.last_seen_at is not None for m in meters)
 
 
 TCP_FAULTS = FaultConfig(
