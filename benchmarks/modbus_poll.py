@@ -14,7 +14,8 @@ The two alternate (bare, poller, bare, poller, ...) for ``--rounds`` rounds; the
 shows each round and the medians. Run ``--database-url postgresql+psycopg://...`` for
 PostgreSQL (each run gets its own schema); the default is a SQLite file in a temp dir.
 
-Usage: python benchmarks/modbus_poll.py [--gateways 4] [--meters 25] [--intervals 5]
+Usage: python benchmarks/modbus_poll.py [--gateways 8] [--meters 32] [--intervals 2] [--rounds 3]
+       [--latency-ms 0 5] [--database-url postgresql+psycopg://...]
 """
 
 from __future__ import annotations
@@ -249,9 +250,9 @@ def _measure(args: argparse.Namespace, latency_ms: float) -> list[tuple[str, int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gateways", type=int, default=4)
-    parser.add_argument("--meters", type=int, default=25, help="meters per gateway")
-    parser.add_argument("--intervals", type=int, default=4, help="passes per round")
+    parser.add_argument("--gateways", type=int, default=8)
+    parser.add_argument("--meters", type=int, default=32, help="meters per gateway")
+    parser.add_argument("--intervals", type=int, default=2, help="passes per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--latency-ms",

@@ -406,3 +406,27 @@ async def test_a_failed_read_now_raises_its_failure_and_records_it(
 
 def test_energy_group_is_aligned_to_quarter_hours():
     assert ENERGY_GROUP.interval == timedelta(minutes=15)
+
+
+async def test_a_lease_cap_spreads_the_channels_over_two_workers(
+    session_factory: sessionmaker[Session],
+):
+    clock = StepClock()
+    async with sim_fleet(session_factory, now=clock, gateways=(2, 2, 2, 2)) as fleet:
+        workers = [
+            make_poller(
+                session_factory, fleet.targets, clock, worker_id=name, max_leased_channels=2
+            )
+            for name in ("worker-a", "worker-b")
+        ]
+        first = await workers[0].poll_interval("energy", START)
+        second = await workers[1].poll_interval("energy", START)
+        # The next interval: each keeps its own channels.
+        clock.forward(minutes=15)
+        again = await workers[0].poll_interval("energy", START + timedelta(minutes=15))
+        for worker in workers:
+            await worker.close()
+    assert len(first.channels_polled) == len(second.channels_polled) == 2
+    assert set(first.channels_polled).isdisjoint(second.channels_polled)
+    assert sorted(again.channels_polled) == sorted(first.channels_polled)
+    assert (first.stored, second.stored, again.stored) == (4, 4, 4)

@@ -160,8 +160,8 @@ class ModbusPoller:
         self._breakers: dict[int, CircuitBreaker] = {}
         self._channels: dict[str, _Channel] = {}
         self._targets: dict[int, PollTarget] = {}
-        # Meters whose lock this worker holds for a running pass.
-        self._pass_locked: set[int] = set()
+        # Meters whose lock this worker holds for running passes (count of passes).
+        self._pass_locked: Counter[int] = Counter()
         self.set_targets(targets)
 
     # --- fleet --------------------------------------------------------------------------
@@ -297,7 +297,7 @@ class ModbusPoller:
             report.channels_leased_elsewhere.append(key)
         locked = {m for meters, _ in begun.values() for m in meters}
         held = [channel_resource(k) for k in begun] + [meter_resource(m) for m in locked]
-        self._pass_locked |= locked
+        self._pass_locked.update(locked)
         renewer = asyncio.create_task(self._keep_leases(held))
         limit = asyncio.Semaphore(self._config.max_parallel_channels)
 
@@ -322,8 +322,12 @@ class ModbusPoller:
             await self._recorder.drain()
         finally:
             renewer.cancel()
-            self._pass_locked -= locked
-            await asyncio.to_thread(self._release, [meter_resource(m) for m in locked])
+            self._pass_locked.subtract(locked)
+            # A meter another pass of this worker still polls keeps its lock.
+            free = [m for m in locked if self._pass_locked[m] <= 0]
+            for meter_id in free:
+                del self._pass_locked[meter_id]
+            await asyncio.to_thread(self._release, [meter_resource(m) for m in free])
         return report
 
     async def _poll_channel(
@@ -567,7 +571,7 @@ class ModbusPoller:
                 FailureReason.BAD_REPLY, f"profile {target.profile} has no {group} quantities"
             )
         channel = self._channels[target.channel]
-        held_by_pass = meter_id in self._pass_locked
+        held_by_pass = self._pass_locked[meter_id] > 0
         resources = [channel_resource(channel.key)]
         if not held_by_pass:
             resources.append(meter_resource(meter_id))

@@ -103,7 +103,13 @@ class Recorder:
             batch, self._pending = self._pending, []
             if not batch:
                 return []
-            return await asyncio.to_thread(self._write, batch)
+            try:
+                return await asyncio.to_thread(self._write, batch)
+            except SQLAlchemyError:
+                # The database is unreachable: keep the results (both writes are
+                # idempotent for a batch that failed half-way) for the next flush.
+                self._pending[:0] = batch
+                raise
 
     async def write_now(self, result: PollResult) -> PollResult:
         """Write ``result`` at once and return it as stored."""
