@@ -126,6 +126,16 @@ def create_user(session: Session, new_user: NewUser) -> User:
     return user
 
 
+def set_password(session: Session, username: str, password: str) -> User:
+    """Replace a user's password (and re-enable the user); AuthError("user_not_found")."""
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise AuthError("user_not_found", f"no user {username!r}")
+    user.password_hash = _password_hash.hash(password)
+    user.active = True
+    return user
+
+
 def issue_token(session: Session, username: str, password: str, now: datetime) -> TokenOut:
     """Check a password and return a new bearer token; AuthError("invalid_credentials")."""
     user = session.scalar(select(User).where(User.username == username))

@@ -9,8 +9,10 @@ messages to a slow subscriber); else the pure-Python amqtt broker in a child pro
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -90,8 +92,16 @@ def provide_broker(
             endpoint = BrokerEndpoint("127.0.0.1", port, False, "amqtt")
         log_path = Path(work_dir) / "broker.log"
         with log_path.open("wb") as log:
+            # Its own session keeps a terminal's Ctrl-C from killing the broker before the
+            # clients have said goodbye; we stop it ourselves below (or the kernel does, if
+            # this process dies: see _die_with_parent).
             process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         try:
             _wait_until_listening(endpoint.host, port, process, timeout_s=15, log_path=log_path)
@@ -103,6 +113,16 @@ def provide_broker(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux to send SIGTERM when the parent dies (no orphaned brokers)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _write_mosquitto_config(work_dir: Path, port: int) -> Path:

@@ -16,6 +16,7 @@ from gridvend.broker import BrokerError, provide_broker
 from gridvend.db import make_engine, make_session_factory, upgrade
 from gridvend.runtime import System
 from gridvend.settings import Settings
+from gridvend.sts_cli import app as sts_app
 
 app = typer.Typer(
     help="gridvend: prepaid smart-meter head-end, STS vending and meter simulator.",
@@ -28,6 +29,7 @@ user_app = typer.Typer(help="Users and their roles.", no_args_is_help=True)
 app.add_typer(user_app, name="user")
 audit_app = typer.Typer(help="The append-only audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+app.add_typer(sts_app, name="sts", help="STS tokens by hand: keys, encode, decode, key change.")
 
 console = Console()
 
@@ -92,6 +94,20 @@ def audit_verify() -> None:
 
 
 @app.command()
+def demo(
+    meters: int = typer.Option(5, min=1, max=10_000, help="How many simulated MQTT meters."),
+    speed: float = typer.Option(60.0, min=1.0, help="Simulated seconds per real second."),
+    seed: int = typer.Option(1, help="Seed of the simulated fleet (same seed, same meters)."),
+    port: int = typer.Option(8000, min=0, max=65535, help="API port (0: any free port)."),
+) -> None:
+    """Run the whole system on embedded defaults: broker, SQLite, head-end, API, meters."""
+    from gridvend.demo import run_demo
+
+    settings = Settings(api_port=port, data_dir=Settings().data_dir / "demo")
+    _run(run_demo(settings, meters=meters, speed=speed, seed=seed, announce=_plain))
+
+
+@app.command()
 def serve(
     host: str | None = typer.Option(None, help="API address (default GRIDVEND_API_HOST)."),
     port: int | None = typer.Option(None, help="API port (default GRIDVEND_API_PORT)."),
@@ -107,6 +123,10 @@ async def _serve(settings: Settings) -> None:
         async with System(settings, broker) as system:
             console.print(f"gridvend serves on {system.base_url} (broker {broker.url})")
             await system.wait_closed()
+
+
+def _plain(text: str) -> None:
+    console.print(text, markup=False, highlight=False)
 
 
 def _run(main: object) -> None:

@@ -7,7 +7,8 @@ from sqlalchemy import MetaData
 from gridvend.audit import Base as AuditBase
 from gridvend.auth import Base as AuthBase
 from headend.models import Base as HeadendBase
+from vending.models import Base as VendingBase
 
 
 def metadata_targets() -> list[MetaData]:
-    return [HeadendBase.metadata, AuthBase.metadata, AuditBase.metadata]
+    return [HeadendBase.metadata, AuthBase.metadata, AuditBase.metadata, VendingBase.metadata]

@@ -37,6 +37,16 @@ class Settings(BaseSettings):
         description="Signs sessions; set it in production or sessions end at restart.",
     )
 
+    key_encryption_key: SecretStr | None = Field(
+        default=None,
+        description="Base64 of the 32-byte key that encrypts vending keys at rest.",
+    )
+    key_encryption_key_file: Path | None = Field(
+        default=None,
+        description="File holding that key instead; default: data_dir/kek.b64, created "
+        "with mode 0600 when absent.",
+    )
+
     @cached_property
     def effective_database_url(self) -> str:
         if self.database_url:

@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializer
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -45,6 +45,16 @@ class ReadingOut(BaseModel):
     value: Decimal
     source: str
     received_at: datetime
+
+    @field_serializer("value")
+    def _at_quantity_resolution(self, value: Decimal) -> str:
+        """Show the value at its quantity's resolution when that loses nothing."""
+        try:
+            places = Quantity(self.quantity).info.decimals
+        except ValueError:
+            return str(value)
+        shown = value.quantize(Decimal(1).scaleb(-places))
+        return str(shown if shown == value else value.normalize())
 
 
 class RejectedMessageOut(BaseModel):

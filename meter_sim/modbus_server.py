@@ -9,7 +9,7 @@ the model (relay, power limit, token entry).
 Bad writes are answered with a Modbus exception and change nothing:
 
 - exception 1 (ILLEGAL_FUNCTION): a function the profile does not support (FC06 on
-  Eastron and DDS238, FC22/FC23);
+  Eastron and DDS238, FC22/FC23), whatever the address;
 - exception 2 (ILLEGAL_ADDRESS): an address no register answers, a write to a
   read-only register, or a write that covers part of a multi-register value or more
   than one value;
@@ -22,7 +22,7 @@ Bad writes are answered with a Modbus exception and change nothing:
 
 Unit ids with no meter get no answer at all (bus silence), as on a real RS-485 line.
 Faults come from each meter's ``MeterConfig.faults``: latency, exception replies,
-dropped replies and, on RTU, replies with a bad CRC.
+dropped replies, going offline for whole intervals and, on RTU, replies with a bad CRC.
 """
 
 from __future__ import annotations
@@ -37,13 +37,13 @@ from decimal import Decimal
 
 from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
-from pymodbus.pdu import ModbusPDU
+from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from meter_sim.clock import SimClock
 from meter_sim.faults import FaultInjector
-from meter_sim.model import CommandRefused, MeterError, MeterModel, TokenStatus
+from meter_sim.model import CommandRefused, MeterError, MeterModel, PhaseValues, TokenStatus
 from protocols.modbus import (
     Ascii,
     Block,
@@ -100,9 +100,13 @@ class _Unit:
     meter: ModbusMeter
     faults: FaultInjector
     token_count: int = 0
-    offline: bool = False
-    # Registers (and settings) per block, for refreshing on read.
-    by_block: dict[Block, list[Register | Setting]] = field(default_factory=dict)
+    offline: bool = False  # taken off the bus by set_offline
+    # Offline fault: the interval (of offline_interval_s) last checked, and the interval
+    # at which the meter comes back (None while it is online).
+    checked_interval: int | None = None
+    back_at_interval: int | None = None
+    # What to encode where, per block, for refreshing on read.
+    slots: dict[Block, tuple[_Slot, ...]] = field(default_factory=dict)
 
 
 class _RequestRefused(Exception):
@@ -126,11 +130,21 @@ class ModbusSimServer:
     """
 
     def __init__(
-        self, meters: Sequence[ModbusMeter], now: Clock, *, framer: FramerType, seed: int = 0
+        self,
+        meters: Sequence[ModbusMeter],
+        now: Clock,
+        *,
+        framer: FramerType,
+        seed: int = 0,
+        offline_interval_s: int = 900,
     ) -> None:
-        """Raise ValueError if ``meters`` is empty or two meters share a unit id."""
+        """Raise ValueError if ``meters`` is empty, two meters share a unit id or
+        ``offline_interval_s`` is not positive."""
         if not meters:
             raise ValueError("at least one meter is needed")
+        if offline_interval_s < 1:
+            raise ValueError(f"offline_interval_s must be positive: {offline_interval_s}")
+        self._offline_interval_s = offline_interval_s
         self._now = now
         self._framer = framer
         self._units: dict[int, _Unit] = {}
@@ -144,14 +158,17 @@ class ModbusSimServer:
             unit = _Unit(meter, injector)
             for block in Block:
                 entries: list[Register | Setting] = [
-                    reg for reg in meter.profile.registers if reg.block is block
+                    reg for reg in meter.profile.registers if reg.block is block and reg.codec
                 ]
                 entries.extend(s for s in meter.profile.settings if s.block is block)
-                unit.by_block[block] = entries
+                unit.slots[block] = tuple(_slot(entry) for entry in entries)
             self._units[meter.unit_id] = unit
         self.devices = [self._device(unit) for unit in self._units.values()]
         # The bound (host, port) once a TCP server listens; port 0 picks a free port.
         self.address: tuple[str, int] | None = None
+        # Counters for a status line: requests that reached a meter, requests dropped
+        # (absent or offline unit), replies dropped and replies sent with a bad CRC.
+        self.requests = 0
         self.dropped_requests = 0
         self.dropped_replies = 0
         self.corrupted_replies = 0
@@ -173,16 +190,47 @@ class ModbusSimServer:
         """
         self._units[unit_id].offline = offline
 
+    def is_offline(self, unit_id: int) -> bool:
+        """Whether the meter is off the bus now (by :meth:`set_offline` or the offline
+        fault). Raise KeyError if no meter has ``unit_id``."""
+        unit = self._units[unit_id]
+        self._check_offline_fault(unit)
+        return unit.offline or unit.back_at_interval is not None
+
+    def _check_offline_fault(self, unit: _Unit) -> None:
+        """The offline fault: at each boundary of ``offline_interval_s`` simulated seconds,
+        an online meter drops off the bus with probability ``offline_rate`` and comes
+        back ``offline_intervals`` intervals later."""
+        config = unit.faults.config
+        if config.offline_rate <= 0:
+            return
+        interval = int(self._now().timestamp()) // self._offline_interval_s
+        if unit.checked_interval is None or interval - unit.checked_interval > 100_000:
+            unit.checked_interval = interval  # first request, or a jump too long to replay
+            return
+        while unit.checked_interval < interval:
+            unit.checked_interval += 1
+            if unit.back_at_interval is not None and unit.checked_interval >= unit.back_at_interval:
+                unit.back_at_interval = None
+            if unit.back_at_interval is None and unit.faults.go_offline():
+                unit.back_at_interval = unit.checked_interval + config.offline_intervals
+
     # --- pymodbus hooks -----------------------------------------------------------------
 
     def trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU | None:
-        """Drop requests for absent or offline unit ids, so the master times out."""
+        """Drop requests for absent or offline unit ids, so the master times out, and
+        answer functions the meter lacks with exception 1 before any address check."""
         if sending:
             return pdu
         unit = self._units.get(pdu.dev_id)
-        if unit is None or unit.offline:
+        if unit is not None:
+            self._check_offline_fault(unit)
+        if unit is None or unit.offline or unit.back_at_interval is not None:
             self.dropped_requests += 1
             return None
+        fc = pdu.function_code
+        if fc in _UNSUPPORTED_FCS or (fc == 6 and not unit.meter.profile.fc06_supported):
+            return _UnsupportedRequest(pdu)
         return pdu
 
     def trace_packet(self, sending: bool, packet: bytes) -> bytes:
@@ -264,6 +312,7 @@ class ModbusSimServer:
     ) -> ExcCodes | None:
         if set_values is None and fc in (5, 6):
             return None  # the read-back pymodbus does to echo a single write
+        self.requests += 1
         latency = unit.faults.latency()
         if latency > 0:
             await asyncio.sleep(latency)
@@ -275,7 +324,7 @@ class ModbusSimServer:
                 return ExcCodes.DEVICE_FAILURE
         block = _BLOCK_OF_FC.get(fc)
         profile = unit.meter.profile
-        if block is None or (fc == 6 and not profile.fc06_supported):
+        if block is None:
             return ExcCodes.ILLEGAL_FUNCTION
         if not block.is_bits and count > profile.max_registers_per_request:
             return ExcCodes.ILLEGAL_VALUE
@@ -315,11 +364,16 @@ class ModbusSimServer:
             return
         end = address + count
         snapshot = _Snapshot(unit)
-        for entry in unit.by_block[block]:
-            if entry.address >= end or entry.address + entry.count <= address:
+        for slot in unit.slots[block]:
+            if slot.address >= end or slot.end <= address:
                 continue
-            words = snapshot.encode(entry)
-            offset = entry.address - start
+            try:
+                words = slot.encode(snapshot)
+            except CodecError as exc:
+                raise _RequestRefused(
+                    ExcCodes.DEVICE_FAILURE, f"register {slot.address:#06x}: {exc}"
+                ) from None
+            offset = slot.address - start
             registers[offset : offset + len(words)] = words
         log_ = unit.meter.profile.event_log
         if (
@@ -398,45 +452,119 @@ class ModbusSimServer:
             raise _RequestRefused(ExcCodes.DEVICE_FAILURE, str(exc)) from None
 
 
+# Mask write (FC22) and read/write multiple (FC23): no meter gridvend knows implements them.
+_UNSUPPORTED_FCS = frozenset({22, 23})
+
+
+class _UnsupportedRequest(ModbusPDU):
+    """Stands in for a request whose function the meter lacks: answers exception 1,
+    whatever its address, as the meter's firmware would."""
+
+    def __init__(self, request: ModbusPDU) -> None:
+        super().__init__(dev_id=request.dev_id, transaction_id=request.transaction_id)
+        self.function_code = request.function_code
+
+    async def datastore_update(self, context: object, device_id: int) -> ModbusPDU:
+        return ExceptionResponse(self.function_code, ExcCodes.ILLEGAL_FUNCTION)
+
+
 def _filler(address: int, count: int, *, readonly: bool) -> SimData:
     return SimData(address, count=count, values=0, datatype=DataType.REGISTERS, readonly=readonly)
+
+
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    """Where one value sits in a block and how to encode it from a snapshot."""
+
+    address: int
+    end: int
+    encode: Callable[[_Snapshot], list[int]]
+
+
+def _slot(entry: Register | Setting) -> _Slot:
+    """The slot of a register or a fixed setting; the work that does not depend on the
+    meter's state is done here, once."""
+    if isinstance(entry, Setting):
+        words = entry.codec.encode(entry.value)
+
+        def constant(_: _Snapshot) -> list[int]:
+            return words
+
+        return _Slot(entry.address, entry.address + len(words), constant)
+    codec = entry.codec
+    point = entry.point
+    if isinstance(codec, Ascii):
+        text_codec = codec
+        assert isinstance(point, Prepaid)
+        text_point = point
+
+        def text(snapshot: _Snapshot) -> list[int]:
+            return text_codec.encode_text(snapshot.text(text_point))
+
+        return _Slot(entry.address, entry.end, text)
+    assert codec is not None
+    number_codec = codec
+    if isinstance(point, Measurand):
+        quantity, phase = point.quantity, point.phase
+
+        def measured(snapshot: _Snapshot) -> list[int]:
+            return number_codec.encode(snapshot.measured(quantity, phase))
+
+        return _Slot(entry.address, entry.end, measured)
+    prepaid_point = point
+
+    def number(snapshot: _Snapshot) -> list[int]:
+        return number_codec.encode(snapshot.number(prepaid_point))
+
+    return _Slot(entry.address, entry.end, number)
+
+
+_PHASE_FIELDS = {
+    Quantity.VOLTAGE_V: "voltage_v",
+    Quantity.CURRENT_A: "current_a",
+    Quantity.ACTIVE_POWER_W: "active_power_w",
+    Quantity.POWER_FACTOR: "power_factor",
+}
+_ZERO = Decimal(0)
 
 
 class _Snapshot:
     """The model's values at one instant, computed only when a register needs them."""
 
+    __slots__ = ("_measurements", "_phases", "_unit")
+
     def __init__(self, unit: _Unit) -> None:
         self._unit = unit
         self._measurements: dict[Quantity, Decimal] | None = None
+        self._phases: tuple[PhaseValues, ...] | None = None
 
-    def _measurement(self, measurand: Measurand) -> Decimal:
+    def measured(self, quantity: Quantity, phase: int | None) -> Decimal:
+        """A measured value for the whole meter (``phase=None``) or one phase; 0 when the
+        meter does not have it (a phase beyond its phases, credit in central mode)."""
         model = self._unit.meter.model
-        if measurand.phase is not None:
-            phases = model.phase_values()
-            if measurand.phase > len(phases):
-                return Decimal(0)
-            values = phases[measurand.phase - 1]
-            return {
-                Quantity.VOLTAGE_V: values.voltage_v,
-                Quantity.CURRENT_A: values.current_a,
-                Quantity.ACTIVE_POWER_W: values.active_power_w,
-                Quantity.POWER_FACTOR: values.power_factor,
-            }.get(measurand.quantity, Decimal(0))
+        if phase is not None:
+            if self._phases is None:
+                self._phases = model.phase_values()
+            name = _PHASE_FIELDS.get(quantity)
+            if name is None or phase > len(self._phases):
+                return _ZERO
+            value: Decimal = getattr(self._phases[phase - 1], name)
+            return value
         if self._measurements is None:
             self._measurements = model.measurements()
-        return self._measurements.get(measurand.quantity, Decimal(0))
+        return self._measurements.get(quantity, _ZERO)
 
-    def _prepaid(self, point: Prepaid) -> Decimal | str:
+    def number(self, point: Prepaid) -> Decimal:
+        """A numeric prepaid or identity point."""
         unit = self._unit
         model = unit.meter.model
-        cfg = model.config
         match point:
             case Prepaid.RELAY_CLOSED | Prepaid.RELAY_COMMAND:
                 return Decimal(int(model.relay_closed))
             case Prepaid.RELAY_REASON:
                 return Decimal(RelayReason[model.relay_reason.name])
             case Prepaid.PREPAID_MODE:
-                return Decimal(PrepaidMode[cfg.prepaid_mode.name])
+                return Decimal(PrepaidMode[model.config.prepaid_mode.name])
             case Prepaid.TOKEN_RESULT:
                 if not model.token_results:
                     return Decimal(TokenResult.NONE)
@@ -447,37 +575,20 @@ class _Snapshot:
                 return Decimal(model.power_limit_w or 0)
             case Prepaid.EVENT_COUNT:
                 return Decimal(model.event_count)
-            case Prepaid.TOKEN_ENTRY:
-                return ""  # write-only: reads as zeros
-            case Prepaid.METER_NUMBER:
-                return cfg.meter_number
-            case Prepaid.METER_SERIAL:
-                return cfg.serial
             case Prepaid.SERIAL_NUMBER:
-                return Decimal(_numeric_serial(cfg.serial))
+                return Decimal(_numeric_serial(model.config.serial))
             case Prepaid.DEVICE_ADDRESS:
                 return Decimal(unit.meter.unit_id)
-        return Decimal(0)
+        return _ZERO
 
-    def encode(self, entry: Register | Setting) -> list[int]:
-        """The registers of ``entry`` now.
-
-        Raise _RequestRefused (device failure) if the value does not fit the register.
-        """
-        if isinstance(entry, Setting):
-            return entry.codec.encode(entry.value)
-        assert entry.codec is not None
-        value = (
-            self._measurement(entry.point)
-            if isinstance(entry.point, Measurand)
-            else self._prepaid(entry.point)
-        )
-        try:
-            if isinstance(entry.codec, Ascii):
-                return entry.codec.encode_text(value if isinstance(value, str) else "")
-            return entry.codec.encode(value if isinstance(value, Decimal) else Decimal(0))
-        except CodecError as exc:
-            raise _RequestRefused(ExcCodes.DEVICE_FAILURE, f"{entry.point}: {exc}") from None
+    def text(self, point: Prepaid) -> str:
+        """A text point; the write-only token entry reads as empty (zeros)."""
+        config = self._unit.meter.model.config
+        if point is Prepaid.METER_NUMBER:
+            return config.meter_number
+        if point is Prepaid.METER_SERIAL:
+            return config.serial
+        return ""
 
     def event_records(self, records: int) -> list[EventRecord]:
         """The newest ``records`` events of the model, newest first."""
@@ -524,6 +635,7 @@ async def serve_modbus_tcp(
     profile: Profile | str = "eastron-sdm120-prepaid",
     framer: FramerType = FramerType.SOCKET,
     seed: int = 0,
+    offline_interval_s: int = 900,
 ) -> AsyncIterator[ModbusSimServer]:
     """Serve ``meters`` on ``host:port`` until the context exits.
 
@@ -531,16 +643,23 @@ async def serve_modbus_tcp(
     for the model's number of phases: a three-phase model under
     ``eastron-sdm120-prepaid`` is served as ``eastron-sdm630-prepaid``); pass
     :class:`ModbusMeter` items to choose unit ids and profiles per meter. ``now`` gives
-    the simulated time each read advances the models to. ``port=0`` picks a free
+    the simulated time each read advances the models to; ``offline_interval_s`` is the
+    simulated interval at which the offline fault is drawn. ``port=0`` picks a free
     port; the bound one is in ``server.address``. ``framer=FramerType.RTU``
     serves RTU frames over TCP, like a transparent RS-485-to-TCP converter.
 
     Raises:
         ValueError: no meters, a duplicate unit id or a unit id outside 1..247.
         ProfileError: an unknown profile name.
-        RuntimeError: the port cannot be bound (pymodbus reports it so).
+        OSError: the port cannot be bound.
     """
-    sim = ModbusSimServer(_as_meters(meters, profile), now, framer=framer, seed=seed)
+    sim = ModbusSimServer(
+        _as_meters(meters, profile),
+        now,
+        framer=framer,
+        seed=seed,
+        offline_interval_s=offline_interval_s,
+    )
     server = ModbusTcpServer(
         sim.devices,
         address=(host, port),
@@ -548,7 +667,10 @@ async def serve_modbus_tcp(
         trace_pdu=sim.trace_pdu,  # type: ignore[arg-type]
         trace_packet=sim.trace_packet,
     )
-    await server.serve_forever(background=True)
+    try:
+        await server.serve_forever(background=True)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen for Modbus TCP on {host}:{port}") from exc
     listener = server.transport
     sockets = getattr(listener, "sockets", None)
     sim.address = sockets[0].getsockname()[:2] if sockets else (host, port)
@@ -567,13 +689,20 @@ async def serve_modbus_rtu(
     baudrate: int = 9600,
     profile: Profile | str = "eastron-sdm120-prepaid",
     seed: int = 0,
+    offline_interval_s: int = 900,
 ) -> AsyncIterator[ModbusSimServer]:
     """Serve ``meters`` as Modbus RTU slaves on the serial line ``device`` (8N1).
 
     Same meters, clock and errors as :func:`serve_modbus_tcp`; ``device`` is a serial
     port path (``/dev/ttyUSB0``, or a pty from :mod:`meter_sim.serial_bridge`).
     """
-    sim = ModbusSimServer(_as_meters(meters, profile), now, framer=FramerType.RTU, seed=seed)
+    sim = ModbusSimServer(
+        _as_meters(meters, profile),
+        now,
+        framer=FramerType.RTU,
+        seed=seed,
+        offline_interval_s=offline_interval_s,
+    )
     server = ModbusSerialServer(
         sim.devices,
         framer=FramerType.RTU,
@@ -582,7 +711,10 @@ async def serve_modbus_rtu(
         trace_pdu=sim.trace_pdu,  # type: ignore[arg-type]
         trace_packet=sim.trace_packet,
     )
-    await server.serve_forever(background=True)
+    try:
+        await server.serve_forever(background=True)
+    except RuntimeError as exc:
+        raise OSError(f"cannot open serial port {device!r} for Modbus RTU") from exc
     try:
         yield sim
     finally:

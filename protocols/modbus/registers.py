@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_FLOOR, Decimal
 
@@ -54,10 +54,11 @@ class Block(enum.StrEnum):
 
     @property
     def is_bits(self) -> bool:
-        return self in (Block.COIL, Block.DISCRETE_INPUT)
+        return self in _BIT_BLOCKS
 
 
 _READ_FC = {Block.COIL: 1, Block.DISCRETE_INPUT: 2, Block.HOLDING: 3, Block.INPUT: 4}
+_BIT_BLOCKS = frozenset({Block.COIL, Block.DISCRETE_INPUT})
 
 
 class Access(enum.StrEnum):
@@ -179,22 +180,19 @@ class Register:
     codec: Codec | None
     access: Access = Access.READ
     description: str = ""
+    # Number of addresses used (registers, or 1 bit) and one past the last; derived,
+    # stored because the simulator consults them on every request.
+    count: int = field(init=False, repr=False, compare=False)
+    end: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.block.is_bits != (self.codec is None):
             raise ValueError(f"{self.point}: bit blocks take no codec, register blocks need one")
-        if not 0 <= self.address <= 0xFFFF - self.count + 1:
+        count = 1 if self.codec is None else self.codec.registers
+        if not 0 <= self.address <= 0xFFFF - count + 1:
             raise ValueError(f"{self.point}: address {self.address} out of range")
-
-    @property
-    def count(self) -> int:
-        """Number of addresses used (registers, or 1 bit)."""
-        return 1 if self.codec is None else self.codec.registers
-
-    @property
-    def end(self) -> int:
-        """One past the last address."""
-        return self.address + self.count
+        object.__setattr__(self, "count", count)
+        object.__setattr__(self, "end", self.address + count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,8 +379,8 @@ EASTRON_SETTINGS: tuple[Setting, ...] = (
     Setting(Block.HOLDING, 0x0000, F32, Decimal(0), "demand time (min)"),
     Setting(Block.HOLDING, 0x0002, F32, Decimal(60), "demand period (min)"),
     Setting(Block.HOLDING, 0x000C, F32, Decimal(100), "pulse width (ms)"),
-    Setting(Block.HOLDING, 0x0012, F32, Decimal(0), "parity/stop: 0 = 1 stop bit, no parity"),
-    Setting(Block.HOLDING, 0x001C, F32, Decimal(2), "baud code: 2 = 9600"),
+    Setting(Block.HOLDING, 0x0012, F32, Decimal(0), "parity/stop code (0: 1 stop bit, no parity)"),
+    Setting(Block.HOLDING, 0x001C, F32, Decimal(2), "baud code (2: 9600 baud)"),
 )
 EASTRON_IDENTITY: tuple[Register, ...] = (
     Register(Prepaid.DEVICE_ADDRESS, Block.HOLDING, 0x0014, F32, Access.READ),

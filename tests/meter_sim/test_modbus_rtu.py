@@ -124,3 +124,12 @@ async def test_the_line_also_works_through_socat():
     async for bus in _bus([ModbusMeter(1, make_meter(1, clock=clock), EASTRON)], clock, socat=True):
         replies = await read_all(bus.client, EASTRON, 1, [Measurand(Quantity.VOLTAGE_V)])
         assert meter_totals(decode_readings(EASTRON, replies))[Quantity.VOLTAGE_V] > 200
+
+
+async def test_a_missing_serial_port_is_a_clear_os_error(tmp_path):
+    clock = ManualClock()
+    with pytest.raises(OSError, match="cannot open serial port"):
+        async with serve_modbus_rtu(
+            [make_meter(1, clock=clock)], now=clock, device=str(tmp_path / "ttyNONE")
+        ):
+            pass

@@ -6,16 +6,18 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
+from pymodbus import FramerType
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusIOException
 
 from meter_sim.faults import FaultConfig
 from meter_sim.modbus_server import ModbusMeter, ModbusSimServer, serve_modbus_tcp
-from meter_sim.model import MeterModel, PrepaidMode, TokenStatus
+from meter_sim.model import MeterModel, PrepaidMode
 from protocols.modbus import (
     Block,
     Measurand,
     Prepaid,
+    ProfileError,
     ReadRequest,
     RelayReason,
     TokenResult,
@@ -31,11 +33,20 @@ from protocols.modbus import (
 )
 from protocols.mqtt import EventKind
 from protocols.quantities import Quantity
-from tests.meter_sim.modbus_helpers import ManualClock, make_meter, read, read_all, state_of, write
+from tests.meter_sim.modbus_helpers import (
+    START,
+    ManualClock,
+    make_meter,
+    read,
+    read_all,
+    state_of,
+    write,
+)
 
 EASTRON = get_profile("eastron-sdm120-prepaid")
 SDM630 = get_profile("eastron-sdm630-prepaid")
 DDS238 = get_profile("dds238-zn")
+PLAIN_SDM120 = get_profile("eastron-sdm120")
 
 
 class Rig:
@@ -58,12 +69,14 @@ async def _rig(meters: list, clock: ManualClock, **kwargs) -> AsyncIterator[Rig]
 
 @pytest.fixture
 async def gateway() -> AsyncIterator[Rig]:
-    """Three meters behind one TCP port: Eastron prepaid (1), SDM630 (2), DDS238 (3)."""
+    """Four meters behind one TCP port: Eastron prepaid (1), SDM630 (2), DDS238 (3) and a
+    plain SDM120 without relay or prepaid block (4)."""
     clock = ManualClock()
     meters = [
         ModbusMeter(1, make_meter(1, clock=clock), EASTRON),
         ModbusMeter(2, make_meter(2, phases=3, clock=clock), SDM630),
         ModbusMeter(3, make_meter(3, mode=PrepaidMode.CENTRAL, clock=clock), DDS238),
+        ModbusMeter(4, make_meter(4, mode=PrepaidMode.CENTRAL, clock=clock), PLAIN_SDM120),
     ]
     async for rig in _rig(meters, clock):
         yield rig
@@ -74,10 +87,10 @@ def _close_to(actual: Decimal, expected: Decimal) -> bool:
     return abs(actual - expected) <= abs(expected) * Decimal("1e-6") + Decimal("0.0015")
 
 
-@pytest.mark.parametrize(("unit", "exact"), [(1, False), (2, False), (3, True)])
+@pytest.mark.parametrize(("unit", "exact"), [(1, False), (2, False), (3, True), (4, False)])
 async def test_each_profile_serves_the_model_measurements(gateway: Rig, unit: int, exact: bool):
     gateway.clock.forward(hours=2)
-    profile = (EASTRON, SDM630, DDS238)[unit - 1]
+    profile = (EASTRON, SDM630, DDS238, PLAIN_SDM120)[unit - 1]
     totals = meter_totals(decode_readings(profile, await read_all(gateway.client, profile, unit)))
     model = gateway.sim.model(unit)
     expected = model.measurements()
@@ -188,7 +201,9 @@ async def test_typed_token_reaches_the_model_and_updates_the_result_register(gat
     assert not reply.isError()
     assert len(model.token_results) == tokens_before + 1
     status = model.token_results[-1].status
-    assert status is not TokenStatus.ERROR  # 20 well-formed digits arrived intact
+    # The digits arrived intact: a twin meter given them directly answers the same.
+    twin = MeterModel(model.config, START)
+    assert twin.enter_token("12345678901234567890", model.now) == model.token_results[-1]
     values = await _prepaid_points(gateway, EASTRON, 1)
     assert values[Prepaid.TOKEN_COUNT] == 1
     assert values[Prepaid.TOKEN_RESULT] == TokenResult[status.name]
@@ -264,7 +279,7 @@ async def test_unknown_unit_id_stays_silent_and_the_bus_keeps_working(gateway: R
         await gateway.client.read_input_registers(0, count=2, device_id=9)
     reply = await gateway.client.read_input_registers(0, count=2, device_id=1)
     assert not reply.isError()
-    assert gateway.sim.dropped_requests == 1
+    assert (gateway.sim.dropped_requests, gateway.sim.requests) == (1, 1)
 
 
 async def test_offline_meter_stops_answering_until_it_comes_back(gateway: Rig):
@@ -383,8 +398,6 @@ async def test_power_limit_set_over_modbus_trips_the_relay(gateway: Rig):
 
 
 async def test_rtu_framing_over_tcp_serves_a_transparent_gateway():
-    from pymodbus import FramerType
-
     clock = ManualClock()
     faults = FaultConfig(corrupt_frame_rate=1.0)
     meters = [make_meter(1, clock=clock), make_meter(2, clock=clock, faults=faults)]
@@ -401,3 +414,100 @@ async def test_rtu_framing_over_tcp_serves_a_transparent_gateway():
             assert sim.corrupted_replies == 1
         finally:
             client.close()
+
+
+@pytest.mark.parametrize("address", [0x001A, 0x0000, 0x7000])
+async def test_fc06_is_refused_as_a_function_whatever_the_address(gateway: Rig, address: int):
+    reply = await gateway.client.write_register(address, 1, device_id=3)
+    assert reply.isError() and reply.exception_code == 1
+
+
+async def test_read_write_multiple_is_not_implemented(gateway: Rig):
+    reply = await gateway.client.readwrite_registers(
+        read_address=0x1000, read_count=2, write_address=0x1008, values=[0, 0], device_id=1
+    )
+    assert reply.isError() and reply.exception_code == 1
+
+
+async def test_random_register_writes_never_crash_and_refused_ones_change_nothing(gateway: Rig):
+    import random
+
+    rng = random.Random(20261124)
+    refused = 0
+    for _ in range(150):
+        unit, base = rng.choice([(1, 0x1000), (3, 0x0100), (3, 0x0000)])
+        address = base + rng.randrange(0, 0x40)
+        values = [
+            rng.choice([0, 1, 0x3031, 0x4142, 0xFFFF, rng.randrange(0x10000)])
+            for _ in range(rng.randint(1, 12))
+        ]
+        model = gateway.sim.model(unit)
+        before = state_of(model)
+        reply = await gateway.client.write_registers(address, values, device_id=unit)
+        if reply.isError():
+            refused += 1
+            assert reply.exception_code in (1, 2, 3, 4)
+            assert state_of(model) == before, (unit, hex(address), values)
+    assert refused > 100
+    # The meters still answer normally afterwards.
+    for unit in (1, 3):
+        assert not (
+            await gateway.client.read_holding_registers(
+                0x0100 if unit == 3 else 0x1000, count=2, device_id=unit
+            )
+        ).isError()
+
+
+async def test_a_port_in_use_is_a_clear_os_error(gateway: Rig):
+    assert gateway.sim.address is not None
+    with pytest.raises(OSError, match="cannot listen"):
+        async with serve_modbus_tcp(
+            [make_meter(9)], now=gateway.clock, port=gateway.sim.address[1]
+        ):
+            pass
+
+
+def test_duplicate_unit_ids_are_refused() -> None:
+    from meter_sim.modbus_server import ModbusSimServer
+
+    meters = [ModbusMeter(1, make_meter(1), EASTRON), ModbusMeter(1, make_meter(2), EASTRON)]
+    with pytest.raises(ValueError, match="used twice"):
+        ModbusSimServer(meters, ManualClock(), framer=FramerType.SOCKET)
+    with pytest.raises(ValueError, match=r"1\.\.247"):
+        ModbusMeter(248, make_meter(1), EASTRON)
+
+
+async def test_offline_fault_takes_the_meter_off_the_bus_for_whole_intervals():
+    clock = ManualClock()
+    faults = FaultConfig(offline_rate=0.5, offline_intervals=2)
+    meters = [make_meter(1, faults=faults, clock=clock), make_meter(2, clock=clock)]
+    async for rig in _rig(meters, clock, seed=3):
+        history = []
+        for _ in range(40):
+            history.append(rig.sim.is_offline(1))
+            clock.forward(minutes=15)
+        assert any(history) and not all(history)
+        # Once off, a meter stays off for offline_intervals (2) intervals at least.
+        runs = "".join("x" if h else "." for h in history).split(".")
+        complete_runs = [run for run in runs[:-1] if run]  # the last one may be cut short
+        assert complete_runs
+        assert all(len(run) >= 2 for run in complete_runs)
+        assert not rig.sim.is_offline(2)
+        # Over the wire: silent while offline, answering once back.
+        while not rig.sim.is_offline(1):
+            clock.forward(minutes=15)
+        with pytest.raises(ModbusIOException):
+            await rig.client.read_input_registers(0, count=2, device_id=1)
+        while rig.sim.is_offline(1):
+            clock.forward(minutes=15)
+        assert not (await rig.client.read_input_registers(0, count=2, device_id=1)).isError()
+
+
+async def test_a_meter_without_relay_or_prepaid_block_refuses_those_addresses(gateway: Rig):
+    with pytest.raises(ProfileError):
+        relay_write(PLAIN_SDM120, False)
+    reply = await gateway.client.write_coil(0, False, device_id=4)
+    assert reply.isError() and reply.exception_code == 2
+    reply = await gateway.client.read_holding_registers(0x1000, count=2, device_id=4)
+    assert reply.isError() and reply.exception_code == 2
+    assert gateway.sim.model(4).relay_closed

@@ -16,6 +16,7 @@ import pytest
 from gridvend.broker import BrokerEndpoint
 from gridvend.runtime import System
 from gridvend.settings import Settings
+from meter_sim.fleet import MqttFleet, describe_fleet
 from protocols.mqtt import MeterChannel, TelemetryReport, TopicScheme
 from protocols.quantities import Quantity
 from tests.conftest import bearer_headers
@@ -54,8 +55,8 @@ async def _eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 10
         await asyncio.sleep(0.05)
 
 
-async def _register(api: httpx.AsyncClient, serial: str) -> int:
-    response = await api.post("/api/meters", json={"serial": serial, "meter_number": "60072712345"})
+async def _register(api: httpx.AsyncClient, serial: str, meter_number: str = "60072712345") -> int:
+    response = await api.post("/api/meters", json={"serial": serial, "meter_number": meter_number})
     assert response.status_code == 201, response.text
     return int(response.json()["id"])
 
@@ -133,3 +134,30 @@ async def test_reading_from_an_unregistered_meter_is_kept_with_its_reason(
 
     [quarantined] = await _eventually(rejected)
     assert quarantined["reason"] == "unknown_meter: meter 'GHOST-1' is not in the registry"
+
+
+async def test_simulated_meters_readings_reach_the_api(
+    system: System, api: httpx.AsyncClient, mqtt_broker: BrokerEndpoint
+) -> None:
+    configs = describe_fleet(3, seed=7)
+    ids = [await _register(api, c.serial, c.meter_number) for c in configs]
+    async with MqttFleet(
+        mqtt_broker.host,
+        mqtt_broker.port,
+        configs,
+        topic_prefix=system.settings.mqtt_topic_prefix,
+        mqtt_v5=mqtt_broker.supports_v5,
+    ):
+
+        async def every_meter_has_energy() -> bool:
+            for meter_id in ids:
+                response = await api.get(
+                    f"/api/meters/{meter_id}/readings", params={"quantity": "energy_import_kwh"}
+                )
+                if not response.json():
+                    return False
+            return True
+
+        assert await _eventually(every_meter_has_energy)
+    meters = {m["serial"]: m for m in (await api.get("/api/meters")).json()}
+    assert all(meters[c.serial]["last_seen_at"] for c in configs)

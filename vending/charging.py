@@ -1,0 +1,366 @@
+"""The charge calculation shared by vend pricing and interval rating.
+
+Both ask the same question -- "what does this energy, used at these month-to-date
+positions in these bands, plus these shares of monthly charges, cost under these tariff
+versions?" -- and both get the answer from `compute_charges`, so a token vend and the
+central-balance rating of the same kWh at the same position cost the same money.
+
+Each tariff version involved is one group: its energy lines (one per free-units /
+block / band / flat line), fixed-charge lines, levies and one VAT line. Every line is
+computed exactly, then rounded by `money.round_charge` (rule 1); percentage levies and
+VAT are computed on the rounded lines they apply to. `exact_minor` keeps the unrounded
+value of each line so that callers and tests can check how far rounding moved it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from fractions import Fraction
+
+from vending.money import Currency, Money, exact, major_to_minor, round_charge
+from vending.tariffs import (
+    FlatRate,
+    MissingCapacity,
+    SteppedBlocks,
+    TariffVersion,
+    TimeOfUse,
+)
+
+HALF = Fraction(1, 2)
+
+
+class LineKind(enum.StrEnum):
+    FREE_UNITS = "free_units"
+    ENERGY = "energy"
+    FIXED = "fixed"
+    CAPACITY = "capacity"
+    LEVY = "levy"
+    VAT = "vat"
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeLine:
+    """One line of a bill or vend: `amount` is `exact_minor` rounded by rule 1.
+
+    `kwh` is the energy on an energy line (exact), `rate` the tariff figure applied
+    (per kWh for energy, per month for fixed/capacity, percent for VAT), and
+    `effective_from` names the tariff version the line was priced under.
+    """
+
+    kind: LineKind
+    label: str
+    amount: Money
+    exact_minor: Fraction
+    effective_from: date
+    kwh: Fraction | None = None
+    rate: Decimal | None = None
+
+    @property
+    def kwh_decimal(self) -> Decimal | None:
+        """`kwh` as a Decimal for display and storage (exact for vend lines, which are
+        multiples of 0.1 kWh; rated lines split by time may need rounding at 12 places)."""
+        return None if self.kwh is None else fraction_to_decimal(self.kwh)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """`kwh` used at month-to-date `position` kWh under `version`, in TOU `band` (or
+    None when the version has no bands). `free_units` says whether the account gets the
+    version's free basic units."""
+
+    version: TariffVersion
+    position: Fraction
+    kwh: Fraction
+    band: str | None
+    free_units: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Accrual:
+    """`share` of a month's fixed and capacity charges of `version` (e.g. 1/30 for a
+    day of a 30-day month); `capacity_kva` is the account's contracted capacity."""
+
+    version: TariffVersion
+    share: Fraction
+    capacity_kva: Decimal | None
+
+
+@dataclass(frozen=True, slots=True)
+class Charges:
+    """The priced lines of one vend or one rated interval, in `currency`."""
+
+    currency: Currency
+    energy: tuple[ChargeLine, ...]
+    fixed: tuple[ChargeLine, ...]
+    levies: tuple[ChargeLine, ...]
+    tax: tuple[ChargeLine, ...]
+    # How far `total` may be from `exact_total` given the number of rounded lines.
+    rounding_bound: Fraction
+
+    def _sum(self, lines: Iterable[ChargeLine]) -> Money:
+        return Money(sum(line.amount.minor for line in lines), self.currency)
+
+    @property
+    def lines(self) -> tuple[ChargeLine, ...]:
+        return self.energy + self.fixed + self.levies + self.tax
+
+    @property
+    def energy_amount(self) -> Money:
+        return self._sum(self.energy)
+
+    @property
+    def fixed_amount(self) -> Money:
+        return self._sum(self.fixed)
+
+    @property
+    def levy_amount(self) -> Money:
+        return self._sum(self.levies)
+
+    @property
+    def tax_amount(self) -> Money:
+        return self._sum(self.tax)
+
+    @property
+    def total(self) -> Money:
+        return self._sum(self.lines)
+
+    @property
+    def exact_total(self) -> Fraction:
+        """The total in minor units had nothing been rounded (exact VAT on exact lines)."""
+        return sum((line.exact_minor for line in self.lines), Fraction(0))
+
+    @property
+    def energy_kwh(self) -> Fraction:
+        return sum((line.kwh for line in self.energy if line.kwh is not None), Fraction(0))
+
+    @property
+    def free_kwh(self) -> Fraction:
+        return sum(
+            (
+                line.kwh
+                for line in self.energy
+                if line.kind is LineKind.FREE_UNITS and line.kwh is not None
+            ),
+            Fraction(0),
+        )
+
+
+def fraction_to_decimal(value: Fraction, places: int = 12) -> Decimal:
+    """`value` as a Decimal: exact when it terminates within `places` decimals,
+    otherwise rounded half-even to `places` (display only, never used for money)."""
+    scaled = value * 10**places
+    result = Decimal(round(scaled)).scaleb(-places).normalize()
+    # normalize() writes 50 as 5E+1; keep plain digits for receipts and storage.
+    exponent = result.as_tuple().exponent
+    return result.quantize(Decimal(1)) if isinstance(exponent, int) and exponent > 0 else result
+
+
+_Regime = tuple[Fraction, tuple[int, str], Decimal]
+
+
+def _regimes(version: TariffVersion, band: str | None, free_units: bool) -> list[_Regime]:
+    """Where the price changes along the month's kWh axis: (start kWh, line key, rate).
+
+    Block positions count the whole month's kWh, free units included, so free units are
+    the first kWh of the month and block 1 continues after them.
+    """
+    free = exact(version.free_units_kwh_per_month) if free_units else Fraction(0)
+    energy = version.energy
+    if isinstance(energy, SteppedBlocks):
+        starts = [exact(s) for s in energy.starts()]
+        rates = [b.rate_per_kwh for b in energy.blocks]
+        labels = [_block_label(energy, i) for i in range(len(energy.blocks))]
+    elif isinstance(energy, FlatRate):
+        starts, rates, labels = [Fraction(0)], [energy.rate_per_kwh], ["energy"]
+    else:
+        assert isinstance(energy, TimeOfUse) and band is not None
+        starts, rates, labels = [Fraction(0)], [energy.band_rates[band]], [band]
+    regimes: list[_Regime] = []
+    if free > 0:
+        regimes.append((Fraction(0), (0, "free units"), Decimal(0)))
+    for i, (start, rate, label) in enumerate(zip(starts, rates, labels, strict=True)):
+        # A block wholly inside the free units never applies.
+        if i + 1 < len(starts) and starts[i + 1] <= free:
+            continue
+        regimes.append((max(start, free), (i + 1, label), rate))
+    return regimes
+
+
+def price_breaks(version: TariffVersion, band: str | None, free_units: bool) -> list[Fraction]:
+    """The month-to-date kWh positions at which the price per kWh changes (ascending)."""
+    return [start for start, _key, _rate in _regimes(version, band, free_units)][1:]
+
+
+def _energy_slices(usage: Usage) -> list[tuple[tuple[int, str], Fraction, Decimal]]:
+    """Split a usage at the free-units limit and block thresholds: (line key, kWh, rate)."""
+    regimes = _regimes(usage.version, usage.band, usage.free_units)
+    slices: list[tuple[tuple[int, str], Fraction, Decimal]] = []
+    lo, hi = usage.position, usage.position + usage.kwh
+    for j, (start, key, rate) in enumerate(regimes):
+        end = regimes[j + 1][0] if j + 1 < len(regimes) else None
+        a = max(lo, start)
+        b = hi if end is None else min(hi, end)
+        if b > a:
+            slices.append((key, b - a, rate))
+    return slices
+
+
+def _block_label(blocks: SteppedBlocks, i: int) -> str:
+    start = blocks.starts()[i]
+    upper = blocks.blocks[i].up_to_kwh
+    span = f"{start}-{upper} kWh" if upper is not None else f"above {start} kWh"
+    return f"block {i + 1} ({span})"
+
+
+def compute_charges(
+    currency: Currency, usages: Sequence[Usage], accruals: Sequence[Accrual]
+) -> Charges:
+    """Price `usages` and `accruals` (see the module docstring for the rules).
+
+    Raises MissingCapacity when a version with a capacity charge is accrued for an
+    account without contracted kVA.
+    """
+    by_date = {u.version.effective_from: u.version for u in usages}
+    by_date.update({a.version.effective_from: a.version for a in accruals})
+    versions = sorted(by_date.items(), key=lambda item: item[0])
+    energy: list[ChargeLine] = []
+    fixed: list[ChargeLine] = []
+    levies: list[ChargeLine] = []
+    tax: list[ChargeLine] = []
+    bound = Fraction(0)
+    for eff, version in versions:
+        group_energy = _energy_lines(
+            currency, eff, [u for u in usages if u.version.effective_from == eff]
+        )
+        group_fixed = _fixed_lines(
+            currency, version, [a for a in accruals if a.version.effective_from == eff]
+        )
+        chargeable_kwh = sum(
+            (line.kwh or Fraction(0) for line in group_energy if line.kind is LineKind.ENERGY),
+            Fraction(0),
+        )
+        energy_rounded = sum((line.amount.minor for line in group_energy), 0)
+        energy_exact = sum((line.exact_minor for line in group_energy), Fraction(0))
+        energy_err = HALF * len(group_energy)
+        fixed_err = HALF * len(group_fixed)
+
+        group_levies: list[ChargeLine] = []
+        taxable_err = energy_err + fixed_err
+        levy_err_total = Fraction(0)
+        has_energy = bool(group_energy)
+        for levy in version.levies if has_energy else ():
+            per_kwh = chargeable_kwh * major_to_minor(levy.per_kwh, currency)
+            pct = exact(levy.percent_of_energy) / 100
+            on_rounded = per_kwh + pct * energy_rounded
+            group_levies.append(
+                ChargeLine(
+                    kind=LineKind.LEVY,
+                    label=levy.name,
+                    amount=Money(round_charge(on_rounded), currency),
+                    exact_minor=per_kwh + pct * energy_exact,
+                    effective_from=eff,
+                    kwh=chargeable_kwh,
+                    rate=levy.per_kwh if levy.per_kwh else levy.percent_of_energy,
+                )
+            )
+            err = HALF + pct * energy_err
+            levy_err_total += err
+            if levy.taxable:
+                taxable_err += err
+
+        taxable_lines = group_energy + group_fixed
+        taxable_levies = [
+            line for line, levy in zip(group_levies, version.levies, strict=False) if levy.taxable
+        ]
+        base_rounded = sum((line.amount.minor for line in taxable_lines + taxable_levies), 0)
+        base_exact = sum((line.exact_minor for line in taxable_lines + taxable_levies), Fraction(0))
+        vat_rate = exact(version.vat_percent) / 100
+        tax.append(
+            ChargeLine(
+                kind=LineKind.VAT,
+                label=f"VAT {version.vat_percent}%",
+                amount=Money(round_charge(base_rounded * vat_rate), currency),
+                exact_minor=base_exact * vat_rate,
+                effective_from=eff,
+                rate=version.vat_percent,
+            )
+        )
+        bound += energy_err + fixed_err + levy_err_total + HALF + vat_rate * taxable_err
+        energy += group_energy
+        fixed += group_fixed
+        levies += group_levies
+    return Charges(currency, tuple(energy), tuple(fixed), tuple(levies), tuple(tax), bound)
+
+
+def _energy_lines(currency: Currency, eff: date, usages: Sequence[Usage]) -> list[ChargeLine]:
+    totals: dict[tuple[int, str], list[Fraction]] = {}
+    rates: dict[tuple[int, str], Decimal] = {}
+    for usage in usages:
+        for key, kwh, rate in _energy_slices(usage):
+            acc = totals.setdefault(key, [Fraction(0), Fraction(0)])
+            acc[0] += kwh
+            acc[1] += kwh * major_to_minor(rate, currency)
+            rates[key] = rate
+    lines = []
+    for key in sorted(totals):
+        kwh, value = totals[key]
+        lines.append(
+            ChargeLine(
+                kind=LineKind.FREE_UNITS if key[0] == 0 else LineKind.ENERGY,
+                label=key[1],
+                amount=Money(round_charge(value), currency),
+                exact_minor=value,
+                effective_from=eff,
+                kwh=kwh,
+                rate=rates[key],
+            )
+        )
+    return lines
+
+
+def _fixed_lines(
+    currency: Currency, version: TariffVersion, accruals: Sequence[Accrual]
+) -> list[ChargeLine]:
+    if not accruals:
+        return []
+    share = sum((a.share for a in accruals), Fraction(0))
+    lines = []
+    for fc in version.fixed_charges:
+        value = share * major_to_minor(fc.amount_per_month, currency)
+        lines.append(
+            ChargeLine(
+                kind=LineKind.FIXED,
+                label=fc.name,
+                amount=Money(round_charge(value), currency),
+                exact_minor=value,
+                effective_from=version.effective_from,
+                rate=fc.amount_per_month,
+            )
+        )
+    if version.capacity is not None:
+        value = Fraction(0)
+        for a in accruals:
+            if a.capacity_kva is None:
+                raise MissingCapacity(
+                    "the tariff has a capacity charge but the account has no contracted kVA"
+                )
+            value += (
+                a.share
+                * exact(a.capacity_kva)
+                * major_to_minor(version.capacity.rate_per_kva_month, currency)
+            )
+        lines.append(
+            ChargeLine(
+                kind=LineKind.CAPACITY,
+                label="capacity charge",
+                amount=Money(round_charge(value), currency),
+                exact_minor=value,
+                effective_from=version.effective_from,
+                rate=version.capacity.rate_per_kva_month,
+            )
+        )
+    return lines
