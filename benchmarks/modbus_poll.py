@@ -193,7 +193,7 @@ async def _run(args: argparse.Namespace, ports: list[int]) -> list[tuple[str, in
         factory,
         _TimedIngestor(factory, TopicScheme()),
         targets,
-        config=PollerConfig(timeout_s=3),
+        config=PollerConfig(timeout_s=3, write_batch=args.write_batch),
         clock=clock,
         worker_id="bench",
     )
@@ -262,6 +262,7 @@ def main() -> None:
         help="meter turnaround per request added by the simulator (one run each)",
     )
     parser.add_argument("--database-url", default=None)
+    parser.add_argument("--write-batch", type=int, default=PollerConfig().write_batch)
     args = parser.parse_args()
     database = "SQLite" if args.database_url is None else "PostgreSQL"
     table = Table(

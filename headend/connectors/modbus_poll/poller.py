@@ -82,7 +82,7 @@ class PollerConfig:
     lease_ttl: timedelta = timedelta(minutes=2)
     max_parallel_channels: int = 32
     max_leased_channels: int | None = None
-    write_batch: int = 50
+    write_batch: int = 25
 
     def __post_init__(self) -> None:
         if not self.timeout_s > 0:
