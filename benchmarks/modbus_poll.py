@@ -11,7 +11,11 @@ connection per gateway, one request in flight on it, gateways in parallel.
   decoding, ingestion of the readings, outcomes and health counters in the database.
 
 The two alternate (bare, poller, bare, poller, ...) for ``--rounds`` rounds; the table
-shows each round and the medians. Run ``--database-url postgresql+psycopg://...`` for
+shows each round, its wall-clock rate and the process CPU time per read (all threads:
+the poller's database writes included), then the medians, the ratio taken per pair of
+neighbouring rounds (the machine's load drifts less within a pair). ``--latency-ms``
+adds a meter turnaround per request in the simulator (default: runs at 0 and 5 ms).
+Run ``--database-url postgresql+psycopg://...`` for
 PostgreSQL (each run gets its own schema); the default is a SQLite file in a temp dir.
 
 Usage: python benchmarks/modbus_poll.py [--gateways 8] [--meters 32] [--intervals 2] [--rounds 3]
@@ -168,7 +172,9 @@ def _database(url: str | None) -> tuple[str, object]:
     return f"{url}{separator}options=-csearch_path%3D{schema}", (admin, schema)
 
 
-async def _run(args: argparse.Namespace, ports: list[int]) -> list[tuple[str, int, int, float]]:
+async def _run(
+    args: argparse.Namespace, ports: list[int]
+) -> list[tuple[str, int, int, float, float]]:
     url, cleanup = _database(args.database_url)
     engine = make_engine(url)
     upgrade(engine)
@@ -203,14 +209,22 @@ async def _run(args: argparse.Namespace, ports: list[int]) -> list[tuple[str, in
     # Warm-up: connections, statement caches, the simulator's first reads.
     await _bare_pass(clients, args.meters)
     await poller.poll_interval("energy", clock.current)
-    rows: list[tuple[str, int, int, float]] = []
+    rows: list[tuple[str, int, int, float, float]] = []
     for round_ in range(1, args.rounds + 1):
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         reads = 0
         for _ in range(args.intervals):
             reads += await _bare_pass(clients, args.meters)
-        rows.append(("bare pymodbus", round_, reads, time.perf_counter() - began))
-        began = time.perf_counter()
+        rows.append(
+            (
+                "bare pymodbus",
+                round_,
+                reads,
+                time.perf_counter() - began,
+                time.process_time() - cpu,
+            )
+        )
+        began, cpu = time.perf_counter(), time.process_time()
         reads = 0
         for _ in range(args.intervals):
             clock.current += timedelta(minutes=15)
@@ -218,7 +232,9 @@ async def _run(args: argparse.Namespace, ports: list[int]) -> list[tuple[str, in
             if report.failed:
                 raise RuntimeError(f"poll failures in the benchmark: {report.reasons}")
             reads += report.stored * len(plan_reads(PROFILE, group_points(PROFILE, ENERGY_GROUP)))
-        rows.append(("poller", round_, reads, time.perf_counter() - began))
+        rows.append(
+            ("poller", round_, reads, time.perf_counter() - began, time.process_time() - cpu)
+        )
     for client in clients:
         client.close()
     await poller.close()
@@ -231,7 +247,9 @@ async def _run(args: argparse.Namespace, ports: list[int]) -> list[tuple[str, in
     return rows
 
 
-def _measure(args: argparse.Namespace, latency_ms: float) -> list[tuple[str, int, int, float]]:
+def _measure(
+    args: argparse.Namespace, latency_ms: float
+) -> list[tuple[str, int, int, float, float]]:
     ready: mp.Queue = mp.Queue()  # type: ignore[type-arg]
     stop = mp.Event()
     server = mp.Process(
@@ -253,7 +271,7 @@ def main() -> None:
     parser.add_argument("--gateways", type=int, default=8)
     parser.add_argument("--meters", type=int, default=32, help="meters per gateway")
     parser.add_argument("--intervals", type=int, default=2, help="passes per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument(
         "--latency-ms",
         type=float,
@@ -268,13 +286,23 @@ def main() -> None:
     table = Table(
         title=f"Modbus polling: {args.gateways} gateways x {args.meters} meters, {database}"
     )
-    for column in ("meter latency", "client", "round", "reads", "seconds", "reads/s"):
+    for column in (
+        "meter latency",
+        "client",
+        "round",
+        "reads",
+        "seconds",
+        "reads/s",
+        "CPU µs/read",
+    ):
         table.add_column(column, justify="left" if column == "client" else "right")
-    summary: list[tuple[float, float, float]] = []
+    summary: list[tuple[float, float, float, float, float, float]] = []
     for latency_ms in args.latency_ms:
         rates: dict[str, list[float]] = {}
-        for client, round_, reads, seconds in _measure(args, latency_ms):
+        cpu: dict[str, list[float]] = {}
+        for client, round_, reads, seconds, cpu_s in _measure(args, latency_ms):
             rates.setdefault(client, []).append(reads / seconds)
+            cpu.setdefault(client, []).append(cpu_s / reads * 1e6)
             table.add_row(
                 f"{latency_ms:g} ms",
                 client,
@@ -282,12 +310,19 @@ def main() -> None:
                 str(reads),
                 f"{seconds:.3f}",
                 f"{reads / seconds:,.0f}",
+                f"{cpu_s / reads * 1e6:,.0f}",
             )
+        # Each poller round against the bare round just before it: the machine's load
+        # drifts less within a pair than across the run.
+        pairs = [p / b for b, p in zip(rates["bare pymodbus"], rates["poller"], strict=True)]
         summary.append(
             (
                 latency_ms,
                 statistics.median(rates["bare pymodbus"]),
                 statistics.median(rates["poller"]),
+                statistics.median(pairs),
+                statistics.median(cpu["bare pymodbus"]),
+                statistics.median(cpu["poller"]),
             )
         )
     console = Console()
@@ -299,11 +334,24 @@ def main() -> None:
             f"({_TimedIngestor.polls} polls)"
         )
     result = Table(title="Medians: poller reads/s as a share of the bare pymodbus client's")
-    for column in ("meter latency", "bare pymodbus reads/s", "poller reads/s", "poller / bare"):
+    columns = (
+        "meter latency",
+        "bare reads/s",
+        "poller reads/s",
+        "poller / bare (paired rounds)",
+        "bare CPU µs/read",
+        "poller CPU µs/read",
+    )
+    for column in columns:
         result.add_column(column, justify="right")
-    for latency_ms, bare, polled in summary:
+    for latency_ms, bare, polled, ratio, bare_cpu, poller_cpu in summary:
         result.add_row(
-            f"{latency_ms:g} ms", f"{bare:,.0f}", f"{polled:,.0f}", f"{polled / bare:.0%}"
+            f"{latency_ms:g} ms",
+            f"{bare:,.0f}",
+            f"{polled:,.0f}",
+            f"{ratio:.0%}",
+            f"{bare_cpu:,.0f}",
+            f"{poller_cpu:,.0f}",
         )
     console.print(result)
     print("target: poller >= 80% of bare pymodbus")
