@@ -430,3 +430,49 @@ async def test_a_lease_cap_spreads_the_channels_over_two_workers(
     assert set(first.channels_polled).isdisjoint(second.channels_polled)
     assert sorted(again.channels_polled) == sorted(first.channels_polled)
     assert (first.stored, second.stored, again.stored) == (4, 4, 4)
+
+
+async def test_a_pass_that_starts_after_its_interval_records_deadline_failures_not_gaps(
+    session_factory: sessionmaker[Session],
+):
+    clock = StepClock()
+    async with sim_fleet(session_factory, now=clock, gateways=(3,)) as fleet:
+        poller = make_poller(session_factory, fleet.targets, clock)
+        clock.current = START + timedelta(minutes=20)
+        report = await poller.poll_interval("energy", START)
+        await poller.close()
+    assert report.reasons == Counter({"deadline": 3})
+    assert [(o.reason, o.attempts) for o in outcomes(session_factory)] == [("deadline", 0)] * 3
+    assert reading_keys(session_factory) == Counter()
+
+
+def test_one_channel_configured_two_ways_or_a_unit_id_used_twice_is_refused(
+    session_factory: sessionmaker[Session],
+):
+    from headend.connectors.modbus import RtuTransport, TargetError
+
+    def make(targets):
+        return ModbusPoller(session_factory, Ingestor(session_factory, TopicScheme()), targets)
+
+    profile = "dds238-zn"
+    with pytest.raises(TargetError, match="two ways"):
+        make(
+            [
+                PollTarget(1, profile, 1, RtuTransport("/dev/ttyS0", 9600)),
+                PollTarget(2, profile, 2, RtuTransport("/dev/ttyS0", 19200)),
+            ]
+        )
+    with pytest.raises(TargetError, match="used twice"):
+        make(
+            [
+                PollTarget(1, profile, 5, TcpTransport("gw", 502)),
+                PollTarget(2, profile, 5, TcpTransport("gw", 502)),
+            ]
+        )
+    with pytest.raises(TargetError, match="two targets"):
+        make(
+            [
+                PollTarget(1, profile, 5, TcpTransport("gw", 502)),
+                PollTarget(1, profile, 6, TcpTransport("gw", 502)),
+            ]
+        )
