@@ -155,7 +155,14 @@ class ModbusPoller:
             if group.name in self._groups:
                 raise ValueError(f"poll group {group.name!r} given twice")
             self._groups[group.name] = group
-        self._recorder = Recorder(session_factory, ingestor, batch_size=self._config.write_batch)
+        self._recorder = Recorder(
+            session_factory,
+            ingestor,
+            batch_size=self._config.write_batch,
+            on_store_failed=self._store_failed,
+        )
+        # Reports of the passes under way, to correct for readings the database refused.
+        self._reports: dict[tuple[str, datetime], PassReport] = {}
         self._plans: dict[tuple[str, str], tuple[ReadRequest, ...]] = {}
         self._breakers: dict[int, CircuitBreaker] = {}
         self._channels: dict[str, _Channel] = {}
@@ -283,6 +290,24 @@ class ModbusPoller:
         if interval_start(interval_ts, poll_group.interval) != interval_ts:
             raise ValueError(f"{interval_ts.isoformat()} is not a {group} interval boundary")
         report = PassReport(group, interval_ts)
+        self._reports[(group, interval_ts)] = report
+        try:
+            return await self._pass(poll_group, interval_ts, report)
+        finally:
+            del self._reports[(group, interval_ts)]
+
+    def _store_failed(self, result: PollResult) -> None:
+        report = self._reports.get((result.group, result.interval_ts))
+        if report is not None and result.failure is not None:
+            report.stored -= 1
+            report.failed += 1
+            report.reasons[result.failure.reason.value] += 1
+
+    async def _pass(
+        self, poll_group: PollGroup, interval_ts: datetime, report: PassReport
+    ) -> PassReport:
+        group = poll_group.name
+        assert poll_group.interval is not None
         deadline = interval_ts + poll_group.interval
         work = {
             channel.key: [t for t in channel.targets if self._plan(t, poll_group)]

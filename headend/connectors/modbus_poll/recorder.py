@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any
@@ -79,9 +79,17 @@ class Recorder:
     """Buffers results and writes them in batches, in submission order."""
 
     def __init__(
-        self, session_factory: sessionmaker[Session], ingestor: Ingestor, *, batch_size: int
+        self,
+        session_factory: sessionmaker[Session],
+        ingestor: Ingestor,
+        *,
+        batch_size: int,
+        on_store_failed: Callable[[PollResult], None] | None = None,
     ) -> None:
+        """``on_store_failed`` is called (in the event loop) for each read whose
+        readings the database refused."""
         self._session_factory = session_factory
+        self._on_store_failed = on_store_failed
         self._ingestor = ingestor
         self._batch_size = max(1, batch_size)
         self._pending: list[PollResult] = []
@@ -104,12 +112,17 @@ class Recorder:
             if not batch:
                 return []
             try:
-                return await asyncio.to_thread(self._write, batch)
+                written = await asyncio.to_thread(self._write, batch)
             except SQLAlchemyError:
                 # The database is unreachable: keep the results (both writes are
                 # idempotent for a batch that failed half-way) for the next flush.
                 self._pending[:0] = batch
                 raise
+            if self._on_store_failed is not None:
+                for before, after in zip(batch, written, strict=True):
+                    if before.ok and not after.ok:
+                        self._on_store_failed(after)
+            return written
 
     async def write_now(self, result: PollResult) -> PollResult:
         """Write ``result`` at once and return it as stored."""
