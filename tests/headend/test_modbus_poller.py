@@ -437,12 +437,15 @@ async def test_a_pass_that_starts_after_its_interval_records_deadline_failures_n
 ):
     clock = StepClock()
     async with sim_fleet(session_factory, now=clock, gateways=(3,)) as fleet:
-        poller = make_poller(session_factory, fleet.targets, clock)
+        # Threshold 1: one counted failure would open a breaker.
+        poller = make_poller(session_factory, fleet.targets, clock, breaker_threshold=1)
         clock.current = START + timedelta(minutes=20)
         report = await poller.poll_interval("energy", START)
         await poller.close()
     assert report.reasons == Counter({"deadline": 3})
     assert [(o.reason, o.attempts) for o in outcomes(session_factory)] == [("deadline", 0)] * 3
+    # Nothing was sent, so nothing counts against the meters.
+    assert {poller.breaker_state(t.meter_id) for t in fleet.targets} == {BreakerState.CLOSED}
     assert reading_keys(session_factory) == Counter()
 
 

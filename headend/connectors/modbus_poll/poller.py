@@ -485,6 +485,23 @@ class ModbusPoller:
         on_demand: bool = False,
     ) -> PollResult:
         started = self._wall()
+        if deadline is not None and self._clock.now() >= deadline:
+            # Not a word was sent: this says nothing about the meter, so the breaker
+            # is left alone.
+            return PollResult(
+                target.meter_id,
+                group.name,
+                ts,
+                channel.key,
+                self.worker_id,
+                started,
+                started,
+                attempts=0,
+                requests=0,
+                failure=PollFailure(
+                    FailureReason.DEADLINE, f"interval ended at {deadline.isoformat()}"
+                ),
+            )
         breaker = self._breaker(target.meter_id)
         attempts_allowed = self._config.retry.attempts
         if not on_demand:
