@@ -101,8 +101,12 @@ class ScaledClock:
     real second), for demos and tests against a simulator on the same time base."""
 
     def __init__(self, start: datetime, speed: float, *, origin: float | None = None) -> None:
-        """``origin`` is an event-loop time (default: now). Raise ValueError on a naive
-        ``start`` or a speed that is not positive."""
+        """``origin`` is an event-loop time (default: the running loop's now).
+
+        Raises:
+            ValueError: a naive ``start`` or a speed that is not positive.
+            RuntimeError: no ``origin`` given and no event loop running.
+        """
         if start.tzinfo is None:
             raise ValueError("start must be aware")
         if not speed > 0:
