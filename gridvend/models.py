@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import MetaData
 
-import headend.commands.models  # noqa: F401 - registers the command tables on HeadendBase
+import headend.commands.models
+import headend.connectors.modbus_models  # noqa: F401 - registers the polling tables
 from gridvend.audit import Base as AuditBase
 from gridvend.auth import Base as AuthBase
 from headend.models import Base as HeadendBase

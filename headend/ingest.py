@@ -181,9 +181,15 @@ class Ingestor:
                 last_seen[poll.meter_id] = max(
                     poll.received_at, last_seen.get(poll.meter_id, poll.received_at)
                 )
-            for meter_id, seen in last_seen.items():
+            if last_seen:
+                # One executemany (bulk UPDATE by primary key), not a statement per meter:
+                # per-meter round trips made this the poller's bottleneck on PostgreSQL.
                 session.execute(
-                    update(Meter).where(Meter.id == meter_id).values(last_seen_at=seen, online=True)
+                    update(Meter),
+                    [
+                        {"id": meter_id, "last_seen_at": seen, "online": True}
+                        for meter_id, seen in last_seen.items()
+                    ],
                 )
         self.stats.add(batch)
         return batch

@@ -1,0 +1,1 @@
+"""The Modbus poller's parts; the public API is re-exported by ``headend.connectors.modbus``."""
