@@ -37,6 +37,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from meter_sim.fleet import sts_meter_pan
 from meter_sim.modbus_server import serve_modbus_rtu, serve_modbus_tcp
 from meter_sim.model import MeterConfig, MeterModel
 from meter_sim.serial_bridge import serial_pair
@@ -52,7 +53,7 @@ def _models(count: int) -> list[MeterModel]:
         MeterModel(
             MeterConfig(
                 serial=f"BENCH-{i:04d}",
-                meter_number=f"600727{i:011d}0",
+                meter_number=sts_meter_pan(i),
                 seed=i,
                 initial_credit_kwh=Decimal(1000),
             ),

@@ -11,6 +11,7 @@ from pymodbus.client.mixin import ModbusClientMixin
 from pymodbus.pdu import ModbusPDU
 
 from meter_sim.faults import FaultConfig
+from meter_sim.fleet import sts_meter_pan
 from meter_sim.model import MeterConfig, MeterModel, PrepaidMode
 from protocols.modbus import Profile, ReadRequest, WriteRequest, plan_reads
 
@@ -42,7 +43,7 @@ def make_meter(
 ) -> MeterModel:
     config = MeterConfig(
         serial=f"SIM-{index:06d}",
-        meter_number=f"600727{index:011d}0",
+        meter_number=sts_meter_pan(index),
         phases=phases,
         prepaid_mode=mode,
         seed=index,

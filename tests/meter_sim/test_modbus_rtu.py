@@ -133,3 +133,22 @@ async def test_a_missing_serial_port_is_a_clear_os_error(tmp_path):
             [make_meter(1, clock=clock)], now=clock, device=str(tmp_path / "ttyNONE")
         ):
             pass
+
+
+async def test_the_serial_line_survives_the_master_closing_and_reopening_its_port():
+    clock = ManualClock()
+    meters = [ModbusMeter(1, make_meter(1, clock=clock), EASTRON)]
+    async with (
+        serial_pair() as pair,
+        serve_modbus_rtu(meters, now=clock, device=pair.server_port),
+    ):
+        for _ in range(2):
+            client = AsyncModbusSerialClient(
+                pair.client_port, baudrate=9600, timeout=0.5, retries=0
+            )
+            assert await client.connect()
+            try:
+                reply = await client.read_input_registers(0, count=2, device_id=1)
+                assert not reply.isError()
+            finally:
+                client.close()
