@@ -9,9 +9,12 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session, sessionmaker
 
 import gridvend
+from gridvend.audit import AuditLog
 from gridvend.auth import Auth
 from gridvend.auth import make_router as make_auth_router
 from headend.api import make_router as make_headend_router
+from headend.commands import CommandQueue
+from headend.commands.api import make_router as make_command_router
 from headend.ingest import IngestStats
 
 
@@ -19,7 +22,10 @@ def create_app(
     session_factory: sessionmaker[Session],
     *,
     ingest_stats: Callable[[], IngestStats | None] = lambda: None,
+    command_queue: CommandQueue | None = None,
 ) -> FastAPI:
+    """The API; ``command_queue`` defaults to one on ``session_factory`` (no dispatcher:
+    commands stay queued until a head-end worker runs one)."""
     app = FastAPI(
         title="gridvend",
         version=gridvend.__version__,
@@ -27,7 +33,10 @@ def create_app(
     )
     auth = Auth(session_factory)
     app.include_router(make_auth_router(session_factory, auth))
+    audit = AuditLog()
+    queue = command_queue or CommandQueue(session_factory, audit=audit)
     app.include_router(make_headend_router(session_factory, ingest_stats, require=auth.require))
+    app.include_router(make_command_router(session_factory, require=auth.require, queue=queue))
 
     @app.get("/api/health", tags=["system"])
     def health() -> dict[str, str]:

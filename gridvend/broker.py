@@ -133,6 +133,7 @@ def _write_mosquitto_config(work_dir: Path, port: int) -> Path:
         "persistence false\n"
         "max_queued_messages 100000\n"
         "max_inflight_messages 0\n"
+        "set_tcp_nodelay true\n"
         "log_type error\n"
         "log_type warning\n"
     )

@@ -1,13 +1,22 @@
-"""Runs the system in one event loop: migrations, head-end MQTT workers and the API."""
+"""Runs the system in one event loop: migrations, the head-end's workers and the API.
+
+Workers: the MQTT ingest subscriber, the command dispatcher, the Modbus poller (its
+targets re-read from the registry every ``TARGET_REFRESH_S``) and the API server.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
+import socket
+from collections.abc import Coroutine
 from types import TracebackType
+from typing import Any
 
 import uvicorn
+from sqlalchemy import select
 
 from gridvend.app import create_app
 from gridvend.audit import AuditLog
@@ -19,13 +28,20 @@ from gridvend.db import (
     upgrade,
 )
 from gridvend.settings import Settings
+from headend.commands import CommandQueue
+from headend.commands.dispatcher import CommandDispatcher
+from headend.connectors.modbus import REGISTRY_FIELDS, ModbusPoller, targets_from_registry
 from headend.connectors.mqtt import MqttIngestWorker
 from headend.ingest import Ingestor
+from headend.models import Meter, MeterProtocol
 from protocols.mqtt import TopicScheme
 from vending.keystore import KeyEncryptionKey, KeyStore
 from vending.security_module import SoftwareSecurityModule
 
 log = logging.getLogger(__name__)
+
+TARGET_REFRESH_S = 30.0
+STARTUP_TIMEOUT_S = 15.0
 
 
 def load_key_encryption_key(settings: Settings) -> KeyEncryptionKey:
@@ -37,10 +53,10 @@ def load_key_encryption_key(settings: Settings) -> KeyEncryptionKey:
 
 
 class System:
-    """The head-end and API, started and stopped as one unit.
+    """The head-end, vending services and API, started and stopped as one unit.
 
     ``async with System(settings, broker) as system:`` returns once the API listens and
-    the MQTT subscriber is connected; ``system.base_url`` is where the API answers.
+    the MQTT workers are connected; ``system.base_url`` is where the API answers.
     """
 
     def __init__(self, settings: Settings, broker: BrokerEndpoint) -> None:
@@ -55,25 +71,48 @@ class System:
         )
         self.scheme = TopicScheme(prefix=settings.mqtt_topic_prefix)
         self.ingestor = Ingestor(self.session_factory, self.scheme)
-        self.worker = MqttIngestWorker(
+        instance = settings.headend_instance
+        self.ingest_worker = MqttIngestWorker(
             broker.host,
             broker.port,
             scheme=self.scheme,
             ingest=self.ingestor.ingest,
-            client_id=f"{settings.headend_instance}-{settings.api_port}",
+            client_id=f"{instance}-ingest",
             mqtt_v5=broker.supports_v5,
             share_group=settings.headend_share_group if broker.supports_v5 else None,
         )
-        app = create_app(self.session_factory, ingest_stats=lambda: self.ingestor.stats)
-        config = uvicorn.Config(
-            app,
-            host=settings.api_host,
-            port=settings.api_port,
-            log_level="warning",
-            lifespan="off",
+        self.command_queue = CommandQueue(self.session_factory, audit=self.audit)
+        self.command_dispatcher = CommandDispatcher(
+            self.command_queue,
+            broker.host,
+            broker.port,
+            scheme=self.scheme,
+            instance=instance,
+            mqtt_v5=broker.supports_v5,
         )
-        self.server = uvicorn.Server(config)
-        self._tasks: list[asyncio.Task[None]] = []
+        self.command_queue.set_notify(self.command_dispatcher.wake)
+        self.poller = ModbusPoller(
+            self.session_factory,
+            self.ingestor,
+            [],
+            worker_id=f"{instance}-{socket.gethostname()}-{os.getpid()}",
+        )
+        self._poller_stop = asyncio.Event()
+        app = create_app(
+            self.session_factory,
+            ingest_stats=lambda: self.ingestor.stats,
+            command_queue=self.command_queue,
+        )
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=settings.api_host,
+                port=settings.api_port,
+                log_level="warning",
+                lifespan="off",
+            )
+        )
+        self._tasks: dict[str, asyncio.Task[None]] = {}
 
     @property
     def base_url(self) -> str:
@@ -83,19 +122,62 @@ class System:
 
     async def __aenter__(self) -> System:
         await asyncio.to_thread(upgrade, self.engine)
-        self._tasks.append(asyncio.create_task(self.worker.run(), name="mqtt-ingest"))
-        self._tasks.append(asyncio.create_task(self.server.serve(), name="api"))
-        while not self.server.started:
-            if self._tasks[1].done():
-                self._tasks[1].result()
-                raise RuntimeError("the API server stopped while starting")
-            await asyncio.sleep(0.02)
-        await asyncio.wait_for(self.worker.connected.wait(), timeout=15)
+        self._start("mqtt-ingest", self.ingest_worker.run())
+        self._start("commands", self.command_dispatcher.run())
+        self._start("modbus-targets", self._refresh_poll_targets())
+        self._start("modbus-poll", self.poller.run(self._poller_stop))
+        self._start("api", self.server.serve())
+        try:
+            async with asyncio.timeout(STARTUP_TIMEOUT_S):
+                while not self.server.started:
+                    self._raise_if_stopped("api")
+                    await asyncio.sleep(0.02)
+                await self.ingest_worker.connected.wait()
+                await self.command_dispatcher.connected.wait()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
         return self
+
+    def _start(self, name: str, work: Coroutine[Any, Any, None]) -> None:
+        self._tasks[name] = asyncio.create_task(work, name=name)
+
+    def _raise_if_stopped(self, name: str) -> None:
+        task = self._tasks[name]
+        if task.done():
+            task.result()
+            raise RuntimeError(f"{name} stopped while starting")
+
+    async def _refresh_poll_targets(self) -> None:
+        while True:
+            try:
+                targets = await asyncio.to_thread(self._poll_targets)
+                self.poller.set_targets(targets)
+            except Exception:
+                log.exception("reading the Modbus poll targets failed; keeping the old ones")
+            await asyncio.sleep(TARGET_REFRESH_S)
+
+    def _poll_targets(self) -> list[Any]:
+        fields = [getattr(Meter, name) for name in REGISTRY_FIELDS]
+        modbus = (MeterProtocol.MODBUS_TCP.value, MeterProtocol.MODBUS_RTU.value)
+        with self.session_factory() as session:
+            rows = (
+                session.execute(
+                    select(Meter.id.label("meter_id"), Meter.protocol, *fields).where(
+                        Meter.protocol.in_(modbus)
+                    )
+                )
+                .mappings()
+                .all()
+            )
+        targets, problems = targets_from_registry([dict(row) for row in rows])
+        for meter_id, problem in problems:
+            log.warning("meter %s cannot be polled: %s", meter_id, problem)
+        return targets
 
     async def wait_closed(self) -> None:
         """Block until the API server stops (Ctrl-C or ``stop()``)."""
-        await self._tasks[1]
+        await self._tasks["api"]
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -107,8 +189,9 @@ class System:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-        for task in reversed(self._tasks):
-            if task.get_name() != "api":
+        self._poller_stop.set()
+        for name, task in reversed(self._tasks.items()):
+            if name not in ("api", "modbus-poll"):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, timeout=5)

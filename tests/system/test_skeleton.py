@@ -163,3 +163,28 @@ async def test_simulated_meters_readings_reach_the_api(
         assert await _eventually(every_meter_has_energy)
     meters = {m["serial"]: m for m in (await api.get("/api/meters")).json()}
     assert all(meters[c.serial]["last_seen_at"] for c in configs)
+
+
+async def test_a_disconnect_through_the_api_is_confirmed_by_the_simulated_meter(
+    system: System, api: httpx.AsyncClient, mqtt_broker: BrokerEndpoint
+) -> None:
+    [config] = describe_fleet(1, seed=11)
+    meter_id = await _register(api, config.serial, config.meter_number)
+    async with MqttFleet(
+        mqtt_broker.host,
+        mqtt_broker.port,
+        [config],
+        topic_prefix=system.settings.mqtt_topic_prefix,
+        mqtt_v5=mqtt_broker.supports_v5,
+    ):
+        response = await api.post(
+            f"/api/meters/{meter_id}/commands", json={"name": "disconnect", "reason": "test"}
+        )
+        assert response.status_code == 202, response.text
+        command_id = response.json()["id"]
+
+        async def final_state() -> str | None:
+            body = (await api.get(f"/api/commands/{command_id}")).json()
+            return body["state"] if body["state"] in ("confirmed", "failed", "expired") else None
+
+        assert await _eventually(final_state, timeout_s=30) == "confirmed"
