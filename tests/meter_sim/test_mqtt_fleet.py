@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import pytest
 
+from gridvend.broker import BrokerEndpoint
 from meter_sim.fleet import MqttFleet, describe_fleet
 from meter_sim.model import MeterConfig
 from protocols.mqtt import (
@@ -22,7 +23,6 @@ from protocols.mqtt import (
     parse_telemetry,
 )
 from protocols.quantities import Quantity
-from tests.meter_sim.conftest import BrokerAddress
 from tests.meter_sim.probe import Probe, probe
 from tests.meter_sim.vend import Vendor
 
@@ -30,7 +30,7 @@ START = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-async def one_meter(mqtt_broker: BrokerAddress) -> AsyncIterator[tuple[Probe, MeterConfig]]:
+async def one_meter(mqtt_broker: BrokerEndpoint) -> AsyncIterator[tuple[Probe, MeterConfig]]:
     """One token meter with 50 kWh of credit, at x60, seen by a probe."""
     prefix = f"t-{uuid.uuid4().hex[:8]}/"
     config = describe_fleet(1, seed=7)[0]
@@ -52,7 +52,7 @@ async def one_meter(mqtt_broker: BrokerAddress) -> AsyncIterator[tuple[Probe, Me
 
 
 async def test_meters_publish_online_status_and_a_reading_at_start(
-    mqtt_broker: BrokerAddress,
+    mqtt_broker: BrokerEndpoint,
 ) -> None:
     prefix = f"t-{uuid.uuid4().hex[:8]}/"
     configs = describe_fleet(3, seed=1)
@@ -79,7 +79,7 @@ async def test_meters_publish_online_status_and_a_reading_at_start(
 
 
 async def test_readings_follow_every_interval_with_growing_energy(
-    mqtt_broker: BrokerAddress,
+    mqtt_broker: BrokerEndpoint,
 ) -> None:
     prefix = f"t-{uuid.uuid4().hex[:8]}/"
     config = describe_fleet(1, seed=2)[0]
