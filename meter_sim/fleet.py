@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -224,6 +225,7 @@ class MqttFleet:
         start = self._start or datetime.now(UTC).replace(microsecond=0)
         self._clock = SimClock(start, self._speed, real_origin=loop.time())
         gate = asyncio.Semaphore(self._connect_concurrency)
+        run_id = secrets.token_hex(3)
         link_options: dict[str, object] = {}
         if self._wall is not None:
             link_options["wall"] = self._wall
@@ -242,6 +244,7 @@ class MqttFleet:
                 mqtt_v5=self._mqtt_v5,
                 keepalive_s=self._keepalive_s,
                 connect_gate=gate,
+                client_id=f"{config.serial}-{run_id}",
                 **link_options,  # type: ignore[arg-type]
             )
             link.send(agent.reading(start))
