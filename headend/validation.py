@@ -556,8 +556,9 @@ def validate_read(
 ) -> Verdict:
     """Judge one read of ``profile``'s meter against the reads already stored.
 
-    ``stored`` holds stored reads of the meter (reads of other meters or registers are
-    not looked at). For every check to run it must contain, for the read's register: the
+    ``stored`` holds stored reads of the meter; reads of other meters, rejected reads and
+    reads from before ``profile.installed_at`` are skipped. For every check to run it must
+    contain, for the read's register: the
     latest MEASURED read before the read, the earliest MEASURED read after it (a late
     read is checked against both sides), any read at the same timestamp, and, for the
     zero-consumption check, the earliest MEASURED read with the latest one's value. A
@@ -590,9 +591,8 @@ def validate_reads(
     if not _is_aware(now):
         raise ValueError(f"now must be timezone-aware, got {now!r}")
     by_quantity: dict[Quantity, list[StoredRead]] = {}
-    installed_at = profile.installed_at
     for r in stored:
-        if r.meter_id == profile.meter_id and (installed_at is None or r.timestamp >= installed_at):
+        if _is_context(r, profile):
             by_quantity.setdefault(r.quantity, []).append(r)
     registers = {q: _Register(by_quantity.get(q, ())) for q in Quantity}
     verdicts = []
@@ -600,13 +600,23 @@ def validate_reads(
         verdict = _judge(read, registers, profile, now, settings)
         verdicts.append(verdict)
         kept = verdict.to_stored() if i < len(reads) - 1 else None
-        if (
-            kept is not None
-            and kept.meter_id == profile.meter_id
-            and (installed_at is None or kept.timestamp >= installed_at)
-        ):
+        if kept is not None and _is_context(kept, profile):
             registers[kept.quantity].add(kept)
     return tuple(verdicts)
+
+
+def _is_context(read: StoredRead, profile: MeterProfile) -> bool:
+    """Whether a stored read says anything about ``profile``'s meter as it is now.
+
+    Rejected reads never do: they hold no value of the register, and must not block a
+    good read at their timestamp (a resend with the right unit, say). Reads from before
+    the installation belong to a previous register epoch.
+    """
+    return (
+        read.meter_id == profile.meter_id
+        and read.quality is not Quality.REJECTED
+        and (profile.installed_at is None or read.timestamp >= profile.installed_at)
+    )
 
 
 def _judge(
@@ -668,8 +678,6 @@ def _judge(
     if register is not None and ts is not None and value is not None:
         same = [r for r in register.at(ts) if r.quality.is_real]
         if same:
-            # A resend of any stored read (even a rejected conflict) is a duplicate; the
-            # conflict is reported against the read that was kept.
             match = next((r for r in same if r.value == value), None)
             if match is not None:
                 return Verdict(
@@ -682,10 +690,9 @@ def _judge(
                         ),
                     ),
                 )
-            kept = next((r for r in same if r.quality is not Quality.REJECTED), same[0])
             flag(
                 Flag.CONFLICT,
-                f"a read of {kept.value} is already stored at {_fmt_ts(ts)}; "
+                f"a read of {same[0].value} is already stored at {_fmt_ts(ts)}; "
                 f"this one says {value} (the first is kept)",
             )
         else:

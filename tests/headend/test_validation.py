@@ -227,18 +227,18 @@ def test_same_timestamp_with_another_value_is_a_conflict_and_the_first_is_kept()
     assert "1001" in verdict.reason and "first is kept" in verdict.reason
 
 
-def test_conflict_is_judged_against_a_rejected_first_read_too() -> None:
-    verdict = judge(read(15, "1002"), [stored(15, "1001", Quality.REJECTED)])
-    assert verdict.flags == {Flag.CONFLICT}
+def test_rejected_read_does_not_block_a_good_read_at_its_timestamp() -> None:
+    # The first send said Wh; the resend in kWh is judged on its own.
+    history = [stored(0, "1000"), stored(15, "1001000", Quality.REJECTED)]
+    assert judge(read(15, "1001"), history).status is Status.ACCEPTED
 
 
-def test_resend_of_either_read_of_a_conflict_is_a_duplicate() -> None:
-    history = [stored(15, "1002", Quality.REJECTED), stored(15, "1001")]
+def test_resend_of_a_conflicting_read_is_rejected_again() -> None:
+    history = [stored(15, "1001"), stored(15, "1002", Quality.REJECTED)]
     assert judge(read(15, "1001"), history).status is Status.DUPLICATE
-    assert judge(read(15, "1002"), history).status is Status.DUPLICATE
-    third = judge(read(15, "1003"), history)
-    assert third.flags == {Flag.CONFLICT}
-    assert "a read of 1001 is already stored" in third.reason
+    again = judge(read(15, "1002"), history)
+    assert again.flags == {Flag.CONFLICT}
+    assert "a read of 1001 is already stored" in again.reason
 
 
 def test_real_read_at_an_estimated_timestamp_replaces_the_estimate() -> None:
