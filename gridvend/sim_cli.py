@@ -126,7 +126,8 @@ def _print_identities(configs: list[MeterConfig], fmt: ListFormat) -> None:
     )
     table = Table(show_edge=False)
     for name in ("unit", "serial", "STS meter number (PAN)", "DRN", "ph", "mode", "decoder key"):
-        table.add_column(name)
+        # Numbers a technician types must never be cut short: fold them instead.
+        table.add_column(name, overflow="fold")
     for row in rows:
         table.add_row(
             str(row["unit_id"]),

@@ -73,7 +73,8 @@ def describe_fleet(
         raise FleetError(f"prefix must be 1-40 letters, digits or '_.-': {prefix!r}")
     if three_phase_every < 0 or central_every < 0:
         raise FleetError("three_phase_every and central_every must not be negative")
-    first_serial = mix64(seed, 9) % (10**8 - count) if count else 0
+    # Independent of count, so a bigger fleet with the same seed extends a smaller one.
+    first_serial = mix64(seed, 9) % (10**8 - 1_000_000)
     configs = []
     for index in range(count):
         rng = random.Random(mix64(seed, 11, index))
