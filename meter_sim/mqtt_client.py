@@ -353,6 +353,12 @@ class MeterLink:
         self._offline_until = None
 
     def _on_message(self, message: Publish) -> None:
+        if message.retain:
+            # A retained command would run again at every reconnect (think "disconnect"):
+            # commands are never retained, so one that arrives retained is stale.
+            self.agent.stats.bad_commands += 1
+            _log.warning("meter %s: ignored a retained command", self.agent.meter_id)
+            return
         now = self._clock.now(self.loop_time)
         self.send(
             self.agent.on_command(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -219,3 +220,29 @@ async def test_a_repeated_command_id_is_answered_without_running_it_again(
     second, _ = await p.command(config.serial, body)
     assert first == second
     assert first.status is ReplyStatus.OK
+
+
+async def test_a_retained_command_is_ignored(mqtt_broker: BrokerEndpoint) -> None:
+    prefix = f"t-{uuid.uuid4().hex[:8]}/"
+    config = describe_fleet(1, seed=12)[0]
+    scheme = TopicScheme(prefix)
+    v5 = mqtt_broker.supports_v5
+    async with probe(mqtt_broker.host, mqtt_broker.port, scheme, v5=v5) as p:
+        stale = {"v": 1, "id": "stale-1", "name": "disconnect", "reply_to": p.reply_topic}
+        await p.client.publish(
+            scheme.meter_topic(config.serial, MeterChannel.COMMAND),
+            json.dumps(stale).encode(),
+            qos=1,
+            retain=True,
+        )
+        async with MqttFleet(
+            mqtt_broker.host, mqtt_broker.port, [config], topic_prefix=prefix, mqtt_v5=v5,
+            start=START,
+        ) as fleet:  # fmt: skip
+            reply, _ = await p.command(config.serial, {"v": 1, "id": "now-1", "name": "read_now"})
+            assert reply.id == "now-1"
+            assert reply.result["relay_closed"] is True
+            assert fleet.stats().bad_commands >= 1  # amqtt may deliver it twice
+        await p.client.publish(
+            scheme.meter_topic(config.serial, MeterChannel.COMMAND), b"", qos=1, retain=True
+        )
