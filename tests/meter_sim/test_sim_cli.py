@@ -130,3 +130,31 @@ def test_describe_mixes_central_meters_when_asked() -> None:
     assert result.exit_code == 0, result.output
     modes = [row["prepaid_mode"] for row in json.loads(result.output)]
     assert modes == ["token", "central", "token", "central"]
+
+
+def test_describe_derives_decoder_keys_from_the_given_vending_key() -> None:
+    from protocols.sts import KeyConfig, derive_decoder_key
+
+    key = "0102030405060708090a0b0c0d0e0f1011121314"
+    args = [
+        "describe",
+        "--meters",
+        "1",
+        "--vending-key",
+        key,
+        "--sgc",
+        "654321",
+        "--format",
+        "json",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.output)
+    expected = derive_decoder_key(
+        KeyConfig(
+            vending_key=bytes.fromhex(key), supply_group_code="654321", tariff_index="01",
+            key_revision=1,
+        ),
+        parse_meter_number(row["meter_number"]),
+    )  # fmt: skip
+    assert row["decoder_key_hex"] == expected.hex
