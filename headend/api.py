@@ -20,6 +20,7 @@ from headend.bulk_import import ImportFileError, import_meters
 from headend.commissioning import (
     Commissioning,
     CommissioningError,
+    KeyLoader,
     LinkFactory,
     open_meter_link,
 )
@@ -155,6 +156,7 @@ _COMMISSIONING_STATUS = {
     "meter_not_installed": status.HTTP_409_CONFLICT,
     "commissioning_in_progress": status.HTTP_409_CONFLICT,
     "run_finished": status.HTTP_409_CONFLICT,
+    "step_conflict": status.HTTP_409_CONFLICT,
 }
 
 
@@ -178,14 +180,18 @@ def make_router(
     require: Callable[..., Any],
     audit: AuditSink | None = None,
     link_factory: LinkFactory = open_meter_link,
+    key_loader: KeyLoader | None = None,
 ) -> APIRouter:
     """The head-end routes; ``require(*roles)`` is the caller-check dependency to use.
 
     ``audit`` receives registry changes and commissioning results; ``link_factory`` opens
-    the link to a meter for commissioning (default: Modbus from the registry's address).
+    the link to a meter for commissioning (default: Modbus from the registry's address);
+    ``key_loader`` issues key change tokens for commissioning's load-keys step.
     """
     router = APIRouter(prefix="/api", tags=["head-end"])
-    commissioning = Commissioning(session_factory, audit=audit, link_factory=link_factory)
+    commissioning = Commissioning(
+        session_factory, audit=audit, link_factory=link_factory, key_loader=key_loader
+    )
 
     def db() -> Iterator[Session]:
         with session_factory() as session:

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from headend.audit import AuditSink
 from headend.models import Meter
-from headend.registry import MeterRegistration, RegistryError, register_meter
+from headend.registry import MeterRegistration, register_meter
 
 # Rows committed per transaction: each commit makes the rows before it durable, so a
 # crash part-way leaves whole rows only and a rerun reports the rest as duplicates.
@@ -316,12 +316,18 @@ def _import_row(
         return
     savepoint = session.begin_nested()
     try:
-        meter = register_meter(session, row.registration, actor=actor, now=at)
+        # The file's identities were checked against the registry in one go above.
+        meter = register_meter(
+            session, row.registration, actor=actor, now=at, check_identities=False
+        )
         savepoint.commit()
-    except (RegistryError, IntegrityError) as exc:
-        # Someone registered the same meter since the registry check: this row only.
+    except IntegrityError:
+        # Someone registered the same meter since that check: this row only, and whole.
         savepoint.rollback()
-        reason = str(exc) if isinstance(exc, RegistryError) else "a meter with these ids exists"
+        reason = (
+            "another meter with this serial, comm id or meter number was registered "
+            "during the import"
+        )
         report.errors.append(RowError(row.row, row.serial, (reason,)))
         return
     report.imported.append(ImportedRow(row.row, row.serial, meter.id))

@@ -8,8 +8,10 @@ The steps, in order (``STEPS``):
 4. ``relay_test``: open, confirm open, close, confirm closed (skipped for meters without
    a relay, which use an external contactor).
 5. ``set_clock``: the meter's clock is set (skipped when the meter has no settable clock).
-6. ``load_keys``: recorded as pending ("pending: vending key change") until vending issues
-   key change tokens; skipped for central-balance meters.
+6. ``load_keys``: the key change tokens from the injected ``KeyLoader`` (vending's security
+   module, adapted by the composition root) are entered and must be accepted; without a
+   loader, or when the meter has no remote token entry, the step is recorded as pending
+   ("pending: vending key change"); skipped for central-balance meters.
 7. ``report``: the commissioning report is assembled; the meter becomes ``commissioned``.
 
 Each step's result is committed as soon as the step ends, so a technician (or the API)
@@ -20,14 +22,15 @@ ends the run as failed with the step and the reason; the meter stays ``installed
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from headend.audit import AuditSink
@@ -91,7 +94,7 @@ class CommissioningError(ValueError):
     """A request the workflow refuses; ``code`` is machine-readable.
 
     Codes: ``meter_not_found``, ``meter_not_installed``, ``commissioning_in_progress``,
-    ``run_not_found``, ``run_finished``.
+    ``run_not_found``, ``run_finished``, ``step_conflict``.
     """
 
     def __init__(self, code: str, message: str) -> None:
@@ -133,6 +136,41 @@ class MeterAddress:
 
 
 LinkFactory = Callable[[MeterAddress], AbstractAsyncContextManager[MeterLink]]
+
+
+class KeyLoadUnavailable(Exception):
+    """The key change tokens cannot be issued now (no key in the key store, vending
+    unreachable); the load-keys step stays pending with this reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLoadRequest:
+    """The meter and the decoder key the registry says it must hold (no secrets)."""
+
+    meter_id: int
+    serial: str
+    meter_number: str  # DRN
+    supply_group_code: str
+    tariff_index: str
+    key_revision: int
+    key_type: int | None = None
+    base_date: int | None = None
+    key_expiry_number: int | None = None
+    encryption_algorithm: str | None = None
+    dkga: str | None = None
+
+
+class KeyLoader(Protocol):
+    """Issues key change tokens; the composition root adapts vending's security module."""
+
+    def key_change_tokens(self, request: KeyLoadRequest) -> Sequence[str]:
+        """The 20-digit key change tokens, in entry order, that move the meter from the
+        key it holds to the one in ``request`` (empty if it holds it already).
+
+        Raises:
+            KeyLoadUnavailable: the tokens cannot be issued now.
+        """
+        ...
 
 
 @asynccontextmanager
@@ -309,7 +347,8 @@ class Commissioning:
     """Runs and stores commissioning for meters in the registry.
 
     ``link_factory`` opens a ``MeterLink`` for a meter's address (default: Modbus TCP/RTU
-    from the registry); ``clock`` gives the aware UTC time.
+    from the registry); ``key_loader`` issues the key change tokens for the load-keys
+    step (without one the step stays pending); ``clock`` gives the aware UTC time.
     """
 
     def __init__(
@@ -318,9 +357,11 @@ class Commissioning:
         *,
         audit: AuditSink | None = None,
         link_factory: LinkFactory = open_meter_link,
+        key_loader: KeyLoader | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._session_factory = session_factory
+        self._key_loader = key_loader
         self._audit = audit
         self._link_factory = link_factory
         self._clock = clock
@@ -472,7 +513,7 @@ class Commissioning:
             await link.set_clock(now)
             return StepOutcome(StepStatus.PASSED, "clock set", {"set_to": now.isoformat()})
         if step is Step.LOAD_KEYS:
-            return _load_keys(facts)
+            return await _load_keys(facts, link, self._key_loader)
         return StepOutcome(StepStatus.PASSED, "commissioning report produced")
 
     async def _install_reading(self, facts: _MeterFacts, link: MeterLink) -> StepOutcome:
@@ -483,16 +524,30 @@ class Commissioning:
             )
         at = self._clock()
         with self._session_factory() as session, session.begin():
-            session.add(
-                Reading(
-                    meter_id=facts.meter_id,
-                    quantity=Quantity.ENERGY_IMPORT_KWH.value,
-                    ts=at,
-                    value=value,
-                    source="commissioning",
-                    received_at=at,
+            stored = session.scalar(
+                select(Reading.value).where(
+                    Reading.meter_id == facts.meter_id,
+                    Reading.quantity == Quantity.ENERGY_IMPORT_KWH.value,
+                    Reading.ts == at,
                 )
             )
+            if stored is not None and stored != value:
+                return StepOutcome(
+                    StepStatus.FAILED,
+                    f"a reading at {at.isoformat()} is already stored as {stored} kWh; "
+                    f"the meter now reads {value} kWh",
+                )
+            if stored is None:  # the same reading stored twice is one reading
+                session.add(
+                    Reading(
+                        meter_id=facts.meter_id,
+                        quantity=Quantity.ENERGY_IMPORT_KWH.value,
+                        ts=at,
+                        value=value,
+                        source="commissioning",
+                        received_at=at,
+                    )
+                )
         return StepOutcome(
             StepStatus.PASSED,
             f"install reading {value} kWh",
@@ -505,9 +560,44 @@ class Commissioning:
         self, run_id: int, step: Step, outcome: StepOutcome, *, now: datetime | None
     ) -> RunView:
         finished = self._clock()
+        try:
+            return self._store_in_transaction(run_id, step, outcome, started=now, finished=finished)
+        except IntegrityError:
+            # The unique (run, step) caught a race the check below could not see (SQLite).
+            raise CommissioningError(
+                "step_conflict", f"{step.value} of run {run_id} was stored by another request"
+            ) from None
+
+    def _store_in_transaction(
+        self,
+        run_id: int,
+        step: Step,
+        outcome: StepOutcome,
+        *,
+        started: datetime | None,
+        finished: datetime,
+    ) -> RunView:
         with self._session_factory() as session, session.begin():
             run = self._run(session, run_id, lock=True)
-            position = len(self._steps(session, run_id)) + 1
+            stored = self._steps(session, run_id)
+            expected = self._view(session, run).next_step
+            if expected is not step:
+                # Two requests ran the same step of one run at once; the first one counts.
+                raise CommissioningError(
+                    "step_conflict",
+                    f"run {run_id} has moved on (next step: "
+                    f"{expected.value if expected else 'none'}); {step.value} was not stored",
+                )
+            position = len(stored) + 1
+            if step is Step.VERIFY_COMMUNICATION and outcome.status is StepStatus.PASSED:
+                session.execute(
+                    update(Meter)
+                    .where(
+                        Meter.id == run.meter_id,
+                        or_(Meter.last_seen_at.is_(None), Meter.last_seen_at < finished),
+                    )
+                    .values(last_seen_at=finished)
+                )
             session.add(
                 CommissioningStep(
                     run_id=run_id,
@@ -516,7 +606,7 @@ class Commissioning:
                     status=outcome.status.value,
                     detail=outcome.detail,
                     message=outcome.message,
-                    started_at=now or finished,
+                    started_at=started or finished,
                     finished_at=finished,
                 )
             )
@@ -686,7 +776,10 @@ async def _relay_test(link: MeterLink) -> StepOutcome:
     return StepOutcome(StepStatus.PASSED, "relay opened and closed on command", detail)
 
 
-def _load_keys(facts: _MeterFacts) -> StepOutcome:
+async def _load_keys(
+    facts: _MeterFacts, link: MeterLink, key_loader: KeyLoader | None
+) -> StepOutcome:
+    """Enter the key change tokens the loader issues, or record the step as pending."""
     if facts.prepaid_mode == PrepaidMode.CENTRAL.value:
         return StepOutcome(StepStatus.SKIPPED, "central-balance meter: no STS keys to load")
     missing = [
@@ -696,8 +789,60 @@ def _load_keys(facts: _MeterFacts) -> StepOutcome:
     ]
     if facts.meter_number is None:
         missing.insert(0, "meter_number")
-    detail = {"key": facts.key_fields, "missing": missing}
-    message = KEY_CHANGE_PENDING
+    detail: dict[str, Any] = {"key": facts.key_fields, "missing": missing}
     if missing:
-        message += f" (registry lacks {', '.join(missing)})"
-    return StepOutcome(StepStatus.PENDING, message, detail)
+        return StepOutcome(
+            StepStatus.PENDING,
+            f"{KEY_CHANGE_PENDING} (registry lacks {', '.join(missing)})",
+            detail,
+        )
+    if key_loader is None:
+        return StepOutcome(StepStatus.PENDING, KEY_CHANGE_PENDING, detail)
+    assert facts.meter_number is not None
+    request = KeyLoadRequest(
+        meter_id=facts.meter_id,
+        serial=facts.serial,
+        meter_number=facts.meter_number,
+        **facts.key_fields,
+    )
+    try:
+        tokens = list(key_loader.key_change_tokens(request))
+    except KeyLoadUnavailable as exc:
+        return StepOutcome(StepStatus.PENDING, f"{KEY_CHANGE_PENDING}: {exc}", detail)
+    if not tokens:
+        return StepOutcome(StepStatus.PASSED, "the meter already holds the registry's key", detail)
+    answers: list[str] = []
+    detail["answers"] = answers
+    for index, token in enumerate(tokens, start=1):
+        try:
+            answer = await link.enter_token(token)
+        except NotSupported as exc:
+            # No remote token entry: the technician types the tokens on the keypad.
+            detail["tokens"] = tokens
+            return StepOutcome(
+                StepStatus.PENDING,
+                f"{KEY_CHANGE_PENDING}: {exc}; enter the {len(tokens)} key change tokens "
+                "on the keypad",
+                detail,
+            )
+        answers.append(answer)
+        expected = "accept" if index == len(tokens) else "key_change_1st"
+        if answer not in (expected, "accept"):
+            return StepOutcome(
+                StepStatus.FAILED,
+                f"key change token {index} of {len(tokens)} answered {answer}, expected {expected}",
+                detail,
+            )
+    if answers[-1] != "accept":
+        return StepOutcome(
+            StepStatus.FAILED,
+            f"the meter did not accept the last key change token (answered {answers[-1]})",
+            detail,
+        )
+    return StepOutcome(
+        StepStatus.PASSED,
+        f"{len(tokens)} key change tokens accepted: meter on SGC "
+        f"{facts.key_fields['supply_group_code']} KRN {facts.key_fields['key_revision']} "
+        f"TI {facts.key_fields['tariff_index']}",
+        detail,
+    )

@@ -26,12 +26,14 @@ from protocols.modbus import (
     Profile,
     ProfileError,
     ReadRequest,
+    TokenResult,
     WriteRequest,
     decode_points,
     decode_readings,
     get_profile,
     plan_reads,
     relay_write,
+    token_write,
 )
 from protocols.quantities import Quantity
 
@@ -89,6 +91,12 @@ class MeterLink(Protocol):
 
     async def set_clock(self, now: datetime) -> None:
         """Set the meter's clock to the aware UTC time ``now``."""
+        ...
+
+    async def enter_token(self, digits: str) -> str:
+        """Enter a 20-digit STS token as if typed on the keypad; return the meter's answer
+        in lower case: ``accept``, ``key_change_1st`` (a key change section buffered),
+        ``used``, ``old``, ``key_expired``, ``error``, ``reject`` or ``not_supported``."""
         ...
 
 
@@ -218,6 +226,25 @@ class ModbusMeterLink:
     async def set_clock(self, now: datetime) -> None:
         # No profile in the register map carries a settable clock.
         raise NotSupported(f"profile {self._profile.name} has no clock register")
+
+    async def enter_token(self, digits: str) -> str:
+        try:
+            request = token_write(self._profile, digits)
+        except ProfileError as exc:
+            raise NotSupported(str(exc)) from None
+        except CodecError as exc:
+            raise MeterLinkError(str(exc)) from None
+        points = [Prepaid.TOKEN_RESULT, Prepaid.TOKEN_COUNT]
+        before = (await self._points(points))[Prepaid.TOKEN_COUNT]
+        await self._write(request)
+        after = await self._points(points)
+        if after[Prepaid.TOKEN_COUNT] == before:
+            raise MeterLinkError(f"unit {self._unit} did not count the token as entered")
+        code = int(after[Prepaid.TOKEN_RESULT])
+        try:
+            return TokenResult(code).name.lower()
+        except ValueError:
+            return f"code_{code}"
 
 
 @asynccontextmanager

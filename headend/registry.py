@@ -250,6 +250,11 @@ def _check_addressing(fields: _MeterFields) -> None:
         fields.rtu_port or fields.rtu_baud or fields.rtu_parity
     ):
         raise ValueError("rtu_port/rtu_baud/rtu_parity are for Modbus RTU meters only")
+    profile = PROFILES.get(fields.modbus_profile or "")
+    if profile is not None and profile.phases != fields.phases:
+        raise ValueError(
+            f"profile {profile.name} is a {profile.phases}-phase meter, not {fields.phases}-phase"
+        )
     if (fields.latitude is None) != (fields.longitude is None):
         raise ValueError("give both latitude and longitude, or neither")
 
@@ -262,6 +267,9 @@ class MeterRegistration(_MeterFields):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
+        if self.modbus_profile is not None and "phases" not in self.model_fields_set:
+            # The profile knows the meter's phases; a registration need not repeat them.
+            self.phases = PROFILES[self.modbus_profile].phases
         _check_addressing(self)
         if self.lifecycle not in REGISTRABLE_STATES:
             raise ValueError(
@@ -310,17 +318,24 @@ def register_meter(
     actor: str = "system",
     audit: AuditSink | None = None,
     now: datetime | None = None,
+    check_identities: bool = True,
 ) -> Meter:
     """Add a meter in the caller's transaction and record its first lifecycle entry.
+
+    ``check_identities=False`` is for callers that checked many registrations at once
+    (bulk import); the unique constraints still refuse a clash, as ``IntegrityError``.
 
     Raises:
         RegistryError: ``meter_exists`` if its serial, comm id or meter number is taken.
     """
     now = now or datetime.now(UTC)
     comm_id = registration.comm_id or registration.serial
-    clash = _clashes(session, None, registration.serial, comm_id, registration.meter_number)
-    if clash is not None:
-        raise RegistryError("meter_exists", f"meter {clash} already has one of these identifiers")
+    if check_identities:
+        clash = _clashes(session, None, registration.serial, comm_id, registration.meter_number)
+        if clash is not None:
+            raise RegistryError(
+                "meter_exists", f"meter {clash} already has one of these identifiers"
+            )
     values: dict[str, Any] = {name: getattr(registration, name) for name in _COPIED_FIELDS}
     values["protocol"] = registration.protocol.value
     values["prepaid_mode"] = registration.prepaid_mode.value
@@ -353,7 +368,6 @@ def register_meter(
             subject=f"meter:{meter.serial}",
             detail={"lifecycle": meter.lifecycle, "protocol": meter.protocol},
         )
-    session.flush()
     return meter
 
 
@@ -383,16 +397,28 @@ def find_meter(session: Session, key: str) -> Meter:
     Raises:
         RegistryError: ``meter_not_found``.
     """
-    conditions = [Meter.serial == key, Meter.comm_id == key]
-    if key.isdigit() and len(key) <= 10:
-        conditions.append(Meter.id == int(key))
+    number: str | None = None
     # A key that is not a valid meter number still matches by the other identities.
     with suppress(ValueError):
-        conditions.append(Meter.meter_number == normalise_meter_number(key))
-    meter = session.scalar(select(Meter).where(or_(*conditions)).order_by(Meter.id).limit(1))
-    if meter is None:
+        number = normalise_meter_number(key)
+    conditions = [Meter.serial == key, Meter.comm_id == key]
+    if number is not None:
+        conditions.append(Meter.meter_number == number)
+    if key.isdigit() and len(key) <= 18:
+        conditions.append(Meter.id == int(key))
+    candidates = session.scalars(select(Meter).where(or_(*conditions)).limit(4)).all()
+
+    # One key may name two meters (serial "12" and id 12): the more specific name wins.
+    def rank(meter: Meter) -> int:
+        if meter.serial == key:
+            return 0
+        if meter.comm_id == key:
+            return 1
+        return 2 if number is not None and meter.meter_number == number else 3
+
+    if not candidates:
         raise RegistryError("meter_not_found", f"no meter with id, serial or number {key!r}")
-    return meter
+    return min(candidates, key=lambda m: (rank(m), m.id))
 
 
 def update_meter(
@@ -548,4 +574,20 @@ def lifecycle_history(session: Session, meter_id: int) -> list[MeterLifecycleCha
             .where(MeterLifecycleChange.meter_id == meter_id)
             .order_by(MeterLifecycleChange.changed_at, MeterLifecycleChange.id)
         )
+    )
+
+
+def installed_at(session: Session, meter_id: int) -> datetime | None:
+    """When the meter was last installed (its latest move into ``installed``, or its
+    registration as installed); None if it never was. Reads stamped earlier belong to
+    before the installation (validation uses this).
+    """
+    return session.scalar(
+        select(MeterLifecycleChange.changed_at)
+        .where(
+            MeterLifecycleChange.meter_id == meter_id,
+            MeterLifecycleChange.to_state == MeterLifecycle.INSTALLED.value,
+        )
+        .order_by(MeterLifecycleChange.changed_at.desc(), MeterLifecycleChange.id.desc())
+        .limit(1)
     )

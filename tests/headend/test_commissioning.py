@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,7 +25,12 @@ from headend.commissioning import (
 )
 from headend.models import CommissioningRun, Meter, Reading
 from headend.registry import MeterRegistration, lifecycle_history, meter_pan, register_meter
-from meter_sim.modbus_server import ModbusMeter, ModbusSimServer, serve_modbus_tcp
+from meter_sim.modbus_server import (
+    ModbusMeter,
+    ModbusSimServer,
+    serve_modbus_rtu,
+    serve_modbus_tcp,
+)
 from meter_sim.model import MeterConfig, MeterModel, PrepaidMode
 from protocols.modbus import get_profile
 from protocols.sts import luhn_check_digit
@@ -267,3 +273,80 @@ async def test_only_an_installed_meter_without_a_running_run_can_start(
     assert service.get_run(second).status is RunStatus.RUNNING
     with session_factory() as session:
         assert len(session.scalars(select(CommissioningRun)).all()) == 2
+
+
+async def test_a_meter_on_an_rtu_line_is_commissioned_over_modbus_rtu(
+    session_factory: sessionmaker[Session], service: Commissioning
+) -> None:
+    # pymodbus serves a serial port named socket://... as RTU frames over a TCP socket,
+    # and pyserial opens the same URL on the client side: RTU framing without hardware.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        line = f"socket://127.0.0.1:{probe.getsockname()[1]}"
+    meter = FLEET[2]
+    model = MeterModel(
+        MeterConfig(
+            serial=meter.serial,
+            meter_number=meter_pan(meter.number),
+            prepaid_mode=meter.mode,
+            initial_energy_kwh=Decimal("88.01"),
+        ),
+        T0,
+    )
+    async with serve_modbus_rtu(
+        [ModbusMeter(7, model, get_profile(meter.profile))], now=lambda: T0, device=line
+    ):
+        with session_factory() as session, session.begin():
+            meter_id = register_meter(
+                session,
+                MeterRegistration(
+                    serial=meter.serial,
+                    meter_number=meter.number,
+                    protocol="modbus_rtu",  # type: ignore[arg-type]
+                    modbus_profile=meter.profile,
+                    rtu_port=line,
+                    modbus_unit=7,
+                    prepaid_mode="central",  # type: ignore[arg-type]
+                    lifecycle="installed",  # type: ignore[arg-type]
+                ),
+                actor="tech",
+            ).id
+        view = await service.commission(meter_id, technician="thabo")
+    assert view.status is RunStatus.PASSED, view.as_dict()
+    assert view.report is not None
+    assert view.report["install_reading_kwh"] == "88.010000"
+    assert statuses(view)["relay_test"] == "passed"
+
+
+async def test_two_requests_running_the_same_step_store_it_once(
+    session_factory: sessionmaker[Session], sim: ModbusSimServer, service: Commissioning
+) -> None:
+    meter_id = register(session_factory, sim, FLEET[0])
+    run_id = service.start(meter_id, technician="thabo")
+    results = await asyncio.gather(
+        service.run_next_step(run_id), service.run_next_step(run_id), return_exceptions=True
+    )
+    conflicts = [r for r in results if isinstance(r, CommissioningError)]
+    assert len(conflicts) == 1
+    assert conflicts[0].code == "step_conflict"
+    assert [s.step for s in service.get_run(run_id).steps] == [Step.VERIFY_COMMUNICATION]
+    with session_factory() as session:
+        meter = session.get(Meter, meter_id)
+        assert meter is not None
+        assert meter.last_seen_at == T0  # a meter that answered has been heard from
+
+
+async def test_a_second_run_at_the_same_instant_keeps_one_install_reading(
+    session_factory: sessionmaker[Session], sim: ModbusSimServer, service: Commissioning
+) -> None:
+    meter_id = register(session_factory, sim, FLEET[0])
+    first = await service.commission(meter_id, technician="thabo")
+    assert first.status is RunStatus.PASSED
+    with session_factory() as session, session.begin():
+        meter = session.get(Meter, meter_id)
+        assert meter is not None
+        meter.lifecycle = "installed"  # re-installed, say after a fault
+    second = await service.commission(meter_id, technician="thabo")
+    assert second.status is RunStatus.PASSED, second.as_dict()
+    with session_factory() as session:
+        assert len(session.scalars(select(Reading)).all()) == 1

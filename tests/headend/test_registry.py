@@ -20,6 +20,7 @@ from headend.registry import (
     MeterUpdate,
     RegistryError,
     find_meter,
+    installed_at,
     lifecycle_history,
     meter_pan,
     normalise_meter_number,
@@ -119,6 +120,10 @@ def test_every_wrong_check_digit_is_caught(payload: str, shift: int) -> None:
             "needs rtu_port, modbus_unit",
         ),
         ({"serial": "M-1", "modbus_profile": "no-such-meter"}, "unknown Modbus profile"),
+        (
+            {"serial": "M-1", "phases": 1, "modbus_profile": "eastron-sdm630-prepaid"},
+            "is a 3-phase meter, not 1-phase",
+        ),
         ({"serial": "M-1", "rtu_port": "/dev/ttyUSB0"}, "Modbus RTU meters only"),
         ({"serial": "M-1", "latitude": "-26.2"}, "both latitude and longitude"),
         ({"serial": "M-1", "lifecycle": "active"}, "registered in_stock or installed"),
@@ -174,6 +179,13 @@ def test_find_meter_by_serial_id_or_meter_number(session_factory: sessionmaker[S
             assert find_meter(session, key).id == meter_id
         with pytest.raises(RegistryError, match="no meter"):
             find_meter(session, "M-404")
+
+
+def test_find_meter_prefers_a_serial_over_an_id(session_factory: sessionmaker[Session]) -> None:
+    first = add(session_factory, "M-1")
+    second = add(session_factory, str(first))  # a meter whose serial is the first one's id
+    with session_factory() as session:
+        assert find_meter(session, str(first)).id == second
 
 
 def test_the_whole_lifecycle_is_recorded_with_who_when_and_why(
@@ -313,3 +325,31 @@ def test_an_update_that_leaves_the_meter_inconsistent_is_refused(
         meter = session.get(Meter, meter_id)
         assert meter is not None
         assert (meter.protocol, meter.comm_id) == ("mqtt", "M-1")
+
+
+def test_a_modbus_profile_gives_the_phases_when_they_are_not_stated() -> None:
+    three = registration(modbus_profile="eastron-sdm630-prepaid")
+    assert three.phases == 3
+    assert registration(modbus_profile="dds238-zn").phases == 1
+
+
+def test_installed_at_is_the_latest_move_into_installed(
+    session_factory: sessionmaker[Session],
+) -> None:
+    meter_id = add(session_factory)
+    with session_factory() as session:
+        assert installed_at(session, meter_id) is None
+    for target, reason, hours in [
+        (L.INSTALLED, "", 1),
+        (L.IN_STOCK, "wrong address", 2),
+        (L.INSTALLED, "", 5),
+    ]:
+        with session_factory() as session, session.begin():
+            transition_meter(
+                session, meter_id, target, actor="t", reason=reason, now=T0 + timedelta(hours=hours)
+            )
+    with session_factory() as session:
+        assert installed_at(session, meter_id) == T0 + timedelta(hours=5)
+    registered_installed = add(session_factory, "M-2", lifecycle="installed")
+    with session_factory() as session:
+        assert installed_at(session, registered_installed) == T0

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
@@ -111,6 +111,9 @@ def test_commission_runs_every_step_against_the_meter(
     assert "only an installed meter" in again.output
     listed = runner.invoke(app, ["list", "--lifecycle", "commissioned"])
     assert "SIM-000001" in listed.output
-    health = runner.invoke(app, ["health"])
-    assert health.exit_code == 0
-    assert "SIM-000001" in health.output  # commissioned and never heard from since
+    with session_factory() as session, session.begin():
+        # Commissioning heard from the meter just now; make it two hours quiet since.
+        session.execute(update(Meter).values(last_seen_at=datetime.now(UTC) - timedelta(hours=2)))
+    health = runner.invoke(app, ["health", "--interval-s", "900", "--intervals", "4"])
+    assert health.exit_code == 0, health.output
+    assert "SIM-000001" in health.output
