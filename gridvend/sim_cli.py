@@ -18,7 +18,7 @@ import csv
 import json
 import sys
 import uuid
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -30,9 +30,10 @@ from rich.table import Table
 
 from gridvend.broker import BrokerError, parse_mqtt_url
 from meter_sim.clock import SimClock
+from meter_sim.decoder import SIM_TEST_VENDING_KEY_DKGA02_HEX, SIM_TEST_VENDING_KEY_HEX
 from meter_sim.faults import NO_FAULTS, FaultConfig, FaultConfigError
 from meter_sim.fleet import FleetError, MqttFleet, describe_fleet
-from meter_sim.model import ConfigError, MeterConfig, MeterModel, PrepaidMode
+from meter_sim.model import ConfigError, DecoderSettings, MeterConfig, MeterModel, PrepaidMode
 from protocols.mqtt import (
     Command,
     CommandName,
@@ -52,6 +53,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
+_TEST_KEYS = {SIM_TEST_VENDING_KEY_HEX, SIM_TEST_VENDING_KEY_DKGA02_HEX}
 
 
 class ListFormat(StrEnum):
@@ -122,11 +124,13 @@ def _print_identities(configs: list[MeterConfig], fmt: ListFormat) -> None:
         f"KEN {first['key_expiry_number']}  base date {first['base_date']}  "
         f"EA{first['encryption_algorithm'].removeprefix('EA')}  "
         f"{first['key_generation_algorithm']}  "
-        f"test vending key {first['vending_key_hex']} (public test key, simulation only)"
+        f"vending key {first['vending_key_hex']}"
+        + (" (public test key, simulation only)" if first["vending_key_hex"] in _TEST_KEYS else "")
     )
     table = Table(show_edge=False)
     for name in ("unit", "serial", "STS meter number (PAN)", "DRN", "ph", "mode", "decoder key"):
-        table.add_column(name)
+        # Numbers a technician types must never be cut short: fold them instead.
+        table.add_column(name, overflow="fold")
     for row in rows:
         table.add_row(
             str(row["unit_id"]),
@@ -167,15 +171,43 @@ def _fleet_configs(
     *,
     central_every: int = 0,
     faults: FaultConfig = NO_FAULTS,
+    keys: _KeyOptions | None = None,
 ) -> list[MeterConfig]:
     mode = PrepaidMode.CENTRAL if central else PrepaidMode.TOKEN
     try:
+        decoder = None
+        if keys is not None:
+            decoder = DecoderSettings(
+                supply_group_code=keys.sgc,
+                tariff_index=keys.ti,
+                key_revision_number=keys.krn,
+                vending_key_hex=keys.vending_key,
+            )
         return describe_fleet(
             meters, seed, prefix=prefix, prepaid_mode=mode, central_every=central_every,
-            faults=faults,
+            faults=faults, decoder=decoder,
         )  # fmt: skip
     except (FleetError, ConfigError) as exc:
         raise _fail(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class _KeyOptions:
+    sgc: str
+    ti: str
+    krn: int
+    vending_key: str | None
+
+
+_SGC = typer.Option("123456", "--sgc", help="Supply group code the meters are keyed for.")
+_TI = typer.Option("01", "--ti", help="Tariff index (2 digits).")
+_KRN = typer.Option(1, "--krn", min=1, max=9, help="Key revision number.")
+_VK = typer.Option(
+    None,
+    "--vending-key",
+    help="Vending key (hex: 40 digits DKGA04) the meters' decoder keys derive from, e.g. "
+    "the test key loaded in your gridvend key store. Default: the public simulator test key.",
+)
 
 
 @app.command("describe")
@@ -188,9 +220,16 @@ def describe(
         0, min=0, help="Make every Nth meter a central-balance meter (mixed fleet)."
     ),
     list_format: ListFormat = typer.Option(ListFormat.AUTO, "--format", help="Output format."),
+    sgc: str = _SGC,
+    ti: str = _TI,
+    krn: int = _KRN,
+    vending_key: str | None = _VK,
 ) -> None:
     """Print a fleet's serials, STS meter numbers and decoder settings without running it."""
-    configs = _fleet_configs(meters, seed, prefix, central, central_every=central_every)
+    configs = _fleet_configs(
+        meters, seed, prefix, central, central_every=central_every,
+        keys=_KeyOptions(sgc, ti, krn, vending_key),
+    )  # fmt: skip
     _print_identities(configs, list_format)
 
 
@@ -242,14 +281,19 @@ def fleet(
     list_format: ListFormat = typer.Option(
         ListFormat.AUTO, "--format", help="How to print the meter list."
     ),
+    sgc: str = _SGC,
+    ti: str = _TI,
+    krn: int = _KRN,
+    vending_key: str | None = _VK,
 ) -> None:
     """Run simulated meters over MQTT or Modbus until Ctrl-C, with a status line."""
     chosen = [x for x in (mqtt, modbus_tcp, modbus_rtu) if x]
     if len(chosen) != 1:
         raise _fail("give exactly one of --mqtt URL, --modbus-tcp HOST:PORT, --modbus-rtu DEVICE")
     configs = _fleet_configs(
-        meters, seed, prefix, central, central_every=central_every, faults=_faults(fault)
-    )
+        meters, seed, prefix, central, central_every=central_every, faults=_faults(fault),
+        keys=_KeyOptions(sgc, ti, krn, vending_key),
+    )  # fmt: skip
     _print_identities(configs, list_format)
     try:
         if mqtt:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -72,7 +73,8 @@ def describe_fleet(
         raise FleetError(f"prefix must be 1-40 letters, digits or '_.-': {prefix!r}")
     if three_phase_every < 0 or central_every < 0:
         raise FleetError("three_phase_every and central_every must not be negative")
-    first_serial = mix64(seed, 9) % (10**8 - count) if count else 0
+    # Independent of count, so a bigger fleet with the same seed extends a smaller one.
+    first_serial = mix64(seed, 9) % (10**8 - 1_000_000)
     configs = []
     for index in range(count):
         rng = random.Random(mix64(seed, 11, index))
@@ -224,6 +226,7 @@ class MqttFleet:
         start = self._start or datetime.now(UTC).replace(microsecond=0)
         self._clock = SimClock(start, self._speed, real_origin=loop.time())
         gate = asyncio.Semaphore(self._connect_concurrency)
+        run_id = secrets.token_hex(3)
         link_options: dict[str, object] = {}
         if self._wall is not None:
             link_options["wall"] = self._wall
@@ -242,6 +245,7 @@ class MqttFleet:
                 mqtt_v5=self._mqtt_v5,
                 keepalive_s=self._keepalive_s,
                 connect_gate=gate,
+                client_id=f"{config.serial}-{run_id}",
                 **link_options,  # type: ignore[arg-type]
             )
             link.send(agent.reading(start))

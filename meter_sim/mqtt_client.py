@@ -276,8 +276,12 @@ class MeterLink:
         keepalive_s: int = 60,
         connect_gate: asyncio.Semaphore | None = None,
         wall: Callable[[], datetime] = _wall_now,
+        client_id: str | None = None,
     ) -> None:
+        """``client_id`` defaults to ``meter-<serial>``; a fleet adds its own run id so two
+        fleets with the same meters on one broker do not take over each other's sessions."""
         self.agent = agent
+        self.client_id = client_id or f"meter-{agent.meter_id}"
         self._host = host
         self._port = port
         self._clock = clock
@@ -349,6 +353,12 @@ class MeterLink:
         self._offline_until = None
 
     def _on_message(self, message: Publish) -> None:
+        if message.retain:
+            # A retained command would run again at every reconnect (think "disconnect"):
+            # commands are never retained, so one that arrives retained is stale.
+            self.agent.stats.bad_commands += 1
+            _log.warning("meter %s: ignored a retained command", self.agent.meter_id)
+            return
         now = self._clock.now(self.loop_time)
         self.send(
             self.agent.on_command(
@@ -367,7 +377,7 @@ class MeterLink:
             conn = await MqttConnection.open(
                 self._host,
                 self._port,
-                f"meter-{agent.meter_id}",
+                self.client_id,
                 v5=self._mqtt_v5,
                 will=Will(will.topic, will.payload, qos=1, retain=True),
                 keepalive_s=self._keepalive_s,

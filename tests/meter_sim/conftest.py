@@ -1,37 +1,30 @@
-"""A real MQTT broker for the simulator's tests.
+"""Broker helpers for the simulator's tests.
 
-Mosquitto on a free loopback port when /usr/sbin/mosquitto exists (MQTT 5 and 3.1.1),
-otherwise an in-process amqtt broker on its own thread (MQTT 3.1.1 only: tests marked
-``mqtt5`` are skipped there).
+The session broker is the shared ``mqtt_broker`` fixture of ``tests/conftest.py``
+(mosquitto, or the embedded amqtt broker: MQTT 3.1.1 only, where tests marked ``mqtt5``
+are skipped). ``_mosquitto`` starts a private one on a chosen port, for tests that stop
+and restart their broker.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from gridvend.broker import BrokerEndpoint
+
 MOSQUITTO = shutil.which("mosquitto") or (
     "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None
 )
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    supports_v5: bool
 
 
 def _free_port() -> int:
@@ -50,7 +43,7 @@ def _wait_listening(port: int, timeout_s: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def _mosquitto(binary: str, port: int | None = None) -> Iterator[BrokerAddress]:
+def _mosquitto(binary: str, port: int | None = None) -> Iterator[BrokerEndpoint]:
     port = port or _free_port()
     with tempfile.TemporaryDirectory() as tmp:
         conf = Path(tmp) / "mosquitto.conf"
@@ -63,7 +56,7 @@ def _mosquitto(binary: str, port: int | None = None) -> Iterator[BrokerAddress]:
         )
         try:
             _wait_listening(port)
-            yield BrokerAddress("127.0.0.1", port, supports_v5=True)
+            yield BrokerEndpoint("127.0.0.1", port, supports_v5=True, kind="mosquitto")
         finally:
             proc.terminate()
             try:
@@ -73,55 +66,10 @@ def _mosquitto(binary: str, port: int | None = None) -> Iterator[BrokerAddress]:
                 proc.wait()
 
 
-@contextlib.contextmanager
-def _amqtt() -> Iterator[BrokerAddress]:
-    from amqtt.broker import Broker
-
-    port = _free_port()
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    holder: dict[str, Broker] = {}
-
-    async def start() -> None:
-        broker = Broker(
-            {
-                "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
-                "plugins": {
-                    "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
-                },
-            }
-        )
-        await broker.start()
-        holder["broker"] = broker
-        ready.set()
-
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-    try:
-        _wait_listening(port)
-        yield BrokerAddress("127.0.0.1", port, supports_v5=False)
-    finally:
-        asyncio.run_coroutine_threadsafe(holder["broker"].shutdown(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-
-
-@pytest.fixture(scope="session")
-def mqtt_broker() -> Iterator[BrokerAddress]:
-    """A running broker for the whole session."""
-    if MOSQUITTO and not os.environ.get("GRIDVEND_TEST_AMQTT"):
-        with _mosquitto(MOSQUITTO) as address:
-            yield address
-    else:
-        with _amqtt() as address:
-            yield address
-
-
 @pytest.fixture(autouse=True)
 def _skip_mqtt5_without_v5(request: pytest.FixtureRequest) -> None:
     if request.node.get_closest_marker("mqtt5") is None:
         return
-    broker: BrokerAddress = request.getfixturevalue("mqtt_broker")
+    broker: BrokerEndpoint = request.getfixturevalue("mqtt_broker")
     if not broker.supports_v5:
         pytest.skip("needs an MQTT 5 broker (mosquitto)")

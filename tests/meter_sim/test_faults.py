@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from gridvend.broker import BrokerEndpoint
 from meter_sim.agent import MqttMeterAgent
 from meter_sim.faults import FaultConfig, FaultConfigError, FaultInjector
 from meter_sim.fleet import MqttFleet, describe_fleet
@@ -21,7 +22,6 @@ from protocols.mqtt import (
     parse_status,
     parse_telemetry,
 )
-from tests.meter_sim.conftest import BrokerAddress
 from tests.meter_sim.probe import probe
 
 START = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)
@@ -119,7 +119,7 @@ def test_out_of_range_fault_settings_are_refused(kwargs: dict[str, float]) -> No
 
 
 async def test_offline_fault_drops_the_link_the_will_says_offline_and_the_meter_returns(
-    mqtt_broker: BrokerAddress,
+    mqtt_broker: BrokerEndpoint,
 ) -> None:
     prefix = f"f-{uuid.uuid4().hex[:8]}/"
     config = replace(
@@ -145,7 +145,7 @@ async def test_offline_fault_drops_the_link_the_will_says_offline_and_the_meter_
 
 
 async def test_duplicate_fault_reaches_the_head_end_as_duplicate_publishes(
-    mqtt_broker: BrokerAddress,
+    mqtt_broker: BrokerEndpoint,
 ) -> None:
     prefix = f"f-{uuid.uuid4().hex[:8]}/"
     config = replace(describe_fleet(1, seed=5)[0], faults=FaultConfig(duplicate_rate=1.0))
@@ -164,7 +164,7 @@ async def test_duplicate_fault_reaches_the_head_end_as_duplicate_publishes(
     assert seqs == [0, 0, 1, 1]
 
 
-async def test_a_slow_meter_still_answers_commands(mqtt_broker: BrokerAddress) -> None:
+async def test_a_slow_meter_still_answers_commands(mqtt_broker: BrokerEndpoint) -> None:
     prefix = f"f-{uuid.uuid4().hex[:8]}/"
     config = replace(
         describe_fleet(1, seed=6)[0], faults=FaultConfig(latency_s=0.05, latency_jitter_s=0.05)

@@ -43,3 +43,7 @@ def test_bad_fleet_parameters_are_refused(kwargs: dict[str, object]) -> None:
 def test_sts_meter_pan_matches_the_reference_example() -> None:
     # DRN payload 1212345678 -> 12123456787 (STS reference, section 3.6)
     assert sts_meter_pan(12345678, "12")[6:17] == "12123456787"
+
+
+def test_a_bigger_fleet_with_the_same_seed_extends_a_smaller_one() -> None:
+    assert describe_fleet(10, seed=2)[:4] == describe_fleet(4, seed=2)

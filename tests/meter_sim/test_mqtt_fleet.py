@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -9,6 +10,7 @@ from decimal import Decimal
 
 import pytest
 
+from gridvend.broker import BrokerEndpoint
 from meter_sim.fleet import MqttFleet, describe_fleet
 from meter_sim.model import MeterConfig
 from protocols.mqtt import (
@@ -22,7 +24,6 @@ from protocols.mqtt import (
     parse_telemetry,
 )
 from protocols.quantities import Quantity
-from tests.meter_sim.conftest import BrokerAddress
 from tests.meter_sim.probe import Probe, probe
 from tests.meter_sim.vend import Vendor
 
@@ -30,7 +31,7 @@ START = datetime(2026, 3, 2, 6, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-async def one_meter(mqtt_broker: BrokerAddress) -> AsyncIterator[tuple[Probe, MeterConfig]]:
+async def one_meter(mqtt_broker: BrokerEndpoint) -> AsyncIterator[tuple[Probe, MeterConfig]]:
     """One token meter with 50 kWh of credit, at x60, seen by a probe."""
     prefix = f"t-{uuid.uuid4().hex[:8]}/"
     config = describe_fleet(1, seed=7)[0]
@@ -52,7 +53,7 @@ async def one_meter(mqtt_broker: BrokerAddress) -> AsyncIterator[tuple[Probe, Me
 
 
 async def test_meters_publish_online_status_and_a_reading_at_start(
-    mqtt_broker: BrokerAddress,
+    mqtt_broker: BrokerEndpoint,
 ) -> None:
     prefix = f"t-{uuid.uuid4().hex[:8]}/"
     configs = describe_fleet(3, seed=1)
@@ -79,7 +80,7 @@ async def test_meters_publish_online_status_and_a_reading_at_start(
 
 
 async def test_readings_follow_every_interval_with_growing_energy(
-    mqtt_broker: BrokerAddress,
+    mqtt_broker: BrokerEndpoint,
 ) -> None:
     prefix = f"t-{uuid.uuid4().hex[:8]}/"
     config = describe_fleet(1, seed=2)[0]
@@ -219,3 +220,29 @@ async def test_a_repeated_command_id_is_answered_without_running_it_again(
     second, _ = await p.command(config.serial, body)
     assert first == second
     assert first.status is ReplyStatus.OK
+
+
+async def test_a_retained_command_is_ignored(mqtt_broker: BrokerEndpoint) -> None:
+    prefix = f"t-{uuid.uuid4().hex[:8]}/"
+    config = describe_fleet(1, seed=12)[0]
+    scheme = TopicScheme(prefix)
+    v5 = mqtt_broker.supports_v5
+    async with probe(mqtt_broker.host, mqtt_broker.port, scheme, v5=v5) as p:
+        stale = {"v": 1, "id": "stale-1", "name": "disconnect", "reply_to": p.reply_topic}
+        await p.client.publish(
+            scheme.meter_topic(config.serial, MeterChannel.COMMAND),
+            json.dumps(stale).encode(),
+            qos=1,
+            retain=True,
+        )
+        async with MqttFleet(
+            mqtt_broker.host, mqtt_broker.port, [config], topic_prefix=prefix, mqtt_v5=v5,
+            start=START,
+        ) as fleet:  # fmt: skip
+            reply, _ = await p.command(config.serial, {"v": 1, "id": "now-1", "name": "read_now"})
+            assert reply.id == "now-1"
+            assert reply.result["relay_closed"] is True
+            assert fleet.stats().bad_commands >= 1  # amqtt may deliver it twice
+        await p.client.publish(
+            scheme.meter_topic(config.serial, MeterChannel.COMMAND), b"", qos=1, retain=True
+        )

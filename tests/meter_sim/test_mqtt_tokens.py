@@ -7,10 +7,10 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from gridvend.broker import BrokerEndpoint
 from meter_sim.fleet import MqttFleet, describe_fleet
 from meter_sim.model import DecoderSettings, MeterConfig, PrepaidMode
 from protocols.mqtt import ReplyStatus, TopicScheme
-from tests.meter_sim.conftest import BrokerAddress
 from tests.meter_sim.probe import Probe, probe
 from tests.meter_sim.vend import Vendor
 
@@ -23,7 +23,7 @@ async def _push(p: Probe, config: MeterConfig, token: str) -> tuple[ReplyStatus,
     return reply.status, str(reply.result.get("token_status"))
 
 
-async def test_each_token_result_comes_back_over_mqtt(mqtt_broker: BrokerAddress) -> None:
+async def test_each_token_result_comes_back_over_mqtt(mqtt_broker: BrokerEndpoint) -> None:
     base = describe_fleet(5, seed=11)
     normal = base[0]
     expired = replace(base[1], decoder=DecoderSettings(key_expiry_number=0))

@@ -10,16 +10,16 @@ from decimal import Decimal
 
 from typer.testing import CliRunner
 
+from gridvend.broker import BrokerEndpoint
 from gridvend.sim_cli import app
 from meter_sim.fleet import MqttFleet, describe_fleet
 from protocols.sts import parse_meter_number
-from tests.meter_sim.conftest import BrokerAddress
 from tests.meter_sim.vend import Vendor
 
 runner = CliRunner()
 
 
-def _url(broker: BrokerAddress) -> str:
+def _url(broker: BrokerEndpoint) -> str:
     suffix = "" if broker.supports_v5 else "?protocol=3.1.1"
     return f"mqtt://{broker.host}:{broker.port}{suffix}"
 
@@ -42,7 +42,7 @@ def test_fleet_refuses_no_or_two_transports() -> None:
     assert "exactly one" in result.output
 
 
-def test_fleet_runs_for_a_duration_and_stops(mqtt_broker: BrokerAddress) -> None:
+def test_fleet_runs_for_a_duration_and_stops(mqtt_broker: BrokerEndpoint) -> None:
     result = runner.invoke(
         app,
         [
@@ -55,7 +55,7 @@ def test_fleet_runs_for_a_duration_and_stops(mqtt_broker: BrokerAddress) -> None
 
 
 async def test_token_command_types_a_token_into_a_running_meter(
-    mqtt_broker: BrokerAddress,
+    mqtt_broker: BrokerEndpoint,
 ) -> None:
     prefix = f"cli-{uuid.uuid4().hex[:6]}/"
     config = describe_fleet(1, seed=9)[0]
@@ -77,7 +77,7 @@ async def test_token_command_types_a_token_into_a_running_meter(
     assert json.loads(second.output)["result"]["token_status"] == "used"
 
 
-def test_token_command_without_an_answer_exits_2(mqtt_broker: BrokerAddress) -> None:
+def test_token_command_without_an_answer_exits_2(mqtt_broker: BrokerEndpoint) -> None:
     result = runner.invoke(
         app,
         ["token", "NOBODY-1", "1" * 20, "--mqtt", _url(mqtt_broker), "--timeout", "0.3"],
@@ -130,3 +130,31 @@ def test_describe_mixes_central_meters_when_asked() -> None:
     assert result.exit_code == 0, result.output
     modes = [row["prepaid_mode"] for row in json.loads(result.output)]
     assert modes == ["token", "central", "token", "central"]
+
+
+def test_describe_derives_decoder_keys_from_the_given_vending_key() -> None:
+    from protocols.sts import KeyConfig, derive_decoder_key
+
+    key = "0102030405060708090a0b0c0d0e0f1011121314"
+    args = [
+        "describe",
+        "--meters",
+        "1",
+        "--vending-key",
+        key,
+        "--sgc",
+        "654321",
+        "--format",
+        "json",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.output)
+    expected = derive_decoder_key(
+        KeyConfig(
+            vending_key=bytes.fromhex(key), supply_group_code="654321", tariff_index="01",
+            key_revision=1,
+        ),
+        parse_meter_number(row["meter_number"]),
+    )  # fmt: skip
+    assert row["decoder_key_hex"] == expected.hex
