@@ -313,7 +313,7 @@ def _numeric_serial(serial: str) -> int | None:
     return int(digits) % (1 << 32) if digits else None
 
 
-def compare_nameplate(facts: _MeterFacts, plate: Nameplate) -> list[str]:
+def _compare_nameplate(facts: _MeterFacts, plate: Nameplate) -> list[str]:
     """The differences between what the meter reports and the registry, in words."""
     mismatches: list[str] = []
     if plate.serial is not None:
@@ -499,7 +499,7 @@ class Commissioning:
             )
         if step is Step.NAMEPLATE:
             plate = await link.read_nameplate()
-            mismatches = compare_nameplate(facts, plate)
+            mismatches = _compare_nameplate(facts, plate)
             detail = {"meter": plate.as_dict(), "mismatches": mismatches}
             if mismatches:
                 return StepOutcome(StepStatus.FAILED, "; ".join(mismatches), detail)
