@@ -350,3 +350,18 @@ async def test_a_second_run_at_the_same_instant_keeps_one_install_reading(
     assert second.status is RunStatus.PASSED, second.as_dict()
     with session_factory() as session:
         assert len(session.scalars(select(Reading)).all()) == 1
+
+
+async def test_an_mqtt_meter_cannot_be_commissioned_yet_and_says_why(
+    session_factory: sessionmaker[Session], service: Commissioning
+) -> None:
+    with session_factory() as session, session.begin():
+        meter_id = register_meter(
+            session,
+            MeterRegistration(serial="MQ-1", lifecycle="installed"),  # type: ignore[arg-type]
+            actor="tech",
+        ).id
+    view = await service.commission(meter_id, technician="thabo")
+    assert view.failed_step == "verify_communication"
+    assert "commissioning over MQTT is not available yet" in view.failure_reason
+    assert lifecycle(session_factory, meter_id) == "installed"
