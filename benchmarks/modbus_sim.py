@@ -9,8 +9,10 @@ server's), on a free loopback TCP port, and the same client code reads from both
   advances the meter model and encodes its values.
 
 Cases: reads of the SDM120 input block (0x0000, 32 registers) over 1 and 4 connections;
-a full poll of one prepaid meter (every request of ``plan_reads``, decoded), as the
-head-end does; and the same block read over Modbus RTU through the pty bridge.
+a routine poll (``routine_points``) and a full poll (every readable point, identity and
+event log included) of one prepaid meter, decoded as the head-end does; the same block
+read over Modbus RTU through the pty bridge; and the server-side work per read without
+any transport.
 
 Each case runs ``--rounds`` times and the best rate is reported, because the machine
 is shared: the best run is the one least disturbed by other load.
@@ -38,7 +40,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from meter_sim.modbus_server import serve_modbus_rtu, serve_modbus_tcp
 from meter_sim.model import MeterConfig, MeterModel
 from meter_sim.serial_bridge import serial_pair
-from protocols.modbus import decode_points, get_profile, plan_reads
+from protocols.modbus import decode_points, get_profile, plan_reads, routine_points
 
 PROFILE = get_profile("eastron-sdm120-prepaid")
 BLOCK_ADDRESS, BLOCK_COUNT = 0x0000, 32
@@ -133,10 +135,10 @@ async def _tcp_rate(port: int, reads: int, connections: int, meters: int) -> flo
     return per * connections / elapsed
 
 
-async def _poll_rate(port: int, polls: int, meters: int) -> float:
+async def _poll_rate(port: int, polls: int, meters: int, routine: bool) -> float:
     client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=3)
     await client.connect()
-    plan = plan_reads(PROFILE)
+    plan = plan_reads(PROFILE, routine_points(PROFILE) if routine else None)
     began = time.perf_counter()
     for i in range(polls):
         unit = 1 + i % meters
@@ -246,15 +248,20 @@ def main() -> None:
         )
         case = f"TCP, read 32 input registers, {connections} connection(s)"
         rows.append((case, f"{bare:,.0f} reads/s", f"{sim:,.0f} reads/s ({sim / bare:.0%})"))
-    polls = best("sim-tcp", args.meters, lambda port: _poll_rate(port, args.polls, args.meters))
-    requests = len(plan_reads(PROFILE))
-    rows.append(
-        (
-            f"TCP, full prepaid-meter poll ({requests} requests, decoded)",
-            "-",
-            f"{polls:,.0f} polls/s",
+    for routine, label in ((True, "routine"), (False, "full")):
+        polls = best(
+            "sim-tcp",
+            args.meters,
+            lambda port, r=routine: _poll_rate(port, args.polls, args.meters, r),
         )
-    )
+        requests = len(plan_reads(PROFILE, routine_points(PROFILE) if routine else None))
+        rows.append(
+            (
+                f"TCP, {label} prepaid-meter poll ({requests} requests, decoded)",
+                "-",
+                f"{polls:,.0f} polls/s",
+            )
+        )
     bare_rtu = best("bare-rtu", 1, lambda port: _rtu_rate(port, args.rtu_reads))
     sim_rtu = best("sim-rtu", args.meters, lambda port: _rtu_rate(port, args.rtu_reads))
     rows.append(

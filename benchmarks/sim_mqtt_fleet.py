@@ -110,6 +110,7 @@ async def _run(args: argparse.Namespace, host: str, port: int) -> None:
         interval_s=args.interval_s,
         start=start,
         poll_s=args.poll_s,
+        upload_spread_s=args.upload_spread_s,
         keepalive_s=args.keepalive_s,
         connect_timeout_s=600,
     ) as fleet:
@@ -158,6 +159,7 @@ async def _run(args: argparse.Namespace, host: str, port: int) -> None:
         f"readings received     {received} by a subscriber in another process ({expected} expected)"
     )
     print(f"reading rate          {args.meters / interval_real:.0f} msg/s needed")
+    print(f"upload spread         {args.upload_spread_s} simulated s")
     print(f"max schedule lag      {max_lag:.2f} s")
     print(f"slowest interval end  {max_boundary:.2f} s to take and queue {args.meters} readings")
     print(f"fleet CPU while running {cpu_run / run_real_elapsed * 100:.0f}% of one core")
@@ -174,6 +176,12 @@ def main() -> None:
     parser.add_argument("--interval-s", type=int, default=900)
     parser.add_argument("--intervals", type=int, default=2)
     parser.add_argument("--poll-s", type=int, default=60)
+    parser.add_argument(
+        "--upload-spread-s",
+        type=int,
+        default=0,
+        help="each meter uploads its reading up to this many simulated seconds late",
+    )
     parser.add_argument("--keepalive-s", type=int, default=600)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--broker", help="HOST:PORT of a running broker (default: own mosquitto)")

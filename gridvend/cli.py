@@ -17,6 +17,7 @@ from gridvend.db import make_engine, make_session_factory, upgrade
 from gridvend.meter_cli import app as meter_app
 from gridvend.runtime import System
 from gridvend.settings import Settings
+from gridvend.sim_cli import app as sim_app
 from gridvend.sts_cli import app as sts_app
 
 app = typer.Typer(
@@ -32,6 +33,7 @@ audit_app = typer.Typer(help="The append-only audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 app.add_typer(sts_app, name="sts", help="STS tokens by hand: keys, encode, decode, key change.")
 app.add_typer(meter_app, name="meter")
+app.add_typer(sim_app, name="sim")
 
 console = Console()
 

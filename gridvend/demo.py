@@ -13,12 +13,14 @@ from gridvend.audit import AuditLog
 from gridvend.auth import NewUser, Role, User, create_user, set_password
 from gridvend.broker import provide_broker
 from gridvend.db import make_engine, make_session_factory, upgrade
-from gridvend.runtime import System
+from gridvend.demo_data import DEMO_CLERK, new_demo_keys, seed_vending
+from gridvend.runtime import System, load_key_encryption_key
 from gridvend.settings import Settings
 from headend.models import Meter, MeterLifecycle, MeterProtocol, PrepaidMode
 from headend.registry import MeterRegistration, register_meter
 from meter_sim.fleet import MqttFleet, describe_fleet
 from meter_sim.model import MeterConfig
+from vending.keystore import KeyStore
 
 DEMO_ADMIN = "admin"
 
@@ -32,7 +34,8 @@ async def run_demo(
     announce: Callable[[str], None] = print,
 ) -> None:
     """Run until Ctrl-C: broker, database, head-end, API, and ``meters`` MQTT meters."""
-    configs = describe_fleet(meters, seed)
+    keys = new_demo_keys()
+    configs = describe_fleet(meters, seed, decoder=keys.decoder_settings())
     if settings.database_url is None:
         # The simulated meters start afresh on every run, so the demo's own database does too
         # (old readings would clash with the new run's at the same simulated times).
@@ -43,6 +46,16 @@ async def run_demo(
     session_factory = make_session_factory(engine)
     _register_fleet(session_factory, configs)
     password = _reset_demo_admin(session_factory)
+    clerk_password = secrets.token_urlsafe(12)
+    with session_factory() as session, session.begin():
+        seed_vending(
+            session,
+            KeyStore(load_key_encryption_key(settings)),
+            keys,
+            configs,
+            clerk_password,
+            datetime.now(UTC),
+        )
     engine.dispose()
 
     with provide_broker(settings.mqtt_url) as broker:
@@ -62,9 +75,11 @@ async def run_demo(
                 f"  broker: {broker.kind} at {broker.url}\n"
                 f"  database: {settings.effective_database_url}\n"
                 f"  {len(configs)} simulated MQTT meters at x{speed:g} time, "
-                f"a reading every 15 simulated minutes\n"
-                f"  sign in: username {DEMO_ADMIN!r}, password {password!r} "
-                f"(POST /api/auth/token)\n"
+                f"a reading every 15 simulated minutes; meter numbers: "
+                f"{', '.join(c.meter_number for c in configs[:3])}"
+                f"{' ...' if len(configs) > 3 else ''}\n"
+                f"  sign in: username {DEMO_ADMIN!r}, password {password!r}; "
+                f"clerk {DEMO_CLERK!r}, password {clerk_password!r} (POST /api/auth/token)\n"
                 "  Ctrl-C stops everything."
             )
             await system.wait_closed()
@@ -87,6 +102,9 @@ def _register_fleet(session_factory: sessionmaker[Session], configs: list[MeterC
                     protocol=MeterProtocol.MQTT,
                     prepaid_mode=PrepaidMode(config.prepaid_mode.value),
                     lifecycle=MeterLifecycle.INSTALLED,
+                    supply_group_code=config.decoder.supply_group_code,
+                    tariff_index=config.decoder.tariff_index,
+                    key_revision=config.decoder.key_revision_number,
                 ),
                 actor="demo",
                 audit=AuditLog(),

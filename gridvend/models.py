@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import MetaData
 
+import headend.commands.models  # noqa: F401 - registers the command tables on HeadendBase
 from gridvend.audit import Base as AuditBase
 from gridvend.auth import Base as AuthBase
 from headend.models import Base as HeadendBase

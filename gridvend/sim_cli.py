@@ -222,6 +222,9 @@ def fleet(
     prefix: str = typer.Option("SIM", help="Serial number prefix."),
     topic_prefix: str = typer.Option("", help="MQTT topic prefix, e.g. 'site1/'."),
     interval_s: int = typer.Option(900, min=1, help="Simulated seconds between readings."),
+    upload_spread_s: int = typer.Option(
+        0, min=0, help="Meters upload each reading up to this many simulated seconds late."
+    ),
     central: bool = typer.Option(False, help="Central-balance meters instead of STS token."),
     central_every: int = typer.Option(
         0, min=0, help="Make every Nth meter a central-balance meter (mixed fleet)."
@@ -262,6 +265,7 @@ def fleet(
                 topic_prefix=topic_prefix,
                 speed=speed,
                 interval_s=interval_s,
+                upload_spread_s=upload_spread_s,
                 duration=duration,
             )
         else:
@@ -291,6 +295,7 @@ async def _run_mqtt(
     topic_prefix: str,
     speed: float,
     interval_s: int,
+    upload_spread_s: int,
     duration: float | None,
 ) -> None:
     with console.status(f"connecting {len(configs)} meters to mqtt://{host}:{port} ..."):
@@ -301,6 +306,7 @@ async def _run_mqtt(
             topic_prefix=topic_prefix,
             speed=speed,
             interval_s=interval_s,
+            upload_spread_s=upload_spread_s,
             mqtt_v5=v5,
             connect_timeout_s=max(60.0, len(configs) / 50),
         )

@@ -57,10 +57,24 @@ class AgentStats:
 class MqttMeterAgent:
     """The MQTT face of one :class:`MeterModel`."""
 
-    def __init__(self, model: MeterModel, scheme: TopicScheme, *, interval_s: int = 900) -> None:
-        """``interval_s``: simulated seconds between interval readings (aligned to the epoch)."""
+    def __init__(
+        self,
+        model: MeterModel,
+        scheme: TopicScheme,
+        *,
+        interval_s: int = 900,
+        upload_spread_s: int = 0,
+    ) -> None:
+        """``interval_s``: simulated seconds between interval readings (aligned to the epoch).
+
+        ``upload_spread_s``: the meter uploads each interval reading a seeded delay of
+        0..spread simulated seconds after the interval end (the reading is still taken and
+        stamped at the interval end), as AMI meters do to spread the load on the head-end.
+        """
         if not 1 <= interval_s <= 86_400:
             raise ValueError(f"interval_s must be 1..86400: {interval_s}")
+        if not 0 <= upload_spread_s < interval_s:
+            raise ValueError(f"upload_spread_s must be 0..interval_s-1: {upload_spread_s}")
         self.model = model
         self.meter_id = model.config.serial
         self.faults = FaultInjector(model.config.faults, mix64(model.config.seed, 10))
@@ -71,6 +85,8 @@ class MqttMeterAgent:
         self.command_topic = scheme.meter_topic(self.meter_id, MeterChannel.COMMAND)
         self._seq = 0
         self._interval = timedelta(seconds=interval_s)
+        spread = mix64(model.config.seed, 13) % upload_spread_s if upload_spread_s else 0
+        self.upload_delay = timedelta(seconds=spread)
         start_s = epoch_seconds(model.now)
         self._next_reading = _EPOCH + timedelta(seconds=start_s - start_s % interval_s)
         self._next_reading += self._interval
@@ -143,10 +159,15 @@ class MqttMeterAgent:
         return Outgoing(self.telemetry_topic, report.to_bytes())
 
     def tick(self, now: datetime) -> list[Outgoing]:
-        """Advance the model to ``now`` and return the events to publish."""
+        """Advance the model to ``now`` and return the events (and due readings) to publish.
+
+        A reading whose interval ended before ``now`` is taken first, at its interval end,
+        even if its upload delay has not passed yet.
+        """
+        out = self.due_readings(now)
         if now > self.model.now:
             self.model.advance(now)
-        return self.take_events()
+        return out + self.take_events()
 
     def take_events(self) -> list[Outgoing]:
         out = []

@@ -120,8 +120,11 @@ class MqttFleet:
 
     ``speed`` simulated seconds pass per real second; readings are taken at every
     multiple of ``interval_s`` simulated seconds (aligned to the Unix epoch, so 900 gives
-    :00/:15/:30/:45) and once at start; the models are also advanced every ``poll_s``
-    simulated seconds so events (credit exhausted, power limit) go out promptly.
+    :00/:15/:30/:45) and once at start; each meter uploads its reading a seeded delay of
+    up to ``upload_spread_s`` simulated seconds after the interval end (0: at once), but
+    always stamped with the interval end. Meters that could raise an event (credit
+    running out, a power limit) are advanced every ``poll_s`` simulated seconds so
+    their events go out promptly; the others only when a reading or command is due.
     ``start`` is the simulated start time (default: now, UTC, whole seconds).
     Entering the context returns once every meter is connected and online; raise
     :class:`FleetError` if the broker refuses or cannot be reached. Exiting publishes a
@@ -140,6 +143,7 @@ class MqttFleet:
         mqtt_v5: bool = True,
         start: datetime | None = None,
         poll_s: int = 60,
+        upload_spread_s: int = 0,
         keepalive_s: int = 60,
         connect_concurrency: int = 64,
         connect_timeout_s: float = 60.0,
@@ -149,6 +153,8 @@ class MqttFleet:
             raise FleetError(f"interval_s must be 1..86400: {interval_s}")
         if not 1 <= poll_s <= interval_s:
             raise FleetError(f"poll_s must be 1..interval_s: {poll_s}")
+        if not 0 <= upload_spread_s < interval_s:
+            raise FleetError(f"upload_spread_s must be 0..interval_s-1: {upload_spread_s}")
         serials = [c.serial for c in configs]
         if len(set(serials)) != len(serials):
             raise FleetError("meter serials in a fleet must be unique")
@@ -161,6 +167,7 @@ class MqttFleet:
         self._speed = speed
         self._interval_s = interval_s
         self._poll_s = poll_s
+        self._upload_spread_s = upload_spread_s
         self._mqtt_v5 = mqtt_v5
         self._start = start
         self._keepalive_s = keepalive_s
@@ -222,7 +229,10 @@ class MqttFleet:
             link_options["wall"] = self._wall
         for config in self._configs:
             agent = MqttMeterAgent(
-                MeterModel(config, start), self._scheme, interval_s=self._interval_s
+                MeterModel(config, start),
+                self._scheme,
+                interval_s=self._interval_s,
+                upload_spread_s=self._upload_spread_s,
             )
             link = MeterLink(
                 agent,
@@ -304,7 +314,7 @@ class MqttFleet:
             readings_taken = False
             for index, link in enumerate(self._links):
                 agent = link.agent
-                if agent.next_reading_at <= tick:
+                if agent.next_reading_at + agent.upload_delay <= tick:
                     readings_taken = True
                     link.send(agent.due_readings(tick))
                     if agent.faults.go_offline():

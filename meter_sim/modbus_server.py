@@ -15,7 +15,7 @@ Bad writes are answered with a Modbus exception and change nothing:
   than one value;
 - exception 3 (ILLEGAL_VALUE): more registers than the profile allows per request, or
   a value out of range (relay not 0/1, power limit not a whole number of watts within
-  0..1,000,000, a token that is not 20 ASCII digits);
+  0..1,000,000, a meter time outside 2000..2099, a token that is not 20 ASCII digits);
 - exception 4 (DEVICE_FAILURE): a valid command the meter refuses in its state (close
   the relay with no credit or under tamper lockout), or a value the register cannot
   represent.
@@ -32,7 +32,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from pymodbus import FramerType
@@ -105,8 +105,8 @@ class _Unit:
     # at which the meter comes back (None while it is online).
     checked_interval: int | None = None
     back_at_interval: int | None = None
-    # Registers (and settings) per block, for refreshing on read.
-    by_block: dict[Block, list[Register | Setting]] = field(default_factory=dict)
+    # What to encode where, per block, for refreshing on read.
+    slots: dict[Block, tuple[_Slot, ...]] = field(default_factory=dict)
 
 
 class _RequestRefused(Exception):
@@ -158,14 +158,17 @@ class ModbusSimServer:
             unit = _Unit(meter, injector)
             for block in Block:
                 entries: list[Register | Setting] = [
-                    reg for reg in meter.profile.registers if reg.block is block
+                    reg for reg in meter.profile.registers if reg.block is block and reg.codec
                 ]
                 entries.extend(s for s in meter.profile.settings if s.block is block)
-                unit.by_block[block] = entries
+                unit.slots[block] = tuple(_slot(entry) for entry in entries)
             self._units[meter.unit_id] = unit
         self.devices = [self._device(unit) for unit in self._units.values()]
         # The bound (host, port) once a TCP server listens; port 0 picks a free port.
         self.address: tuple[str, int] | None = None
+        # Counters for a status line: requests that reached a meter, requests dropped
+        # (absent or offline unit), replies dropped and replies sent with a bad CRC.
+        self.requests = 0
         self.dropped_requests = 0
         self.dropped_replies = 0
         self.corrupted_replies = 0
@@ -309,6 +312,7 @@ class ModbusSimServer:
     ) -> ExcCodes | None:
         if set_values is None and fc in (5, 6):
             return None  # the read-back pymodbus does to echo a single write
+        self.requests += 1
         latency = unit.faults.latency()
         if latency > 0:
             await asyncio.sleep(latency)
@@ -360,11 +364,16 @@ class ModbusSimServer:
             return
         end = address + count
         snapshot = _Snapshot(unit)
-        for entry in unit.by_block[block]:
-            if entry.address >= end or entry.address + entry.count <= address:
+        for slot in unit.slots[block]:
+            if slot.address >= end or slot.end <= address:
                 continue
-            words = snapshot.encode(entry)
-            offset = entry.address - start
+            try:
+                words = slot.encode(snapshot)
+            except CodecError as exc:
+                raise _RequestRefused(
+                    ExcCodes.DEVICE_FAILURE, f"register {slot.address:#06x}: {exc}"
+                ) from None
+            offset = slot.address - start
             registers[offset : offset + len(words)] = words
         log_ = unit.meter.profile.event_log
         if (
@@ -427,6 +436,11 @@ class ModbusSimServer:
                 model.set_power_limit(int(number) or None)
             except MeterError as exc:
                 raise _RequestRefused(ExcCodes.ILLEGAL_VALUE, str(exc)) from None
+        elif reg.point is Prepaid.METER_TIME:
+            try:
+                model.set_clock(datetime.fromtimestamp(int(number), tz=UTC))
+            except (MeterError, OverflowError, OSError, ValueError) as exc:
+                raise _RequestRefused(ExcCodes.ILLEGAL_VALUE, f"meter time: {exc}") from None
         elif reg.point is Prepaid.TOKEN_ENTRY:
             if len(text) != 20 or not text.isdigit():
                 raise _RequestRefused(ExcCodes.ILLEGAL_VALUE, "a token is 20 ASCII digits")
@@ -463,44 +477,99 @@ def _filler(address: int, count: int, *, readonly: bool) -> SimData:
     return SimData(address, count=count, values=0, datatype=DataType.REGISTERS, readonly=readonly)
 
 
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    """Where one value sits in a block and how to encode it from a snapshot."""
+
+    address: int
+    end: int
+    encode: Callable[[_Snapshot], list[int]]
+
+
+def _slot(entry: Register | Setting) -> _Slot:
+    """The slot of a register or a fixed setting; the work that does not depend on the
+    meter's state is done here, once."""
+    if isinstance(entry, Setting):
+        words = entry.codec.encode(entry.value)
+
+        def constant(_: _Snapshot) -> list[int]:
+            return words
+
+        return _Slot(entry.address, entry.address + len(words), constant)
+    codec = entry.codec
+    point = entry.point
+    if isinstance(codec, Ascii):
+        text_codec = codec
+        assert isinstance(point, Prepaid)
+        text_point = point
+
+        def text(snapshot: _Snapshot) -> list[int]:
+            return text_codec.encode_text(snapshot.text(text_point))
+
+        return _Slot(entry.address, entry.end, text)
+    assert codec is not None
+    number_codec = codec
+    if isinstance(point, Measurand):
+        quantity, phase = point.quantity, point.phase
+
+        def measured(snapshot: _Snapshot) -> list[int]:
+            return number_codec.encode(snapshot.measured(quantity, phase))
+
+        return _Slot(entry.address, entry.end, measured)
+    prepaid_point = point
+
+    def number(snapshot: _Snapshot) -> list[int]:
+        return number_codec.encode(snapshot.number(prepaid_point))
+
+    return _Slot(entry.address, entry.end, number)
+
+
+_PHASE_FIELDS = {
+    Quantity.VOLTAGE_V: "voltage_v",
+    Quantity.CURRENT_A: "current_a",
+    Quantity.ACTIVE_POWER_W: "active_power_w",
+    Quantity.POWER_FACTOR: "power_factor",
+}
+_ZERO = Decimal(0)
+
+
 class _Snapshot:
     """The model's values at one instant, computed only when a register needs them."""
+
+    __slots__ = ("_measurements", "_phases", "_unit")
 
     def __init__(self, unit: _Unit) -> None:
         self._unit = unit
         self._measurements: dict[Quantity, Decimal] | None = None
         self._phases: tuple[PhaseValues, ...] | None = None
 
-    def _measurement(self, measurand: Measurand) -> Decimal:
+    def measured(self, quantity: Quantity, phase: int | None) -> Decimal:
+        """A measured value for the whole meter (``phase=None``) or one phase; 0 when the
+        meter does not have it (a phase beyond its phases, credit in central mode)."""
         model = self._unit.meter.model
-        if measurand.phase is not None:
+        if phase is not None:
             if self._phases is None:
                 self._phases = model.phase_values()
-            phases = self._phases
-            if measurand.phase > len(phases):
-                return Decimal(0)
-            values = phases[measurand.phase - 1]
-            return {
-                Quantity.VOLTAGE_V: values.voltage_v,
-                Quantity.CURRENT_A: values.current_a,
-                Quantity.ACTIVE_POWER_W: values.active_power_w,
-                Quantity.POWER_FACTOR: values.power_factor,
-            }.get(measurand.quantity, Decimal(0))
+            name = _PHASE_FIELDS.get(quantity)
+            if name is None or phase > len(self._phases):
+                return _ZERO
+            value: Decimal = getattr(self._phases[phase - 1], name)
+            return value
         if self._measurements is None:
             self._measurements = model.measurements()
-        return self._measurements.get(measurand.quantity, Decimal(0))
+        return self._measurements.get(quantity, _ZERO)
 
-    def _prepaid(self, point: Prepaid) -> Decimal | str:
+    def number(self, point: Prepaid) -> Decimal:
+        """A numeric prepaid or identity point."""
         unit = self._unit
         model = unit.meter.model
-        cfg = model.config
         match point:
             case Prepaid.RELAY_CLOSED | Prepaid.RELAY_COMMAND:
                 return Decimal(int(model.relay_closed))
             case Prepaid.RELAY_REASON:
                 return Decimal(RelayReason[model.relay_reason.name])
             case Prepaid.PREPAID_MODE:
-                return Decimal(PrepaidMode[cfg.prepaid_mode.name])
+                return Decimal(PrepaidMode[model.config.prepaid_mode.name])
             case Prepaid.TOKEN_RESULT:
                 if not model.token_results:
                     return Decimal(TokenResult.NONE)
@@ -511,37 +580,22 @@ class _Snapshot:
                 return Decimal(model.power_limit_w or 0)
             case Prepaid.EVENT_COUNT:
                 return Decimal(model.event_count)
-            case Prepaid.TOKEN_ENTRY:
-                return ""  # write-only: reads as zeros
-            case Prepaid.METER_NUMBER:
-                return cfg.meter_number
-            case Prepaid.METER_SERIAL:
-                return cfg.serial
             case Prepaid.SERIAL_NUMBER:
-                return Decimal(_numeric_serial(cfg.serial))
+                return Decimal(_numeric_serial(model.config.serial))
             case Prepaid.DEVICE_ADDRESS:
                 return Decimal(unit.meter.unit_id)
-        return Decimal(0)
+            case Prepaid.METER_TIME:
+                return Decimal(int(model.meter_time.timestamp()))
+        return _ZERO
 
-    def encode(self, entry: Register | Setting) -> list[int]:
-        """The registers of ``entry`` now.
-
-        Raise _RequestRefused (device failure) if the value does not fit the register.
-        """
-        if isinstance(entry, Setting):
-            return entry.codec.encode(entry.value)
-        assert entry.codec is not None
-        value = (
-            self._measurement(entry.point)
-            if isinstance(entry.point, Measurand)
-            else self._prepaid(entry.point)
-        )
-        try:
-            if isinstance(entry.codec, Ascii):
-                return entry.codec.encode_text(value if isinstance(value, str) else "")
-            return entry.codec.encode(value if isinstance(value, Decimal) else Decimal(0))
-        except CodecError as exc:
-            raise _RequestRefused(ExcCodes.DEVICE_FAILURE, f"{entry.point}: {exc}") from None
+    def text(self, point: Prepaid) -> str:
+        """A text point; the write-only token entry reads as empty (zeros)."""
+        config = self._unit.meter.model.config
+        if point is Prepaid.METER_NUMBER:
+            return config.meter_number
+        if point is Prepaid.METER_SERIAL:
+            return config.serial
+        return ""
 
     def event_records(self, records: int) -> list[EventRecord]:
         """The newest ``records`` events of the model, newest first."""

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from headend.interface import find_meter
 from vending import localtime
-from vending.debt import DebtRecoveryRule
+from vending.debt import DebtRecoveryDocument, DebtRecoveryRule, DebtRuleError
 from vending.errors import VendingError
 from vending.models import (
     Account,
@@ -22,7 +22,7 @@ from vending.models import (
     TariffRecord,
     TariffVersionRecord,
 )
-from vending.money import Currency, Money
+from vending.money import Currency, Money, MoneyError
 from vending.pricing import VendAccount
 from vending.tariff_documents import TariffDocument, TariffVersionDocument
 from vending.tariffs import AccountTerms, Tariff, TariffError
@@ -51,27 +51,6 @@ class NewCustomer(BaseModel):
     protection: Protection | None = None
 
 
-class DebtRecoveryTerms(BaseModel):
-    """An account's arrears recovery rule, as stored (see vending.debt)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    percent_of_purchase: Annotated[Decimal, Field(ge=0, le=100)] = Decimal(0)
-    fixed_per_purchase_minor: Annotated[int, Field(ge=0)] = 0
-    cap_per_purchase_minor: Annotated[int | None, Field(ge=0)] = None
-    max_share_percent: Annotated[Decimal, Field(ge=0, le=100)] = Decimal(50)
-    allow_whole_purchase: bool = False
-
-    def to_rule(self) -> DebtRecoveryRule:
-        return DebtRecoveryRule(
-            percent_of_purchase=self.percent_of_purchase,
-            fixed_per_purchase_minor=self.fixed_per_purchase_minor,
-            cap_per_purchase_minor=self.cap_per_purchase_minor,
-            max_share_percent=self.max_share_percent,
-            allow_whole_purchase=self.allow_whole_purchase,
-        )
-
-
 class NewAccount(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -80,7 +59,7 @@ class NewAccount(BaseModel):
     debt: Annotated[Decimal, Field(ge=0, description="Arrears taken over, major units.")] = Decimal(
         0
     )
-    debt_recovery: DebtRecoveryTerms = DebtRecoveryTerms()
+    debt_recovery: DebtRecoveryDocument = DebtRecoveryDocument()
     capacity_kva: Annotated[Decimal | None, Field(ge=0)] = None
     free_units_eligible: bool = True
 
@@ -105,7 +84,11 @@ def open_account(session: Session, new: NewAccount, now: datetime) -> Account:
     if session.get(Customer, new.customer_id) is None:
         raise VendingError("customer_not_found", f"no customer {new.customer_id}")
     tariff = load_tariff(session, new.tariff_code)
-    debt = Money.parse(new.debt, tariff.currency)
+    try:
+        debt = Money.parse(new.debt, tariff.currency)
+        rule = DebtRecoveryRule.from_document(new.debt_recovery.model_dump(mode="json"))
+    except (MoneyError, DebtRuleError) as exc:
+        raise VendingError("invalid_account", str(exc)) from None
     number = (session.scalar(select(func.count()).select_from(Account)) or 0) + 1
     account = Account(
         account_number=f"A{number:09d}",
@@ -119,7 +102,7 @@ def open_account(session: Session, new: NewAccount, now: datetime) -> Account:
         month_to_date_kwh=Decimal(0),
         # Monthly fixed charges accrue from the day the account opens.
         fixed_charged_through=localtime.local_date(now, tariff.tz) - timedelta(days=1),
-        debt_recovery=new.debt_recovery.model_dump(mode="json"),
+        debt_recovery=rule.to_document(),
         status="active",
         created_at=now,
     )
@@ -240,7 +223,6 @@ def load_tariff(session: Session, code: str) -> Tariff:
 
 def pricing_state(account: Account, currency: Currency) -> VendAccount:
     """The account as pricing sees it."""
-    terms = DebtRecoveryTerms.model_validate(account.debt_recovery or {})
     return VendAccount(
         debt=Money(account.debt_minor, currency),
         carry_over=Money(account.carry_over_minor, currency),
@@ -250,7 +232,7 @@ def pricing_state(account: Account, currency: Currency) -> VendAccount:
         terms=AccountTerms(
             capacity_kva=account.capacity_kva, free_units_eligible=account.free_units_eligible
         ),
-        debt_recovery=terms.to_rule(),
+        debt_recovery=DebtRecoveryRule.from_document(account.debt_recovery or {}),
     )
 
 

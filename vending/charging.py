@@ -27,7 +27,6 @@ from vending.tariffs import (
     MissingCapacity,
     SteppedBlocks,
     TariffVersion,
-    TimeOfUse,
 )
 
 HALF = Fraction(1, 2)
@@ -47,8 +46,10 @@ class LineKind(enum.StrEnum):
 class ChargeLine:
     """One line of a bill or vend: `amount` is `exact_minor` rounded by rule 1.
 
-    `kwh` is the energy on an energy line (exact), `rate` the tariff figure applied
-    (per kWh for energy, per month for fixed/capacity, percent for VAT), and
+    `kwh` is the energy on an energy or levy line (exact), `rate` the tariff figure
+    applied (per kWh for energy; per month for fixed, per kVA-month for capacity, per
+    kW-month for demand; per kWh for a levy with a per-kWh part, else its percentage;
+    percent for VAT), and
     `effective_from` names the tariff version the line was priced under.
     """
 
@@ -211,7 +212,8 @@ def _regimes(version: TariffVersion, band: str | None, free_units: bool) -> list
     elif isinstance(energy, FlatRate):
         starts, rates, labels = [Fraction(0)], [energy.rate_per_kwh], ["energy"]
     else:
-        assert isinstance(energy, TimeOfUse) and band is not None
+        if band is None or band not in energy.band_rates:
+            raise ValueError(f"a time-of-use usage needs one of its bands, got {band!r}")
         starts, rates, labels = [Fraction(0)], [energy.band_rates[band]], [band]
     regimes: list[_Regime] = []
     if free > 0:

@@ -9,7 +9,7 @@ refused, so one payment never yields two tokens.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -23,6 +23,7 @@ from headend.audit import AuditSink
 from headend.interface import MeterSummary, find_meter, normalise_meter_number
 from protocols.sts import CreditType, StsError, next_tid
 from vending.accounts import load_tariff, open_link, pricing_state, store_pricing_state
+from vending.debt import recover_from_purchase
 from vending.errors import VendingError
 from vending.keystore import KeyStoreError
 from vending.models import Account, Customer, LedgerEntry, MeterTidCursor, Shift, Vend, VendingPoint
@@ -30,6 +31,7 @@ from vending.money import Currency, Money, MoneyError
 from vending.pricing import (
     AmountBelowMinimum,
     PricingError,
+    VendAccount,
     VendBreakdown,
     minimum_tender,
     price_vend,
@@ -118,18 +120,11 @@ def vend(
     tendered = _tendered(request.amount, tariff, limits)
     point = _check_shift_and_point(session, request, tendered)
     state = pricing_state(account, tariff.currency)
-    try:
-        breakdown = price_vend(tariff, tendered, state, now)
-    except AmountBelowMinimum as exc:
-        raise VendingError(
-            "amount_below_minimum", str(exc), minimum=str(exc.minimum.to_decimal())
-        ) from None
-    except (PricingError, TariffError, MoneyError) as exc:
-        raise VendingError("pricing_refused", str(exc)) from None
-
-    token: IssuedToken | None = None
-    if meter.prepaid_mode == "token" and breakdown.units_kwh > 0:
-        token = _credit_token(session, meter, breakdown, security_module, now)
+    if meter.prepaid_mode == "central":
+        sale = _central_top_up(tendered, state)
+    else:
+        sale = _token_sale(session, meter, tariff, tendered, state, security_module, now)
+    token = sale.token
     record = Vend(
         receipt_number=f"pending-{request.channel}-{request.reference}"[:32],
         channel=request.channel,
@@ -142,8 +137,8 @@ def vend(
         payment_method=request.payment_method.value,
         currency=tariff.currency.code,
         tendered_minor=tendered.minor,
-        units_kwh=breakdown.units_kwh,
-        breakdown=breakdown_document(breakdown),
+        units_kwh=sale.units_kwh,
+        breakdown=sale.document,
         token_digits=token.digits if token else None,
         tid=token.tid if token else None,
         status="issued",
@@ -160,9 +155,9 @@ def vend(
             "concurrent_duplicate", "the same request is being processed; retry to get its answer"
         ) from None
     record.receipt_number = f"{point.code if point else request.channel}-{record.id:010d}"
-    store_pricing_state(account, breakdown.account_after)
-    if meter.prepaid_mode == "central":
-        _book_payment(session, account, breakdown, record, now)
+    store_pricing_state(account, sale.account_after)
+    if sale.credited is not None:
+        _book_payment(session, account, sale.credited, record, now)
     if point is not None:
         point.outstanding_minor += tendered.minor
     audit.record(
@@ -174,7 +169,7 @@ def vend(
             "receipt": record.receipt_number,
             "amount": str(tendered.to_decimal()),
             "currency": tariff.currency.code,
-            "units_kwh": str(breakdown.units_kwh),
+            "units_kwh": str(sale.units_kwh),
             "tid": record.tid,
             "channel": request.channel,
         },
@@ -333,11 +328,60 @@ def _credit_token(
     return token
 
 
+@dataclass(frozen=True, slots=True)
+class _Sale:
+    """What a vend sells: units and a token (token meters) or a balance credit (central)."""
+
+    units_kwh: Decimal
+    document: dict[str, Any]
+    account_after: VendAccount
+    token: IssuedToken | None = None
+    credited: Money | None = None
+
+
+def _token_sale(
+    session: Session,
+    meter: MeterSummary,
+    tariff: Tariff,
+    tendered: Money,
+    state: VendAccount,
+    security_module: SecurityModule,
+    now: datetime,
+) -> _Sale:
+    try:
+        breakdown = price_vend(tariff, tendered, state, now)
+    except AmountBelowMinimum as exc:
+        raise VendingError(
+            "amount_below_minimum", str(exc), minimum=str(exc.minimum.to_decimal())
+        ) from None
+    except (PricingError, TariffError, MoneyError) as exc:
+        raise VendingError("pricing_refused", str(exc)) from None
+    token = None
+    if breakdown.units_kwh > 0:
+        token = _credit_token(session, meter, breakdown, security_module, now)
+    return _Sale(breakdown.units_kwh, breakdown_document(breakdown), breakdown.account_after, token)
+
+
+def _central_top_up(tendered: Money, state: VendAccount) -> _Sale:
+    """Central-balance meters: the debt share is taken, the rest credits the balance;
+    energy and fixed charges are rated later by the balance engine."""
+    recovered = recover_from_purchase(tendered, state.debt, state.debt_recovery)
+    credited = tendered - recovered
+    document = {
+        "kind": "central_top_up",
+        "tendered": str(tendered.to_decimal()),
+        "debt_recovered": str(recovered.to_decimal()),
+        "credited": str(credited.to_decimal()),
+        "units_kwh": "0",
+    }
+    after = replace(state, debt=state.debt - recovered)
+    return _Sale(Decimal(0), document, after, credited=credited)
+
+
 def _book_payment(
-    session: Session, account: Account, breakdown: VendBreakdown, record: Vend, now: datetime
+    session: Session, account: Account, credited: Money, record: Vend, now: datetime
 ) -> None:
     """Central-balance meters: the money (less the debt share) goes to the balance."""
-    credited = breakdown.tendered - breakdown.debt_recovered
     session.add(
         LedgerEntry(
             account_id=account.id,

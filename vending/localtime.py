@@ -69,10 +69,6 @@ def day_length(day: date, tz: ZoneInfo) -> timedelta:
     return day_start(day + timedelta(days=1), tz) - day_start(day, tz)
 
 
-def month_start(year: int, month: int) -> date:
-    return date(year, month, 1)
-
-
 def next_month_start(day: date) -> date:
     return date(day.year + 1, 1, 1) if day.month == 12 else date(day.year, day.month + 1, 1)
 

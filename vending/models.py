@@ -88,7 +88,7 @@ class Account(Base):
     month_to_date_kwh: Mapped[Decimal] = mapped_column(ScaledDecimal(3), default=Decimal(0))
     last_purchase_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     fixed_charged_through: Mapped[date | None] = mapped_column(Date)
-    # {"percent": "25", "fixed_minor": 0, "cap_percent": "50"}: see vending.debt.
+    # The arrears recovery rule as vending.debt.DebtRecoveryRule.to_document() stores it.
     debt_recovery: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status: Mapped[str] = mapped_column(String(16), default="active")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
@@ -249,3 +249,97 @@ class LedgerEntry(Base):
     reference: Mapped[str] = mapped_column(String(96))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class CentralAccountState(Base):
+    """The balance engine's memory of one central-balance account."""
+
+    __tablename__ = "central_account_states"
+
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    converted_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_top_up_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_top_up_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    exhausted_since: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # Percent thresholds already announced since the last top-up, e.g. ["30", "10"].
+    alerts_sent: Mapped[list[str]] = mapped_column(JSON, default=list)
+    emergency_credit_outstanding_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    emergency_credit_taken_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # What the engine last asked of the supply: "connected" or "disconnected".
+    supply_requested: Mapped[str] = mapped_column(String(16), default="connected")
+    last_decision_id: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class RatedInterval(Base):
+    """The charge booked for one interval of one meter; a correction books the difference."""
+
+    __tablename__ = "rated_intervals"
+    __table_args__ = (UniqueConstraint("meter_id", "quantity", "t_start"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    meter_id: Mapped[int] = mapped_column(BigInteger)
+    quantity: Mapped[str] = mapped_column(String(32))
+    t_start: Mapped[datetime] = mapped_column(UtcDateTime())
+    t_end: Mapped[datetime] = mapped_column(UtcDateTime())
+    energy_kwh: Mapped[Decimal] = mapped_column(ScaledDecimal(6))
+    charge_minor: Mapped[int] = mapped_column(BigInteger)
+    source_offset: Mapped[int] = mapped_column(BigInteger)
+    rated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class HeldConsumption(Base):
+    """Consumption the engine would not charge, kept with the reason for an operator."""
+
+    __tablename__ = "held_consumption"
+    __table_args__ = (UniqueConstraint("source_offset"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    source_offset: Mapped[int] = mapped_column(BigInteger)
+    meter_id: Mapped[int] = mapped_column(BigInteger)
+    t_start: Mapped[datetime] = mapped_column(UtcDateTime())
+    t_end: Mapped[datetime] = mapped_column(UtcDateTime())
+    energy_kwh: Mapped[Decimal] = mapped_column(ScaledDecimal(6))
+    reason: Mapped[str] = mapped_column(Text)
+    held_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    resolved_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class BalanceDecision(Base):
+    """Every supply decision with its reason; a disconnect or reconnect names its command."""
+
+    __tablename__ = "balance_decisions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    meter_id: Mapped[int] = mapped_column(BigInteger)
+    decided_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    action: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    balance_minor: Mapped[int] = mapped_column(BigInteger)
+    not_before: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    command_id: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class Notification(Base):
+    """The notification outbox: written with the event, delivered by an adapter later."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class EngineCursor(Base):
+    """Where a stream consumer of the money side is (its offset), stored with its effects."""
+
+    __tablename__ = "engine_cursors"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -13,7 +13,9 @@ The rules (see docs/tariffs.md for worked examples):
    to even (banker's rounding: unbiased over many lines). VAT is computed on the sum of
    the transaction's rounded taxable lines, because tariffs quote rates before VAT.
 2. `units_down` -- energy handed to a prepaid customer is rounded DOWN to the unit step
-   (0.1 kWh, the resolution of an STS credit token): never more than was paid for.
+   (0.1 kWh, the resolution of an STS credit token): never more than was paid for. A vend
+   applies it by searching for the most whole steps whose priced lines fit the money
+   (`pricing.price_vend`); `units_down` serves plain kWh conversions.
 3. `share_down` -- a percentage share taken from a payment (debt recovery) is rounded
    DOWN: never more than the stated percentage of the customer's money.
 4. `allocate` -- when one amount must be split into parts (e.g. a refund over lines),
@@ -206,11 +208,6 @@ def round_charge(minor_exact: Fraction) -> int:
     """Rule 1: an exact charge in minor units, to the nearest minor unit, ties to even."""
     # Python's round() on a Fraction is exact and rounds halves to even.
     return round(minor_exact)
-
-
-def charge(minor_exact: Fraction, currency: Currency) -> Money:
-    """`round_charge` as Money."""
-    return Money(round_charge(minor_exact), currency)
 
 
 # Rule 2 ---------------------------------------------------------------------------------

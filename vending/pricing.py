@@ -190,12 +190,11 @@ class _Plan:
     month_to_date: Fraction
     accruals: tuple[Accrual, ...]
     charged_through: date | None
+    curve: UsageCostCurve
 
     def funds(self, tendered: Money) -> tuple[Money, Money]:
         recovered = recover_from_purchase(tendered, self.account.debt, self.account.debt_recovery)
         return recovered, tendered + self.account.carry_over - recovered
-
-    curve: UsageCostCurve
 
     def charges(self, steps: int) -> Charges:
         usage = Usage(
@@ -326,10 +325,7 @@ def price_units(tariff: Tariff, account: VendAccount, at: datetime, units_kwh: D
     Raises InvalidAmount for negative units or units finer than 0.1 kWh, and as
     `price_vend` does for a bad account, tariff or instant.
     """
-    steps = exact(units_kwh) / exact(UNIT_STEP_KWH)
-    if steps < 0 or steps.denominator != 1:
-        raise InvalidAmount(f"units must be a non-negative multiple of 0.1 kWh, got {units_kwh}")
-    return _plan(tariff, account, at).charges(int(steps))
+    return _plan(tariff, account, at).charges(_steps(units_kwh))
 
 
 def minimum_tender(tariff: Tariff, account: VendAccount, at: datetime) -> Money:
@@ -339,8 +335,21 @@ def minimum_tender(tariff: Tariff, account: VendAccount, at: datetime) -> Money:
     less the change carried; zero when carried change or free units already suffice.
     Raises as `price_vend` does for a bad account, tariff or instant.
     """
+    return tender_for_units(tariff, account, at, UNIT_STEP_KWH)
+
+
+def tender_for_units(
+    tariff: Tariff, account: VendAccount, at: datetime, units_kwh: Decimal
+) -> Money:
+    """The smallest amount whose vend at `at` gives at least `units_kwh` (a multiple of
+    0.1 kWh): "how much must I pay for 100 kWh?", debt share and charges due included.
+
+    Raises InvalidAmount for units that are negative or finer than 0.1 kWh, and as
+    `price_vend` does for a bad account, tariff or instant.
+    """
+    steps = _steps(units_kwh)
     plan = _plan(tariff, account, at)
-    need = plan.cost(1)
+    need = plan.cost(steps)
 
     def enough(amount: int) -> bool:
         return plan.funds(Money(amount, tariff.currency))[1].minor >= need
@@ -359,6 +368,15 @@ def minimum_tender(tariff: Tariff, account: VendAccount, at: datetime) -> Money:
     return Money(hi, tariff.currency)
 
 
+def _steps(units_kwh: Decimal) -> int:
+    if not units_kwh.is_finite():
+        raise InvalidAmount(f"units must be a finite number of kWh, got {units_kwh}")
+    steps = exact(units_kwh) / exact(UNIT_STEP_KWH)
+    if steps < 0 or steps.denominator != 1:
+        raise InvalidAmount(f"units must be a non-negative multiple of 0.1 kWh, got {units_kwh}")
+    return int(steps)
+
+
 def _plan(tariff: Tariff, account: VendAccount, at: datetime) -> _Plan:
     instant = localtime.require_aware(at, "at")
     _check_account(tariff, account, instant)
@@ -367,7 +385,7 @@ def _plan(tariff: Tariff, account: VendAccount, at: datetime) -> _Plan:
     wall = localtime.wall_clock(instant, tz)
     band = None
     if isinstance(version.energy, TimeOfUse):
-        band = version.energy.band_at(wall)
+        band = version.energy.vend_band(wall)
         if version.energy.band_rates[band] == 0:
             raise NoChargeableRate(f"band {band!r} is free: it cannot be sold as units")
     last = account.last_purchase_at

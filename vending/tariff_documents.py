@@ -83,6 +83,8 @@ class TimeOfUseDocument(_Document):
     band_rates: dict[str, Amount]
     seasons: list[SeasonDocument]
     holidays: list[date] = []
+    # The band token vends are priced at; none: the band in force at the purchase.
+    token_band: str | None = None
 
 
 EnergyDocument = Annotated[
@@ -247,6 +249,7 @@ def _energy(doc: FlatRateDocument | SteppedBlocksDocument | TimeOfUseDocument) -
             for s in doc.seasons
         ),
         holidays=frozenset(doc.holidays),
+        token_band=doc.token_band,
     )
 
 
@@ -293,4 +296,5 @@ def _energy_document(
             for s in energy.seasons
         ],
         holidays=sorted(energy.holidays),
+        token_band=energy.token_band,
     )

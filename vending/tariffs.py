@@ -267,13 +267,16 @@ class Season:
 class TimeOfUse:
     """Rates per band; which band applies depends on season, day type and wall time.
 
-    A vend of units for a token meter is priced at the band in force at the moment of
-    purchase; consumption of a central-balance meter is rated in the band it was used in.
+    Consumption of a central-balance meter is rated in the band it was used in. A token
+    meter cannot apply bands, so a vend of units is priced at `token_band` when the
+    utility names one (e.g. "standard"), otherwise at the band in force at the moment of
+    purchase.
     """
 
     band_rates: Mapping[str, Decimal]
     seasons: tuple[Season, ...]
     holidays: frozenset[date] = frozenset()
+    token_band: str | None = None
 
     def __post_init__(self) -> None:
         if not self.band_rates:
@@ -294,9 +297,20 @@ class TimeOfUse:
                 for p in schedule.periods:
                     if p.band not in self.band_rates:
                         raise UnknownBand(f"season {season.name!r} uses unpriced band {p.band!r}")
+        if self.token_band is not None:
+            if self.token_band not in self.band_rates:
+                raise UnknownBand(f"token_band {self.token_band!r} has no rate")
+            if self.band_rates[self.token_band] == 0:
+                raise NoChargeableRate(f"token_band {self.token_band!r} is free")
 
     def __hash__(self) -> int:
-        return hash((tuple(sorted(self.band_rates.items())), self.seasons, self.holidays))
+        return hash(
+            (tuple(sorted(self.band_rates.items())), self.seasons, self.holidays, self.token_band)
+        )
+
+    def vend_band(self, wall: datetime) -> str:
+        """The band a token vend at local wall-clock reading `wall` is priced at."""
+        return self.token_band if self.token_band is not None else self.band_at(wall)
 
     def schedule_for(self, day: date) -> DaySchedule:
         season = next(s for s in self.seasons if day.month in s.months)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from protocols.modbus.codecs import Ascii, CodecError, check_registers
@@ -26,9 +27,11 @@ __all__ = [
     "PointValue",
     "ReadRequest",
     "WriteRequest",
+    "clock_write",
     "decode_event_log",
     "decode_points",
     "decode_readings",
+    "meter_time",
     "meter_totals",
     "plan_reads",
     "power_limit_write",
@@ -94,12 +97,14 @@ _ROUTINE_PREPAID = (
     Prepaid.TOKEN_COUNT,
     Prepaid.POWER_LIMIT_W,
     Prepaid.EVENT_COUNT,
+    Prepaid.METER_TIME,
 )
 
 
 def routine_points(profile: Profile) -> tuple[Point, ...]:
     """What a periodic poll reads: every measurand, and the prepaid state the profile has
-    (relay state and reason, last token result and count, power limit, event count; the
+    (relay state and reason, last token result and count, power limit, event count,
+    meter clock; the
     relay actuator itself when the profile has no separate relay state register)."""
     points: list[Point] = list(profile.measurands)
     points.extend(p for p in _ROUTINE_PREPAID if profile.find(p) is not None)
@@ -257,6 +262,26 @@ def power_limit_write(profile: Profile, power_limit_w: Decimal) -> WriteRequest:
         raise CodecError("power limit must not be negative")
     assert reg.codec is not None and not isinstance(reg.codec, Ascii)
     return WriteRequest(16, reg.address, registers=tuple(reg.codec.encode(power_limit_w)))
+
+
+def clock_write(profile: Profile, meter_time: datetime) -> WriteRequest:
+    """The FC16 write that sets the meter's clock to ``meter_time`` (whole seconds, UTC).
+
+    Raises:
+        ProfileError: the profile has no clock register.
+        CodecError: ``meter_time`` is naive or outside the UINT32 Unix-seconds range.
+    """
+    reg = profile.register(Prepaid.METER_TIME)
+    if meter_time.tzinfo is None or meter_time.utcoffset() is None:
+        raise CodecError("meter time must be timezone-aware")
+    assert reg.codec is not None and not isinstance(reg.codec, Ascii)
+    seconds = Decimal(int(meter_time.timestamp()))
+    return WriteRequest(16, reg.address, registers=tuple(reg.codec.encode(seconds)))
+
+
+def meter_time(value: Decimal) -> datetime:
+    """The meter clock register's value (Unix seconds) as an aware UTC datetime."""
+    return datetime.fromtimestamp(int(value), tz=UTC)
 
 
 def token_write(profile: Profile, digits: str) -> WriteRequest:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_FLOOR, Decimal
 
@@ -54,10 +54,11 @@ class Block(enum.StrEnum):
 
     @property
     def is_bits(self) -> bool:
-        return self in (Block.COIL, Block.DISCRETE_INPUT)
+        return self in _BIT_BLOCKS
 
 
 _READ_FC = {Block.COIL: 1, Block.DISCRETE_INPUT: 2, Block.HOLDING: 3, Block.INPUT: 4}
+_BIT_BLOCKS = frozenset({Block.COIL, Block.DISCRETE_INPUT})
 
 
 class Access(enum.StrEnum):
@@ -109,6 +110,7 @@ class Prepaid(enum.StrEnum):
     RELAY_COMMAND = "relay_command"  # the actuator: write 1 to close, 0 to open
     EVENT_LOG = "event_log"  # the newest events, see EventLog
     SERIAL_NUMBER = "serial_number"  # numeric serial (Eastron UINT32 at 0xFC00)
+    METER_TIME = "meter_time"  # the meter's clock, Unix seconds UTC; write to set it
     DEVICE_ADDRESS = "device_address"  # the Modbus unit id the meter answers to
 
 
@@ -179,22 +181,19 @@ class Register:
     codec: Codec | None
     access: Access = Access.READ
     description: str = ""
+    # Number of addresses used (registers, or 1 bit) and one past the last; derived,
+    # stored because the simulator consults them on every request.
+    count: int = field(init=False, repr=False, compare=False)
+    end: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.block.is_bits != (self.codec is None):
             raise ValueError(f"{self.point}: bit blocks take no codec, register blocks need one")
-        if not 0 <= self.address <= 0xFFFF - self.count + 1:
+        count = 1 if self.codec is None else self.codec.registers
+        if not 0 <= self.address <= 0xFFFF - count + 1:
             raise ValueError(f"{self.point}: address {self.address} out of range")
-
-    @property
-    def count(self) -> int:
-        """Number of addresses used (registers, or 1 bit)."""
-        return 1 if self.codec is None else self.codec.registers
-
-    @property
-    def end(self) -> int:
-        """One past the last address."""
-        return self.address + self.count
+        object.__setattr__(self, "count", count)
+        object.__setattr__(self, "end", self.address + count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,8 +380,8 @@ EASTRON_SETTINGS: tuple[Setting, ...] = (
     Setting(Block.HOLDING, 0x0000, F32, Decimal(0), "demand time (min)"),
     Setting(Block.HOLDING, 0x0002, F32, Decimal(60), "demand period (min)"),
     Setting(Block.HOLDING, 0x000C, F32, Decimal(100), "pulse width (ms)"),
-    Setting(Block.HOLDING, 0x0012, F32, Decimal(0), "parity/stop: 0 = 1 stop bit, no parity"),
-    Setting(Block.HOLDING, 0x001C, F32, Decimal(2), "baud code: 2 = 9600"),
+    Setting(Block.HOLDING, 0x0012, F32, Decimal(0), "parity/stop code (0: 1 stop bit, no parity)"),
+    Setting(Block.HOLDING, 0x001C, F32, Decimal(2), "baud code (2: 9600 baud)"),
 )
 EASTRON_IDENTITY: tuple[Register, ...] = (
     Register(Prepaid.DEVICE_ADDRESS, Block.HOLDING, 0x0014, F32, Access.READ),
@@ -402,7 +401,7 @@ def prepaid_extension(
 
     Layout (offsets from ``base``): 0 relay closed, 1 relay reason, 2 prepaid mode,
     3 last token result, 4 token count, 5 reserved, 6-7 credit kWh, 8-9 power limit W,
-    10-11 event count (UINT32),
+    10-11 event count (UINT32), 12-13 meter clock (UINT32 Unix seconds, writable),
     16-25 token entry (20 ASCII digits), 32-41 STS meter number (ASCII, 20 chars),
     48-79 serial (ASCII, 64 chars), 80-127 event log (8 records of 6 registers).
 
@@ -422,6 +421,9 @@ def prepaid_extension(
             Prepaid.POWER_LIMIT_W, Block.HOLDING, base + 8, power_limit_codec, Access.READ_WRITE
         ),
         Register(Prepaid.EVENT_COUNT, Block.HOLDING, base + 10, ScaledInt(words=2), Access.READ),
+        Register(
+            Prepaid.METER_TIME, Block.HOLDING, base + 12, ScaledInt(words=2), Access.READ_WRITE
+        ),
         Register(Prepaid.TOKEN_ENTRY, Block.HOLDING, base + 16, Ascii(10), Access.WRITE),
         Register(Prepaid.METER_NUMBER, Block.HOLDING, base + 32, Ascii(10), Access.READ),
         Register(Prepaid.METER_SERIAL, Block.HOLDING, base + 48, Ascii(32), Access.READ),

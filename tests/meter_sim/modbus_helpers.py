@@ -62,6 +62,7 @@ class State:
     tokens: int
     events: int
     credit_kwh: Decimal | None
+    meter_time: datetime
 
 
 def state_of(model: MeterModel) -> State:
@@ -71,6 +72,7 @@ def state_of(model: MeterModel) -> State:
         len(model.token_results),
         model.event_count,
         model.credit_kwh,
+        model.meter_time,
     )
 
 

@@ -74,3 +74,13 @@ def test_a_command_after_an_interval_end_first_takes_that_interval_reading() -> 
     assert parse_telemetry(reading.payload).ts == START + timedelta(minutes=15)
     assert agent.next_reading_at == START + timedelta(minutes=30)
     assert agent.due_readings(late) == []
+
+
+def test_upload_spread_delays_publication_but_not_the_reading_time() -> None:
+    model = MeterModel(describe_fleet(1, seed=8)[0], START)
+    agent = MqttMeterAgent(model, TopicScheme(), upload_spread_s=600)
+    assert timedelta(0) <= agent.upload_delay < timedelta(seconds=600)
+    agent.take_events()
+    end = START + timedelta(minutes=15)
+    [reading] = agent.tick(end + timedelta(minutes=5))
+    assert parse_telemetry(reading.payload).ts == end

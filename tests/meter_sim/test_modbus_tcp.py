@@ -17,6 +17,7 @@ from protocols.modbus import (
     Block,
     Measurand,
     Prepaid,
+    ProfileError,
     ReadRequest,
     RelayReason,
     TokenResult,
@@ -45,6 +46,7 @@ from tests.meter_sim.modbus_helpers import (
 EASTRON = get_profile("eastron-sdm120-prepaid")
 SDM630 = get_profile("eastron-sdm630-prepaid")
 DDS238 = get_profile("dds238-zn")
+PLAIN_SDM120 = get_profile("eastron-sdm120")
 
 
 class Rig:
@@ -67,12 +69,14 @@ async def _rig(meters: list, clock: ManualClock, **kwargs) -> AsyncIterator[Rig]
 
 @pytest.fixture
 async def gateway() -> AsyncIterator[Rig]:
-    """Three meters behind one TCP port: Eastron prepaid (1), SDM630 (2), DDS238 (3)."""
+    """Four meters behind one TCP port: Eastron prepaid (1), SDM630 (2), DDS238 (3) and a
+    plain SDM120 without relay or prepaid block (4)."""
     clock = ManualClock()
     meters = [
         ModbusMeter(1, make_meter(1, clock=clock), EASTRON),
         ModbusMeter(2, make_meter(2, phases=3, clock=clock), SDM630),
         ModbusMeter(3, make_meter(3, mode=PrepaidMode.CENTRAL, clock=clock), DDS238),
+        ModbusMeter(4, make_meter(4, mode=PrepaidMode.CENTRAL, clock=clock), PLAIN_SDM120),
     ]
     async for rig in _rig(meters, clock):
         yield rig
@@ -83,10 +87,10 @@ def _close_to(actual: Decimal, expected: Decimal) -> bool:
     return abs(actual - expected) <= abs(expected) * Decimal("1e-6") + Decimal("0.0015")
 
 
-@pytest.mark.parametrize(("unit", "exact"), [(1, False), (2, False), (3, True)])
+@pytest.mark.parametrize(("unit", "exact"), [(1, False), (2, False), (3, True), (4, False)])
 async def test_each_profile_serves_the_model_measurements(gateway: Rig, unit: int, exact: bool):
     gateway.clock.forward(hours=2)
-    profile = (EASTRON, SDM630, DDS238)[unit - 1]
+    profile = (EASTRON, SDM630, DDS238, PLAIN_SDM120)[unit - 1]
     totals = meter_totals(decode_readings(profile, await read_all(gateway.client, profile, unit)))
     model = gateway.sim.model(unit)
     expected = model.measurements()
@@ -275,7 +279,7 @@ async def test_unknown_unit_id_stays_silent_and_the_bus_keeps_working(gateway: R
         await gateway.client.read_input_registers(0, count=2, device_id=9)
     reply = await gateway.client.read_input_registers(0, count=2, device_id=1)
     assert not reply.isError()
-    assert gateway.sim.dropped_requests == 1
+    assert (gateway.sim.dropped_requests, gateway.sim.requests) == (1, 1)
 
 
 async def test_offline_meter_stops_answering_until_it_comes_back(gateway: Rig):
@@ -497,3 +501,34 @@ async def test_offline_fault_takes_the_meter_off_the_bus_for_whole_intervals():
         while rig.sim.is_offline(1):
             clock.forward(minutes=15)
         assert not (await rig.client.read_input_registers(0, count=2, device_id=1)).isError()
+
+
+async def test_a_meter_without_relay_or_prepaid_block_refuses_those_addresses(gateway: Rig):
+    with pytest.raises(ProfileError):
+        relay_write(PLAIN_SDM120, False)
+    reply = await gateway.client.write_coil(0, False, device_id=4)
+    assert reply.isError() and reply.exception_code == 2
+    reply = await gateway.client.read_holding_registers(0x1000, count=2, device_id=4)
+    assert reply.isError() and reply.exception_code == 2
+    assert gateway.sim.model(4).relay_closed
+
+
+async def test_meter_clock_reads_and_is_set_over_modbus(gateway: Rig):
+    from datetime import UTC, datetime
+
+    from protocols.modbus import clock_write, meter_time
+
+    values = await _routine(gateway, EASTRON, 1)
+    assert meter_time(values[Prepaid.METER_TIME]) == gateway.clock().replace(microsecond=0)
+    target = datetime(2026, 11, 24, 9, 30, tzinfo=UTC)
+    assert not (await write(gateway.client, clock_write(DDS238, target), 3)).isError()
+    assert gateway.sim.model(3).meter_time == target
+    values = await _routine(gateway, DDS238, 3)
+    assert meter_time(values[Prepaid.METER_TIME]) == target
+
+
+async def test_a_meter_time_outside_the_meter_range_is_refused(gateway: Rig):
+    before = state_of(gateway.sim.model(1))
+    reply = await gateway.client.write_registers(0x100C, [0x0000, 0x0001], device_id=1)  # 1970
+    assert reply.isError() and reply.exception_code == 3
+    assert state_of(gateway.sim.model(1)) == before

@@ -224,3 +224,14 @@ def test_a_routine_poll_reads_every_measurand_in_few_requests(name: str) -> None
     assert set(profile.measurands) <= set(points)
     assert Prepaid.TOKEN_ENTRY not in points
     assert len(plan_reads(profile, points)) <= 3
+
+
+def test_clock_write_needs_an_aware_time() -> None:
+    from datetime import datetime
+
+    from protocols.modbus import clock_write
+
+    with pytest.raises(CodecError, match="timezone-aware"):
+        clock_write(get_profile("dds238-zn"), datetime(2026, 1, 1))
+    with pytest.raises(ProfileError):
+        clock_write(get_profile("eastron-sdm120"), datetime(2026, 1, 1, tzinfo=UTC))

@@ -39,3 +39,17 @@ def test_the_vend_search_curve_prices_exactly_like_compute_charges(
         )
         assert curve.total(kwh) == charges.total.minor
         assert curve.exact(kwh) == charges.exact_total
+
+
+@PROPERTY
+@given(tariffs(), positions, st.integers(0, 100_000), st.integers(1, 5_000), st.data())
+def test_more_units_never_cost_less_so_the_vend_search_is_sound(
+    tariff: Tariff, position: Fraction, steps: int, more: int, data: st.DataObject
+) -> None:
+    version = data.draw(st.sampled_from(tariff.versions))
+    band = None
+    if isinstance(version.energy, TimeOfUse):
+        band = data.draw(st.sampled_from(sorted(version.energy.band_rates)))
+    curve = UsageCostCurve(tariff.currency, version, position, band, True, [])
+    assert curve.total(Fraction(steps, 10)) <= curve.total(Fraction(steps + more, 10))
+    assert curve.total(Fraction(steps, 10)) <= curve.total(Fraction(steps + 1, 10))

@@ -1,3 +1,4 @@
+import json
 from decimal import Decimal
 
 import pytest
@@ -102,8 +103,6 @@ def test_weekly_instalments_stop_at_the_debt() -> None:
 @PROPERTY
 @given(rules)
 def test_a_rule_survives_its_stored_form(rule: DebtRecoveryRule) -> None:
-    import json
-
     stored = json.loads(json.dumps(rule.to_document()))
     assert DebtRecoveryRule.from_document(stored) == rule
 

@@ -1,4 +1,5 @@
 import contextlib
+import json
 from dataclasses import replace
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -31,6 +32,7 @@ from vending.pricing import (
     minimum_tender,
     price_units,
     price_vend,
+    tender_for_units,
 )
 from vending.rating import rate_interval
 from vending.tariffs import (
@@ -335,6 +337,16 @@ def test_vended_units_cost_what_rating_the_same_kwh_in_the_same_band_costs(
     case: tuple[Tariff, VendAccount, Money, datetime],
 ) -> None:
     tariff, account, tendered, at = case
+    # Price vends at the band in force, as rating does.
+    tariff = replace(
+        tariff,
+        versions=tuple(
+            replace(v, energy=replace(v.energy, token_band=None))
+            if isinstance(v.energy, TimeOfUse)
+            else v
+            for v in tariff.versions
+        ),
+    )
     # Leave fixed charges out: vends collect them per purchase, rating per day.
     account = replace(account, fixed_charged_through=date(2100, 1, 1))
     b = vend_or_minimum(tariff, account, tendered, at)
@@ -354,8 +366,6 @@ def test_vended_units_cost_what_rating_the_same_kwh_in_the_same_band_costs(
 
 
 def test_a_breakdown_has_a_json_form_for_storage_and_receipts() -> None:
-    import json
-
     b = price_vend(residential_stepped(), Money(50000, ZAR), VendAccount.new(ZAR), AUG_3)
     stored = json.loads(json.dumps(b.to_dict()))
     assert stored["units_kwh"] == "286.2"
@@ -402,6 +412,19 @@ def test_a_time_of_use_vend_changes_band_exactly_at_the_period_start() -> None:
     assert [line.label for line in at.charges.energy] == ["peak"]
 
 
+def test_a_utility_can_price_all_token_vends_at_one_band() -> None:
+    version = commercial_tou().versions[0]
+    assert isinstance(version.energy, TimeOfUse)
+    standard = replace(version, energy=replace(version.energy, token_band="standard"))
+    tariff = replace(commercial_tou(), versions=(standard,))
+    account = VendAccount.new(
+        ZAR, terms=AccountTerms(capacity_kva=D(25)), fixed_charged_through=date(2026, 8, 3)
+    )
+    for hour in (0, 5, 12, 21):  # off-peak, peak, standard, off-peak on the wall clock
+        b = price_vend(tariff, Money(10000, ZAR), account, utc(2026, 8, 3, hour))
+        assert [line.label for line in b.charges.energy] == ["standard"]
+
+
 def test_a_time_of_use_vend_on_a_daylight_saving_day_reads_the_wall_clock() -> None:
     day = DaySchedule(
         frozenset(DayType), (Period(time(0), time(2), "night"), Period(time(2), None, "day"))
@@ -433,3 +456,53 @@ def test_minimum_tender_covers_the_debt_share_the_charges_and_a_tenth_of_a_kwh()
     assert b.debt_recovered == Money(minimum.minor // 4, ZAR)
     with pytest.raises(AmountBelowMinimum):
         price_vend(residential_stepped(), Money(1, ZAR), account, AUG_3)
+
+
+@PROPERTY
+@given(
+    vend_cases(),
+    st.lists(st.tuples(st.integers(0, 40 * 86400), st.integers(0, 300_000)), max_size=6),
+)
+def test_over_a_run_of_vends_every_cent_tendered_is_accounted_for(
+    case: tuple[Tariff, VendAccount, Money, datetime], later: list[tuple[int, int]]
+) -> None:
+    tariff, account, tendered, at = case
+    cur = tariff.currency
+    paid = accounted = 0
+    start_carry = account.carry_over.minor
+    for gap, amount in [(0, tendered.minor), *later]:
+        at += timedelta(seconds=gap)
+        try:
+            b = price_vend(tariff, Money(amount, cur), account, at)
+        except AmountBelowMinimum:
+            continue
+        paid += amount
+        accounted += b.debt_recovered.minor + b.charges.total.minor
+        account = b.account_after
+    # In = out: what was paid plus the change brought in is what was charged, recovered
+    # or is still carried.
+    assert paid + start_carry == accounted + account.carry_over.minor
+
+
+def test_the_amount_for_a_number_of_units_buys_them_and_a_cent_less_does_not() -> None:
+    tariff, account = residential_stepped(), VendAccount.new(ZAR)
+    amount = tender_for_units(tariff, account, AUG_3, D(100))
+    assert price_vend(tariff, amount, account, AUG_3).units_kwh == D(100)
+    assert price_vend(tariff, amount - Money(1, ZAR), account, AUG_3).units_kwh == D("99.9")
+    with pytest.raises(InvalidAmount):
+        tender_for_units(tariff, account, AUG_3, D("NaN"))
+
+
+@PROPERTY
+@given(vend_cases(), st.integers(0, 20_000))
+def test_tender_for_units_is_the_least_amount_that_buys_them(
+    case: tuple[Tariff, VendAccount, Money, datetime], steps: int
+) -> None:
+    tariff, account, _tendered, at = case
+    units = Decimal(steps) / 10
+    amount = tender_for_units(tariff, account, at, units)
+    assert price_vend(tariff, amount, account, at).units_kwh >= units
+    if amount.minor > 0:
+        with contextlib.suppress(AmountBelowMinimum):
+            less = price_vend(tariff, amount - Money(1, amount.currency), account, at)
+            assert less.units_kwh < units

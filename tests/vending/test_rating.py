@@ -1,3 +1,4 @@
+import itertools
 from collections import Counter
 from dataclasses import replace
 from datetime import date, datetime, time, timedelta
@@ -24,6 +25,8 @@ from tests.vending.factories import (
 )
 from vending.charging import Charges, LineKind
 from vending.localtime import NaiveDatetime, day_start, days_in_month
+from vending.money import Money
+from vending.pricing import VendAccount, price_vend
 from vending.rating import (
     EmptyInterval,
     IntervalCharge,
@@ -350,3 +353,60 @@ def test_a_tariff_change_mid_month_splits_the_demand_charge_by_days() -> None:
         rate_demand(tariff, date(2026, 6, 1), D(-1))
     with pytest.raises(NoTariffInForce):
         rate_demand(tariff, date(2025, 12, 1), D(1))
+
+
+@PROPERTY
+@given(
+    tariffs(),
+    instants,
+    st.integers(60, 40 * 86400),
+    energies,
+    month_positions,
+    terms,
+    st.lists(st.integers(1, 10**6), min_size=1, max_size=12),
+)
+def test_rating_a_span_in_many_pieces_chains_month_to_date_and_keeps_the_exact_total(
+    tariff: Tariff,
+    start: datetime,
+    seconds: int,
+    kwh: Decimal,
+    mtd: Decimal,
+    account: AccountTerms,
+    weights: list[int],
+) -> None:
+    us = timedelta(microseconds=1)
+    end = start + timedelta(seconds=seconds)
+    total_us = (end - start) // us
+    cuts = sorted({total_us * w // (sum(weights) + 1) for w in weights} - {0})
+    bounds = [start] + [start + c * us for c in cuts] + [end]
+    whole = rate_interval(tariff, start, end, kwh, mtd, account)
+    position: Fraction | Decimal = mtd
+    exact_sum = Fraction(0)
+    for a, b in itertools.pairwise(bounds):
+        piece_kwh = Fraction(kwh) * Fraction((b - a) // us, total_us)
+        piece = rate_interval(tariff, a, b, piece_kwh, position, account)
+        exact_sum += piece.charges.exact_total
+        position = piece.month_to_date_kwh_after
+    assert exact_sum == whole.charges.exact_total
+    assert position == whole.month_to_date_kwh_after
+
+
+def test_a_month_bought_in_one_vend_costs_exactly_what_it_costs_rated_day_by_day() -> None:
+    tariff = residential_stepped()
+    tz = ZoneInfo(tariff.timezone)
+    # A token customer pays on 31 August for the whole month's service charge...
+    account = VendAccount.new(ZAR, fixed_charged_through=date(2026, 7, 31))
+    vend = price_vend(tariff, Money(150_000, ZAR), account, utc(2026, 8, 31, 20))
+    # ...and a central-balance twin uses the same kWh evenly over August, rated daily.
+    position: Fraction | Decimal = D(0)
+    exact_total, rounded_total, bound = Fraction(0), 0, Fraction(0)
+    for day in range(1, 32):
+        start = day_start(date(2026, 8, day), tz)
+        end = day_start(date(2026, 8, day) + timedelta(days=1), tz)
+        piece = rate_interval(tariff, start, end, Fraction(vend.units_kwh) / 31, position)
+        position = piece.month_to_date_kwh_after
+        exact_total += piece.charges.exact_total
+        rounded_total += piece.total.minor
+        bound += piece.charges.rounding_bound
+    assert exact_total == vend.charges.exact_total
+    assert abs(rounded_total - vend.charges.total.minor) <= bound + vend.charges.rounding_bound

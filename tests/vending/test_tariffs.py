@@ -1,5 +1,5 @@
 import json
-from datetime import date, time
+from datetime import date, datetime, time
 from decimal import Decimal
 
 import pytest
@@ -141,6 +141,15 @@ def test_seasons_must_cover_each_month_once_and_bands_must_be_priced() -> None:
         TimeOfUse({"b": D(1)}, (Season("s", frozenset(range(1, 13)), (day,)),))
 
 
+def test_the_token_band_must_be_a_priced_band_with_a_price() -> None:
+    day = _day((0, None, "a"))
+    season = (Season("s", frozenset(range(1, 13)), (day,)),)
+    with pytest.raises(UnknownBand):
+        TimeOfUse({"a": D(1)}, season, token_band="b")
+    with pytest.raises(NoChargeableRate):
+        TimeOfUse({"a": D(0)}, season, token_band="a")
+
+
 def test_version_figures_are_checked() -> None:
     with pytest.raises(InvalidPercentage):
         TariffVersion(date(2026, 1, 1), FlatRate(D(1)), vat_percent=D(101))
@@ -178,8 +187,6 @@ def test_the_version_in_force_changes_at_local_midnight_of_its_effective_date() 
 def test_time_of_use_bands_follow_season_day_type_and_public_holidays() -> None:
     tou = commercial_tou().versions[0].energy
     assert isinstance(tou, TimeOfUse)
-    from datetime import datetime
-
     assert tou.band_at(datetime(2026, 7, 1, 7, 0)) == "peak"  # winter Wednesday
     assert tou.band_at(datetime(2026, 7, 1, 6, 59)) == "standard"
     assert tou.band_at(datetime(2026, 7, 4, 8, 0)) == "standard"  # Saturday

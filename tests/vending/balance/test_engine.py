@@ -1,0 +1,286 @@
+"""The balance engine over a real database: rating, ledger, alerts and supply decisions.
+
+The consumption stream is fed from a list here (the head-end's stream is the source in
+production and in the end-to-end test); commands are recorded as the head-end's queue
+would receive them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from headend.models import PrepaidMode
+from tests.vending.world import VendingWorld, add_metered_customer, build_world, drn
+from vending.accounts import open_link
+from vending.balance.engine import (
+    BalanceEngine,
+    ConsumptionRecord,
+    EngineSettings,
+    balance_minor,
+    take_emergency_credit,
+)
+from vending.balance.policy import DisconnectPolicy
+from vending.counter import PaymentMethod, VendRequest, vend
+from vending.models import (
+    Account,
+    BalanceDecision,
+    Customer,
+    HeldConsumption,
+    LedgerEntry,
+    Notification,
+    Vend,
+)
+
+# Tuesday 24 November 2026, 10:00 in Johannesburg (UTC+2): outside friendly hours.
+MORNING = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
+POLICY = DisconnectPolicy(
+    timezone="Africa/Johannesburg",
+    grace_after_exhaustion=timedelta(minutes=30),
+    grace_after_conversion=timedelta(0),
+)
+
+
+@dataclass
+class Stream:
+    records: list[ConsumptionRecord] = field(default_factory=list)
+
+    def add(self, meter_id: int, start: datetime, kwh: str, quality: str = "measured") -> None:
+        self.records.append(
+            ConsumptionRecord(
+                offset=len(self.records) + 1,
+                meter_id=meter_id,
+                quantity="energy_import_kwh",
+                t_start=start,
+                t_end=start + timedelta(minutes=15),
+                energy_kwh=Decimal(kwh),
+                quality=quality,
+                reason="spike" if quality == "flagged" else "",
+            )
+        )
+
+    def __call__(self, session: Session, after_offset: int, limit: int) -> list[ConsumptionRecord]:
+        return [r for r in self.records if r.offset > after_offset][:limit]
+
+
+@dataclass
+class Commands:
+    requested: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    def request(
+        self,
+        meter_id: int,
+        name: str,
+        params: object = None,
+        *,
+        requested_by: str,
+        reason: str,
+        idempotency_key: str | None = None,
+    ) -> int:
+        key = idempotency_key or str(len(self.requested))
+        self.requested.setdefault(key, (meter_id, name))
+        return list(self.requested).index(key) + 1
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def world(session_factory: sessionmaker[Session]) -> VendingWorld:
+    return build_world(session_factory)
+
+
+def _engine(world: VendingWorld, stream: Stream, commands: Commands, clock: Clock) -> BalanceEngine:
+    return BalanceEngine(
+        world.session_factory,
+        source=stream,
+        commands=commands,
+        audit=world.audit,
+        settings=EngineSettings(policy=POLICY),
+        clock=clock,
+    )
+
+
+def _central_customer(world: VendingWorld, serial: int, top_up: str) -> tuple[int, int]:
+    """A central-balance customer (no free units, to keep the figures plain) who topped up."""
+    add_metered_customer(world, serial, prepaid_mode=PrepaidMode.CENTRAL)
+    with world.session_factory() as session, session.begin():
+        session.scalars(select(Account).order_by(Account.id)).all()[-1].free_units_eligible = False
+    record = _top_up(world, serial, top_up, f"top-up-{serial}", MORNING - timedelta(hours=1))
+    return record.account_id, record.meter_id
+
+
+def _top_up(world: VendingWorld, serial: int, amount: str, reference: str, at: datetime) -> Vend:
+    request = VendRequest(
+        drn(serial), Decimal(amount), PaymentMethod.CASH, "counter", reference, "clerk.one"
+    )
+    with world.session_factory() as session, session.begin():
+        return vend(
+            session, request, security_module=world.security_module, audit=world.audit, now=at
+        )
+
+
+def _balance(world: VendingWorld, account_id: int) -> int:
+    with world.session_factory() as session:
+        return balance_minor(session, account_id)
+
+
+def test_consumption_is_rated_into_the_ledger_once_even_when_replayed(
+    world: VendingWorld,
+) -> None:
+    account_id, meter_id = _central_customer(world, 1, "100.00")
+    stream, commands, clock = Stream(), Commands(), Clock(MORNING)
+    for n in range(4):
+        stream.add(meter_id, MORNING - timedelta(hours=1) + n * timedelta(minutes=15), "0.5")
+    engine = _engine(world, stream, commands, clock)
+    assert engine.run_once().rated == 4
+    after_first = _balance(world, account_id)
+    assert after_first < 10_000
+    # A restart re-reads nothing: the stream position was stored with the charges.
+    assert _engine(world, stream, commands, clock).run_once().rated == 0
+    assert _balance(world, account_id) == after_first
+    with world.session_factory() as session:
+        kinds = sorted(session.scalars(select(LedgerEntry.kind)).all())
+    assert kinds.count("consumption") == 4
+
+
+def test_a_re_read_interval_books_only_the_difference(world: VendingWorld) -> None:
+    account_id, meter_id = _central_customer(world, 2, "100.00")
+    stream, clock = Stream(), Clock(MORNING)
+    stream.add(meter_id, MORNING - timedelta(hours=1), "1.0")
+    engine = _engine(world, stream, Commands(), clock)
+    engine.run_once()
+    once = _balance(world, account_id)
+    stream.add(meter_id, MORNING - timedelta(hours=1), "2.0")  # the same interval, corrected
+    engine.run_once()
+    twice = _balance(world, account_id)
+    stream.add(meter_id, MORNING - timedelta(minutes=45), "1.0")
+    engine.run_once()
+    with world.session_factory() as session:
+        entries = session.scalars(
+            select(LedgerEntry).where(LedgerEntry.kind.in_(("consumption", "adjustment")))
+        ).all()
+    first_charge = -entries[0].amount_minor
+    assert 10_000 - once == first_charge
+    assert [e.kind for e in entries] == ["consumption", "adjustment", "consumption"]
+    assert once - twice == -entries[1].amount_minor
+
+
+@pytest.mark.parametrize(
+    ("setup", "reason"),
+    [
+        ("flagged", "flagged reading"),
+        ("negative", "negative consumption"),
+        ("unlinked", "not on any account"),
+    ],
+)
+def test_what_cannot_be_charged_is_held_with_its_reason(
+    world: VendingWorld, setup: str, reason: str
+) -> None:
+    account_id, meter_id = _central_customer(world, 3, "100.00")
+    stream = Stream()
+    start = MORNING - timedelta(hours=1)
+    if setup == "flagged":
+        stream.add(meter_id, start, "9.0", quality="flagged")
+    elif setup == "negative":
+        stream.add(meter_id, start, "-1.0")
+    else:
+        stream.add(meter_id, start - timedelta(days=10), "1.0")  # before the meter was linked
+    report = _engine(world, stream, Commands(), Clock(MORNING)).run_once()
+    assert report.held == 1
+    assert _balance(world, account_id) == 10_000
+    with world.session_factory() as session:
+        held = session.scalars(select(HeldConsumption)).one()
+    assert reason in held.reason
+
+
+def _exhaust(world: VendingWorld, serial: int) -> tuple[int, int, Stream]:
+    account_id, meter_id = _central_customer(world, serial, "20.00")
+    stream = Stream()
+    stream.add(meter_id, MORNING - timedelta(minutes=30), "40.0")  # far more than R20 buys
+    return account_id, meter_id, stream
+
+
+def test_an_exhausted_account_is_disconnected_after_the_grace_and_reconnected_on_top_up(
+    world: VendingWorld,
+) -> None:
+    account_id, meter_id, stream = _exhaust(world, 4)
+    commands, clock = Commands(), Clock(MORNING)
+    engine = _engine(world, stream, commands, clock)
+    engine.run_once()
+    assert _balance(world, account_id) <= 0
+    assert commands.requested == {}  # grace period first
+
+    clock.now = MORNING + timedelta(minutes=31)
+    report = engine.run_once()
+    assert list(commands.requested.values()) == [(meter_id, "disconnect")]
+    assert len(report.decisions) == 1
+
+    # A top-up in the evening (friendly hours): reconnection is not held back.
+    evening = datetime(2026, 11, 24, 18, 0, tzinfo=UTC)
+    _top_up(world, 4, "200.00", "evening-top-up", evening)
+    clock.now = evening
+    engine.run_once()
+    assert list(commands.requested.values()) == [(meter_id, "disconnect"), (meter_id, "connect")]
+    with world.session_factory() as session:
+        actions = session.scalars(select(BalanceDecision.action)).all()
+        kinds = set(session.scalars(select(Notification.kind)).all())
+    assert actions == ["defer", "disconnect", "reconnect"]
+    assert {"low_balance_0", "disconnect", "reconnect"} <= kinds
+
+
+def test_no_disconnection_in_friendly_hours(world: VendingWorld) -> None:
+    _, _, stream = _exhaust(world, 5)
+    evening = datetime(2026, 11, 24, 17, 0, tzinfo=UTC)  # 19:00 local
+    commands = Commands()
+    _engine(world, stream, commands, Clock(evening)).run_once()
+    _engine(world, stream, commands, Clock(evening + timedelta(hours=1))).run_once()
+    assert commands.requested == {}
+    with world.session_factory() as session:
+        decision = session.scalars(select(BalanceDecision)).all()[-1]
+    assert decision.action == "defer"
+    assert "friendly hours" in decision.reason
+
+
+def test_a_protected_customer_is_listed_for_an_operator_not_disconnected(
+    world: VendingWorld,
+) -> None:
+    account_id, _, stream = _exhaust(world, 6)
+    with world.session_factory() as session, session.begin():
+        account = session.get_one(Account, account_id)
+        session.get_one(Customer, account.customer_id).protection = "life_support"
+    commands = Commands()
+    _engine(world, stream, commands, Clock(MORNING + timedelta(hours=2))).run_once()
+    assert commands.requested == {}
+    with world.session_factory() as session:
+        decision = session.scalars(select(BalanceDecision)).one()
+    assert decision.action == "operator_list"
+
+
+def test_emergency_credit_is_repaid_first_from_the_next_top_up(world: VendingWorld) -> None:
+    account_id, meter_id, stream = _exhaust(world, 7)
+    engine = _engine(world, stream, Commands(), Clock(MORNING))
+    engine.run_once()
+    exhausted = _balance(world, account_id)
+    with world.session_factory() as session, session.begin():
+        take_emergency_credit(session, account_id, 5_000, actor="clerk.one", now=MORNING)
+    assert _balance(world, account_id) == exhausted + 5_000
+    _top_up(world, 7, "100.00", "after-emergency", MORNING + timedelta(minutes=5))
+    engine.run_once()
+    assert _balance(world, account_id) == exhausted + 5_000 + 10_000 - 5_000
+    with world.session_factory() as session:
+        assert open_link(session, meter_id) is not None
+        repaid = session.scalars(
+            select(LedgerEntry.amount_minor).where(LedgerEntry.kind == "emergency_repayment")
+        ).all()
+    assert repaid == [-5_000]
