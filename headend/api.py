@@ -10,13 +10,14 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, HTTPException, Query, UploadFile, status
+from fastapi.responses import PlainTextResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializer
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from headend.audit import AuditSink
-from headend.bulk_import import ImportFileError, import_meters
+from headend.bulk_import import ImportFileError, example_csv, import_meters
 from headend.commissioning import (
     Commissioning,
     CommissioningError,
@@ -262,6 +263,11 @@ def make_router(
         except ImportFileError as exc:
             raise _error(status.HTTP_422_UNPROCESSABLE_CONTENT, "invalid_file", str(exc)) from None
         return report.as_dict()
+
+    @router.get("/meters/import/template", response_class=PlainTextResponse)
+    def import_template(_: Any = require(*ENGINEERS)) -> str:
+        """A small valid CSV file to start a bulk import from."""
+        return example_csv()
 
     @router.get("/meters/{meter_id}", response_model=MeterOut)
     def read_meter(session: DB, meter_id: int, _: Any = require(*READERS)) -> Any:

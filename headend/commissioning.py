@@ -7,7 +7,8 @@ The steps, in order (``STEPS``):
 3. ``install_reading``: the import energy register is read and stored as the install reading.
 4. ``relay_test``: open, confirm open, close, confirm closed (skipped for meters without
    a relay, which use an external contactor).
-5. ``set_clock``: the meter's clock is set (skipped when the meter has no settable clock).
+5. ``set_clock``: the meter's clock is read (its offset recorded), set to UTC now and read
+   back (skipped when the meter has no clock register).
 6. ``load_keys``: the key change tokens from the injected ``KeyLoader`` (vending's security
    module, adapted by the composition root) are entered and must be accepted; without a
    loader, or when the meter has no remote token entry, the step is recorded as pending
@@ -88,6 +89,9 @@ class RunStatus(StrEnum):
 # new run of the same meter; it is closed as abandoned when the new one starts.
 STALE_RUN_AFTER = timedelta(minutes=30)
 KEY_CHANGE_PENDING = "pending: vending key change"
+# A clock read back further than this from the time it was set to fails the step
+# (whole-second registers and a slow link account for a few seconds).
+CLOCK_TOLERANCE_S = 10
 
 
 class CommissioningError(ValueError):
@@ -313,7 +317,7 @@ def _numeric_serial(serial: str) -> int | None:
     return int(digits) % (1 << 32) if digits else None
 
 
-def compare_nameplate(facts: _MeterFacts, plate: Nameplate) -> list[str]:
+def _compare_nameplate(facts: _MeterFacts, plate: Nameplate) -> list[str]:
     """The differences between what the meter reports and the registry, in words."""
     mismatches: list[str] = []
     if plate.serial is not None:
@@ -499,7 +503,7 @@ class Commissioning:
             )
         if step is Step.NAMEPLATE:
             plate = await link.read_nameplate()
-            mismatches = compare_nameplate(facts, plate)
+            mismatches = _compare_nameplate(facts, plate)
             detail = {"meter": plate.as_dict(), "mismatches": mismatches}
             if mismatches:
                 return StepOutcome(StepStatus.FAILED, "; ".join(mismatches), detail)
@@ -509,12 +513,31 @@ class Commissioning:
         if step is Step.RELAY_TEST:
             return await _relay_test(link)
         if step is Step.SET_CLOCK:
-            now = self._clock()
-            await link.set_clock(now)
-            return StepOutcome(StepStatus.PASSED, "clock set", {"set_to": now.isoformat()})
+            return await self._set_clock(link)
         if step is Step.LOAD_KEYS:
             return await _load_keys(facts, link, self._key_loader)
         return StepOutcome(StepStatus.PASSED, "commissioning report produced")
+
+    async def _set_clock(self, link: MeterLink) -> StepOutcome:
+        """Read the meter's clock (its error is worth recording), set it, read it back."""
+        found = await link.read_clock()
+        offset_s = int((found - self._clock()).total_seconds())
+        await link.set_clock(self._clock())
+        after = await link.read_clock()
+        error_s = int((after - self._clock()).total_seconds())
+        detail = {
+            "found": found.isoformat(),
+            "offset_s": offset_s,
+            "after": after.isoformat(),
+            "error_after_s": error_s,
+        }
+        if abs(error_s) > CLOCK_TOLERANCE_S:
+            return StepOutcome(
+                StepStatus.FAILED,
+                f"the meter's clock reads {after.isoformat()} after setting, {error_s} s off",
+                detail,
+            )
+        return StepOutcome(StepStatus.PASSED, f"clock set; it was {offset_s} s off", detail)
 
     async def _install_reading(self, facts: _MeterFacts, link: MeterLink) -> StepOutcome:
         value = READING_VALUE_TYPE.quantize(await link.read_register(Quantity.ENERGY_IMPORT_KWH))

@@ -28,9 +28,11 @@ from protocols.modbus import (
     ReadRequest,
     TokenResult,
     WriteRequest,
+    clock_write,
     decode_points,
     decode_readings,
     get_profile,
+    meter_time,
     plan_reads,
     relay_write,
     token_write,
@@ -87,6 +89,10 @@ class MeterLink(Protocol):
 
     async def read_relay(self) -> bool:
         """True when the relay is closed (supply on)."""
+        ...
+
+    async def read_clock(self) -> datetime:
+        """The meter's own clock, as an aware UTC time."""
         ...
 
     async def set_clock(self, now: datetime) -> None:
@@ -223,9 +229,20 @@ class ModbusMeterLink:
                 return bool(values[point])
         raise NotSupported(f"profile {self._profile.name} has no relay state")
 
+    async def read_clock(self) -> datetime:
+        if self._profile.find(Prepaid.METER_TIME) is None:
+            raise NotSupported(f"profile {self._profile.name} has no clock register")
+        values = await self._points([Prepaid.METER_TIME])
+        return meter_time(values[Prepaid.METER_TIME])
+
     async def set_clock(self, now: datetime) -> None:
-        # No profile in the register map carries a settable clock.
-        raise NotSupported(f"profile {self._profile.name} has no clock register")
+        try:
+            request = clock_write(self._profile, now)
+        except ProfileError:
+            raise NotSupported(f"profile {self._profile.name} has no clock register") from None
+        except CodecError as exc:
+            raise MeterLinkError(str(exc)) from None
+        await self._write(request)
 
     async def enter_token(self, digits: str) -> str:
         try:

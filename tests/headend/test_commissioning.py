@@ -130,6 +130,7 @@ async def test_an_installed_meter_passes_every_step_and_becomes_commissioned(
     session_factory: sessionmaker[Session], sim: ModbusSimServer, service: Commissioning
 ) -> None:
     meter_id = register(session_factory, sim, FLEET[0])
+    sim.model(1).set_clock(T0 - timedelta(minutes=7))  # the meter's clock runs 7 min late
     view = await service.commission(meter_id, technician="thabo")
     assert view.status is RunStatus.PASSED, view.as_dict()
     assert statuses(view) == {
@@ -137,7 +138,7 @@ async def test_an_installed_meter_passes_every_step_and_becomes_commissioned(
         "nameplate": "passed",
         "install_reading": "passed",
         "relay_test": "passed",
-        "set_clock": "skipped",
+        "set_clock": "passed",
         "load_keys": "pending",
         "report": "passed",
     }
@@ -148,7 +149,9 @@ async def test_an_installed_meter_passes_every_step_and_becomes_commissioned(
         "after_open_closed": False,
         "after_close_closed": True,
     }
-    assert steps[Step.SET_CLOCK].message == "profile eastron-sdm120-prepaid has no clock register"
+    assert steps[Step.SET_CLOCK].message == "clock set; it was -420 s off"
+    assert steps[Step.SET_CLOCK].detail["error_after_s"] == 0
+    assert sim.model(1).meter_time == T0
     assert steps[Step.LOAD_KEYS].message == "pending: vending key change"
     assert sim.model(1).relay_closed
     assert view.report is not None
@@ -205,6 +208,8 @@ async def test_a_meter_without_relay_skips_the_relay_test_and_matches_by_numeric
     assert steps[Step.NAMEPLATE].detail["meter"]["numeric_serial"] == 42
     assert steps[Step.RELAY_TEST].status is StepStatus.SKIPPED
     assert "has no relay" in steps[Step.RELAY_TEST].message
+    assert steps[Step.SET_CLOCK].status is StepStatus.SKIPPED
+    assert steps[Step.SET_CLOCK].message == "profile eastron-sdm120 has no clock register"
 
 
 async def test_a_central_balance_meter_has_no_keys_to_load(
@@ -350,3 +355,18 @@ async def test_a_second_run_at_the_same_instant_keeps_one_install_reading(
     assert second.status is RunStatus.PASSED, second.as_dict()
     with session_factory() as session:
         assert len(session.scalars(select(Reading)).all()) == 1
+
+
+async def test_an_mqtt_meter_cannot_be_commissioned_yet_and_says_why(
+    session_factory: sessionmaker[Session], service: Commissioning
+) -> None:
+    with session_factory() as session, session.begin():
+        meter_id = register_meter(
+            session,
+            MeterRegistration(serial="MQ-1", lifecycle="installed"),  # type: ignore[arg-type]
+            actor="tech",
+        ).id
+    view = await service.commission(meter_id, technician="thabo")
+    assert view.failed_step == "verify_communication"
+    assert "commissioning over MQTT is not available yet" in view.failure_reason
+    assert lifecycle(session_factory, meter_id) == "installed"

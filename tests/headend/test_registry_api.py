@@ -137,6 +137,18 @@ async def test_a_csv_upload_reports_rows(
         "/api/meters/import", files={"file": ("x.csv", b"colour\nred\n", "text/csv")}, headers=tech
     )
     assert (bad.status_code, bad.json()["detail"]["code"]) == (422, "invalid_file")
+    template = await api.get("/api/meters/import/template", headers=tech)
+    assert template.text.startswith("serial,meter_number,")
+    from_template = await api.post(
+        "/api/meters/import",
+        files={"file": ("t.csv", template.content, "text/csv")},
+        params={"dry_run": "true"},
+        headers=tech,
+    )
+    # Its only refusal is the meter number the upload above registered already.
+    assert [e["reasons"] for e in from_template.json()["errors"]] == [
+        ["meter_number 01234567897 is already in the registry"]
+    ]
     clerk = bearer_headers(session_factory, "clerk")
     refused = await api.post(
         "/api/meters/import", files={"file": ("fleet.csv", data, "text/csv")}, headers=clerk
