@@ -536,7 +536,8 @@ def make_router(
 
     @router.post("/customers", status_code=status.HTTP_201_CREATED)
     def create_customer(
-        new: NewCustomer = body(NewCustomer), principal: Any = require(*COUNTER_STAFF)
+        principal: Any = require(*COUNTER_STAFF),
+        new: NewCustomer = body(NewCustomer),
     ) -> dict[str, Any]:
         with writing() as session:
             customer = add_customer(session, new, clock())
@@ -636,7 +637,8 @@ def make_router(
 
     @router.post("/accounts", status_code=status.HTTP_201_CREATED)
     def create_account(
-        new: NewAccount = body(NewAccount), principal: Any = require(*COUNTER_STAFF)
+        principal: Any = require(*COUNTER_STAFF),
+        new: NewAccount = body(NewAccount),
     ) -> dict[str, Any]:
         with writing() as session:
             account = open_account(session, new, clock())
@@ -698,8 +700,8 @@ def make_router(
     @router.post("/accounts/{account_number}/meters", status_code=status.HTTP_201_CREATED)
     def link_account_meter(
         account_number: str,
-        link: LinkMeterBody = body(LinkMeterBody),
         principal: Any = require(*COUNTER_STAFF),
+        link: LinkMeterBody = body(LinkMeterBody),
     ) -> dict[str, Any]:
         """Put a meter on the account (moving it off any other account, history kept)."""
         with writing() as session:
@@ -724,8 +726,8 @@ def make_router(
 
     @router.post("/tariffs", status_code=status.HTTP_201_CREATED)
     def store_tariff(
-        document: TariffDocument = body(TariffDocument),
         principal: Any = require(*SUPERVISORS),
+        document: TariffDocument = body(TariffDocument),
     ) -> dict[str, Any]:
         """Create a tariff, or add versions (later effective dates) to a stored one."""
         with writing() as session:
@@ -782,7 +784,8 @@ def make_router(
 
     @router.post("/vending-points", status_code=status.HTTP_201_CREATED)
     def add_vending_point(
-        new: VendingPointBody = body(VendingPointBody), principal: Any = require(*ADMIN)
+        principal: Any = require(*ADMIN),
+        new: VendingPointBody = body(VendingPointBody),
     ) -> dict[str, Any]:
         with writing() as session:
             point = create_vending_point(
@@ -811,7 +814,9 @@ def make_router(
 
     @router.post("/vending-points/{code}/banking", status_code=status.HTTP_201_CREATED)
     def bank_vending_point_cash(
-        code: str, bank: BankBody = body(BankBody), principal: Any = require(*ADMIN)
+        code: str,
+        principal: Any = require(*ADMIN),
+        bank: BankBody = body(BankBody),
     ) -> dict[str, Any]:
         """Record the point's outstanding cash as banked; its limit is free again."""
         with writing() as session:
@@ -840,7 +845,8 @@ def make_router(
 
     @router.post("/shifts", status_code=status.HTTP_201_CREATED)
     def start_shift(
-        new: OpenShiftBody = body(OpenShiftBody), principal: Any = require(*CLERKS)
+        principal: Any = require(*CLERKS),
+        new: OpenShiftBody = body(OpenShiftBody),
     ) -> dict[str, Any]:
         with writing() as session:
             shift = open_shift(
@@ -871,7 +877,8 @@ def make_router(
 
     @router.post("/shifts/current/close")
     def end_shift(
-        close: CloseShiftBody = body(CloseShiftBody), principal: Any = require(*CLERKS)
+        principal: Any = require(*CLERKS),
+        close: CloseShiftBody = body(CloseShiftBody),
     ) -> dict[str, Any]:
         """Close the clerk's shift with the cash counted: the cash-up report."""
         with writing() as session:
@@ -935,8 +942,8 @@ def make_router(
     @router.post("/vends", status_code=status.HTTP_201_CREATED)
     def sell(
         response: Response,
-        request: VendBody = body(VendBody),
         principal: Any = require(*CLERKS),
+        request: VendBody = body(VendBody),
     ) -> dict[str, Any]:
         """Vend at the counter (see ``counter_vend``). A retry with the same reference
         answers 200 with the vend already made."""
@@ -1022,8 +1029,8 @@ def make_router(
     @router.post("/vends/{receipt_number}/reversal")
     def reverse(
         receipt_number: str,
-        reversal: ReversalBody = body(ReversalBody),
         principal: Any = require(*SUPERVISORS),
+        reversal: ReversalBody = body(ReversalBody),
     ) -> dict[str, Any]:
         """Reverse a vend with a reason (rules in vending.reversals)."""
         with writing() as session:
@@ -1047,8 +1054,8 @@ def make_router(
 
     @router.post("/token-acceptances", status_code=status.HTTP_201_CREATED)
     def token_accepted(
-        report: TokenAcceptedBody = body(TokenAcceptedBody),
         principal: Any = require(*ACCEPTANCE_REPORTERS),
+        report: TokenAcceptedBody = body(TokenAcceptedBody),
     ) -> dict[str, Any]:
         """Record that a meter accepted the token with ``tid`` (a technician's report; the
         head-end records its meters' token_accepted events the same way)."""

@@ -7,10 +7,13 @@ mounts the same router in gridvend.app).
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import secrets
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -20,7 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gridvend.audit import AuditEntry, AuditLog
-from gridvend.auth import Auth
+from gridvend.auth import AccessToken, Auth, User
 from gridvend.auth import make_router as make_auth_router
 from headend.models import MeterLifecycle, PrepaidMode
 from headend.registry import MeterRegistration, register_meter
@@ -35,7 +38,7 @@ from protocols.sts import (
     meter_state_for,
     parse_meter_number,
 )
-from tests.conftest import bearer_headers
+from tests.conftest import TEST_PASSWORD
 from tests.vending.factories import residential_stepped
 from vending.api import CounterConfig, make_router
 from vending.counter import VendLimits
@@ -83,6 +86,41 @@ def key_config(seed: int = 7) -> KeyConfig:
         algorithm=EncryptionAlgorithm.STA,
         dkga=Dkga.DKGA02,
     )
+
+
+@functools.cache
+def _password_hash() -> str:
+    from pwdlib import PasswordHash
+
+    return PasswordHash.recommended().hash(TEST_PASSWORD)
+
+
+def quick_bearer_headers(session_factory: sessionmaker[Session], role: str) -> dict[str, str]:
+    """Like tests.conftest.bearer_headers, without hashing a password per user (argon2
+    takes most of a second here): the user and a token row are stored directly, as
+    gridvend.auth stores them (the token's SHA-256)."""
+    token = secrets.token_urlsafe(32)
+    now = datetime.now(UTC)
+    with session_factory() as session, session.begin():
+        user = User(
+            username=f"{role}-{uuid.uuid4().hex[:8]}",
+            role=role,
+            password_hash=_password_hash(),
+            active=True,
+            created_at=now,
+        )
+        session.add(user)
+        session.flush()
+        session.add(
+            AccessToken(
+                token_sha256=hashlib.sha256(token.encode()).hexdigest(),
+                user_id=user.id,
+                created_at=now,
+                expires_at=now + timedelta(hours=12),
+                revoked=False,
+            )
+        )
+    return {"Authorization": f"Bearer {token}"}
 
 
 @dataclass
@@ -219,7 +257,7 @@ def make_world(
     with TestClient(build_app(session_factory, module, clock)) as client:
         world = World(session_factory, client, clock, module, config)
         for role in ("admin", "supervisor", "clerk", "technician"):
-            world.headers[role] = bearer_headers(session_factory, role)
+            world.headers[role] = quick_bearer_headers(session_factory, role)
         world.add_meter(1, mode=mode)
         tariff = TariffDocument.from_tariff(residential_stepped()).model_dump(mode="json")
         assert world.post("/tariffs", "supervisor", tariff).status_code == 201

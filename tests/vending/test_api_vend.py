@@ -29,9 +29,7 @@ def test_a_vended_token_is_accepted_by_the_meter_with_the_receipts_units(world: 
     credited_kwh = Decimal(result.state.credit[0]) / 10
     assert credited_kwh == Decimal(vend["units_kwh"]) > 0
     assert f"{vend['units_kwh']} kWh" in vend["receipt"]["text"]
-    assert vend["token_grouped"] == " ".join(
-        vend["token"][i : i + 4] for i in range(0, 20, 4)
-    )
+    assert vend["token_grouped"] == " ".join(vend["token"][i : i + 4] for i in range(0, 20, 4))
     assert vend["receipt"]["token"] == vend["token_grouped"]
 
 
