@@ -117,7 +117,9 @@ def daily_sales(session: Session, date_from: date, date_to: date, timezone: str)
         raise VendingError("invalid_timezone", str(exc)) from None
     start = localtime.day_start(date_from, zone)
     end = localtime.day_start(date_to + timedelta(days=1), zone)
-    points = dict(session.execute(select(VendingPoint.id, VendingPoint.code)).tuples().all())
+    points: dict[int, str] = {
+        row.id: row.code for row in session.execute(select(VendingPoint.id, VendingPoint.code))
+    }
     rows = session.execute(
         select(
             Vend.created_at,

@@ -144,11 +144,17 @@ class World:
     def get(self, path: str, role: str, **kw: Any) -> Any:
         return self.client.get(f"/api/vending{path}", headers=self.as_(role), **kw)
 
-    def vend(self, amount: str = "100.00", reference: str | None = None, **extra: Any) -> Any:
+    def vend(
+        self,
+        amount: str = "100.00",
+        reference: str | None = None,
+        payment_method: str = "cash",
+        **extra: Any,
+    ) -> Any:
         body = {
             "meter_number": self.meters[0],
             "amount": amount,
-            "payment_method": "cash",
+            "payment_method": payment_method,
             "reference": reference or f"r{RNG.randrange(10**12)}",
             **extra,
         }
