@@ -380,6 +380,16 @@ class CounterConfig:
     timezone: str = "UTC"
 
 
+@dataclass(frozen=True, slots=True)
+class CounterSale:
+    """A counter vend's answer: the vend, whether this request made it (False: an earlier
+    request with the same reference did), and its receipt."""
+
+    vend: Vend
+    made_now: bool
+    receipt: Receipt
+
+
 def counter_vend(
     session_factory: sessionmaker[Session],
     *,
@@ -391,16 +401,20 @@ def counter_vend(
     reference: str,
     security_module: SecurityModule,
     audit: AuditSink,
-    now: datetime,
+    clock: Callable[[], datetime],
     limits: VendLimits,
-) -> tuple[Vend, bool]:
+    utility_name: str = "gridvend utility",
+) -> CounterSale:
     """Sell credit at the counter: the clerk's open shift, the vend, and the snapshot a
     reversal needs, in one transaction. ``clerk_key`` scopes ``reference`` to the clerk
-    (two clerks may both use reference "1"). VendingError as ``vending.counter.vend``
+    (two clerks may both use reference "1"); ``clock`` gives the time of sale, read
+    inside the transaction. VendingError as ``vending.counter.vend``
     plus ``no_open_shift``; nothing is stored when it is raised. The flag is False
     when the answer is a vend an earlier request with this reference made.
     """
-    _warm_security_module(session_factory, security_module, meter_number)
+    bind = session_factory.kw.get("bind")
+    if bind is None or bind.dialect.name == "sqlite":
+        _warm_security_module(session_factory, security_module, meter_number)
     scoped = f"{clerk_key}:{reference}"
     with session_factory() as session, session.begin():
         shift = current_shift(session, clerk)
@@ -413,6 +427,9 @@ def counter_vend(
         if earlier is None:
             account = lock_account_for_meter(session, meter_number)
             before = None if account is None else account_state(account)
+        # The time of sale is read once the account is locked: a request that waited for
+        # the lock must not carry a time before the purchase it waited for.
+        now = clock()
         record = vend(
             session,
             VendRequest(
@@ -430,7 +447,7 @@ def counter_vend(
             limits=limits,
         )
         made_now = before is not None and save_snapshot(session, record, before)
-        return record, made_now
+        return CounterSale(record, made_now, build_receipt(session, record, utility=utility_name))
 
 
 def _warm_security_module(
@@ -441,6 +458,7 @@ def _warm_security_module(
     The software module reads the key store in a session of its own; inside a SQLite
     vend transaction (which holds the write lock from BEGIN) that session would wait for
     the lock the vend holds. Asking first caches the key, so the vend never waits on itself.
+    (PostgreSQL readers do not wait for writers, so there it is skipped.)
     """
     with session_factory() as session:
         try:
@@ -955,7 +973,7 @@ def make_router(
                     "meter_required",
                     f"account {request.account_number} has {len(numbers)} meters: give the meter",
                 )
-            made, made_now = counter_vend(
+            sale = counter_vend(
                 session_factory,
                 clerk=principal.username,
                 clerk_key=str(principal.user_id),
@@ -965,8 +983,9 @@ def make_router(
                 reference=request.reference,
                 security_module=security_module,
                 audit=audit,
-                now=clock(),
+                clock=clock,
                 limits=limits,
+                utility_name=config.utility_name,
             )
         except VendingError as exc:
             raise _http(exc) from None
@@ -976,11 +995,9 @@ def make_router(
                     VendingError("database_busy", "the database is busy; retry the request")
                 ) from None
             raise
-        with reading() as session:
-            receipt = build_receipt(session, made, utility=config.utility_name)
-            if not made_now:
-                response.status_code = status.HTTP_200_OK
-            return _vend_json(made, receipt)
+        if not sale.made_now:
+            response.status_code = status.HTTP_200_OK
+        return _vend_json(sale.vend, sale.receipt)
 
     @router.get("/vends/{receipt_number}")
     def show_vend(receipt_number: str, _: Any = require(*COUNTER_STAFF)) -> dict[str, Any]:

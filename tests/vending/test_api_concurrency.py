@@ -77,7 +77,7 @@ def test_concurrent_vends_on_one_meter_get_distinct_tids_and_tokens(world: World
     def sell(worker: int) -> list[Vend]:
         made = []
         for i in range(VENDS_PER_THREAD):
-            vend, fresh = counter_vend(
+            sale = counter_vend(
                 world.session_factory,
                 clerk=clerk,
                 clerk_key="1",
@@ -87,11 +87,11 @@ def test_concurrent_vends_on_one_meter_get_distinct_tids_and_tokens(world: World
                 reference=f"w{worker}-{i}",
                 security_module=world.security_module,
                 audit=audit,
-                now=NOW,
+                clock=lambda: NOW,
                 limits=VendLimits(),
             )
-            assert fresh
-            made.append(vend)
+            assert sale.made_now
+            made.append(sale.vend)
         return made
 
     with ThreadPoolExecutor(THREADS) as pool:
@@ -118,7 +118,7 @@ def test_the_same_reference_from_concurrent_retries_makes_one_vend(world: World)
 
     def retry(_: int) -> tuple[int, str | None, bool] | str:
         try:
-            vend, fresh = counter_vend(
+            sale = counter_vend(
                 world.session_factory,
                 clerk=clerk,
                 clerk_key="1",
@@ -128,13 +128,13 @@ def test_the_same_reference_from_concurrent_retries_makes_one_vend(world: World)
                 reference="same-ref",
                 security_module=world.security_module,
                 audit=AuditLog(),
-                now=datetime(2026, 11, 24, 11, 0, tzinfo=UTC),
+                clock=lambda: datetime(2026, 11, 24, 11, 0, tzinfo=UTC),
                 limits=VendLimits(),
             )
         except VendingError as exc:
             # The loser of an insert race is told to retry, and then gets the vend.
             return exc.code
-        return vend.id, vend.token_digits, fresh
+        return sale.vend.id, sale.vend.token_digits, sale.made_now
 
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(retry, range(8)))
