@@ -55,6 +55,7 @@ from vending.models import (
 from vending.receipts import Receipt, build_receipt, render_html, render_text
 from vending.reports import daily_sales, zone_or_error
 from vending.reversals import (
+    AcceptanceCheck,
     account_state,
     get_vend,
     lock_account_for_meter,
@@ -494,9 +495,11 @@ def make_router(
     limits: VendLimits = VendLimits(),
     config: CounterConfig = CounterConfig(),
     grading_policy: GradingPolicy | None = None,
+    token_acceptance: AcceptanceCheck | None = None,
 ) -> APIRouter:
     """The counter routes; ``require(*roles)`` is the caller-check dependency giving a
-    principal with ``username``, ``user_id`` and ``role``."""
+    principal with ``username``, ``user_id`` and ``role``. ``token_acceptance(session,
+    meter_id, tid)`` tells reversals whether the head-end saw the meter accept a token."""
     router = APIRouter(prefix="/api/vending", tags=["vending"])
 
     @contextmanager
@@ -1057,6 +1060,7 @@ def make_router(
                 reason=reversal.reason,
                 actor=principal.username,
                 now=clock(),
+                accepted_elsewhere=token_acceptance,
             )
             record(
                 session,

@@ -20,6 +20,7 @@ ledger entry. Rules, each refused with its own VendingError code:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -35,6 +36,9 @@ from vending.models import Account, LedgerEntry, Vend, VendingPoint
 from vending.models_counter import TokenAcceptance, VendAccountSnapshot
 
 REVERSED = "reversed"
+
+# Another source of "the meter accepted the token with this TID": (session, meter id, TID).
+AcceptanceCheck = Callable[[Session, int, int], bool]
 
 
 def lock_account_for_meter(session: Session, meter_number: str) -> Account | None:
@@ -140,9 +144,19 @@ def record_token_accepted(
 
 
 def reverse_vend(
-    session: Session, receipt_number: str, *, reason: str, actor: str, now: datetime
+    session: Session,
+    receipt_number: str,
+    *,
+    reason: str,
+    actor: str,
+    now: datetime,
+    accepted_elsewhere: AcceptanceCheck | None = None,
 ) -> Vend:
-    """Reverse a vend (see the module docstring for the rules and their error codes)."""
+    """Reverse a vend (see the module docstring for the rules and their error codes).
+
+    ``accepted_elsewhere`` asks another record (the head-end's meter events) whether the
+    meter accepted the vend's token, besides the ``token_acceptances`` table.
+    """
     if not reason.strip():
         raise VendingError("reason_required", "a reversal needs a reason")
     vend = get_vend(session, receipt_number, lock=True)
@@ -160,7 +174,10 @@ def reverse_vend(
             "reversal_not_latest",
             f"vend {later} was made on this account after {receipt_number}: reverse it first",
         )
-    if vend.tid is not None and token_known_accepted(session, vend.meter_id, vend.tid):
+    if vend.tid is not None and (
+        token_known_accepted(session, vend.meter_id, vend.tid)
+        or (accepted_elsewhere is not None and accepted_elsewhere(session, vend.meter_id, vend.tid))
+    ):
         raise VendingError(
             "token_accepted",
             f"the meter has accepted the token of {receipt_number}: it cannot be reversed",

@@ -56,6 +56,7 @@ from vending.models import (
     VendingPoint,
 )
 from vending.models_counter import TokenAcceptance, VendAccountSnapshot, VendingPointBanking
+from vending.reversals import AcceptanceCheck
 from vending.security_module import SoftwareSecurityModule
 from vending.tariff_documents import TariffDocument
 
@@ -227,6 +228,7 @@ def build_app(
     security_module: SoftwareSecurityModule,
     clock: Callable[[], datetime],
     limits: VendLimits = VendLimits(),
+    token_acceptance: AcceptanceCheck | None = None,
 ) -> FastAPI:
     app = FastAPI()
     auth = Auth(session_factory)
@@ -240,6 +242,7 @@ def build_app(
             clock=clock,
             limits=limits,
             config=CounterConfig(utility_name="Demo Power", timezone="Africa/Johannesburg"),
+            token_acceptance=token_acceptance,
         )
     )
     return app
@@ -253,6 +256,7 @@ def make_world(
     debt_recovery: dict[str, Any] | None = None,
     open_shift: bool = True,
     mode: PrepaidMode = PrepaidMode.TOKEN,
+    token_acceptance: AcceptanceCheck | None = None,
 ) -> Iterator[World]:
     kek = KeyEncryptionKey.generate()
     config = key_config()
@@ -260,7 +264,8 @@ def make_world(
         KeyStore(kek).add_key(session, config)
     module = SoftwareSecurityModule(KeyStore(kek), session_factory)
     clock = Clock()
-    with TestClient(build_app(session_factory, module, clock)) as client:
+    app = build_app(session_factory, module, clock, token_acceptance=token_acceptance)
+    with TestClient(app) as client:
         world = World(session_factory, client, clock, module, config)
         for role in ("admin", "supervisor", "clerk", "technician"):
             world.headers[role] = quick_bearer_headers(session_factory, role)

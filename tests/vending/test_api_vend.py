@@ -8,10 +8,13 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from headend.models import MeterEventRecord
 from protocols.sts import TokenStatus, process_token
 from tests.vending.counter_world import NOW, World, make_world
+from vending.models import Vend
 
 
 @pytest.fixture
@@ -223,3 +226,37 @@ def test_receipts_show_the_utility_point_clerk_and_local_time(world: World) -> N
     )
     assert html.status_code == 200
     assert "Thandi Mokoena" in html.text and vend["token_grouped"] in html.text
+
+
+def _head_end_saw_acceptance(session: Session, meter_id: int, tid: int) -> bool:
+    """What the head-end's interface would answer from its meter events."""
+    events = session.scalars(
+        select(MeterEventRecord.detail).where(
+            MeterEventRecord.meter_id == meter_id, MeterEventRecord.kind == "token_accepted"
+        )
+    )
+    return any(detail.get("tid") == tid for detail in events)
+
+
+def test_a_token_accepted_event_from_the_meter_stops_the_reversal(
+    session_factory: sessionmaker[Session],
+) -> None:
+    for world in make_world(session_factory, token_acceptance=_head_end_saw_acceptance):
+        vend = world.vend("100.00").json()
+        with session_factory() as session, session.begin():
+            meter_id = session.scalars(select(Vend.meter_id)).one()
+            session.add(
+                MeterEventRecord(
+                    meter_id=meter_id,
+                    seq=1,
+                    ts=NOW,
+                    kind="token_accepted",
+                    detail={"status": "accept", "tid": vend["tid"]},
+                    received_at=NOW,
+                )
+            )
+        answer = world.post(
+            f"/vends/{vend['receipt_number']}/reversal", "supervisor", {"reason": "changed mind"}
+        )
+        assert answer.status_code == 409
+        assert answer.json()["detail"]["code"] == "token_accepted"
