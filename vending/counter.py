@@ -190,9 +190,11 @@ def _find_by_reference(session: Session, channel: str, reference: str) -> Vend |
 def _same_request_or_conflict(session: Session, earlier: Vend, request: VendRequest) -> Vend:
     meter = find_meter(session, meter_id=earlier.meter_id)
     same_meter = meter is not None and meter.meter_number == _normalised(request.meter_number)
-    same_amount = (
-        Money.parse(request.amount, Currency.of(earlier.currency)).minor == earlier.tendered_minor
-    )
+    try:
+        tendered = Money.parse(request.amount, Currency.of(earlier.currency))
+    except MoneyError as exc:
+        raise VendingError("invalid_amount", str(exc)) from None
+    same_amount = tendered.minor == earlier.tendered_minor
     if same_meter and same_amount:
         return earlier
     raise VendingError(

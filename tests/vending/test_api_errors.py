@@ -242,3 +242,10 @@ def test_opening_a_second_shift_or_at_an_unknown_point_is_refused(world: World) 
     _refused(world, unknown, 404, "vending_point_not_found", before)
     bad_float = world.post("/shifts", "clerk", {"vending_point": "CTR1", "opening_float": "x"})
     _refused(world, bad_float, 422, "invalid_amount", before)
+
+
+@pytest.mark.parametrize("amount", ["10.005", "NaN", "abc"])
+def test_a_retry_with_a_bad_amount_is_refused_not_crashed(world: World, amount: str) -> None:
+    assert world.vend("10.00", reference="same").status_code == 201
+    before = world.counts()
+    _refused(world, world.vend(amount, reference="same"), 422, "invalid_amount", before)
