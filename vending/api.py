@@ -18,8 +18,10 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
-from fastapi.responses import HTMLResponse, PlainTextResponse, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -139,6 +141,28 @@ def _http(exc: VendingError) -> HTTPException:
     if exc.detail:
         detail["detail"] = {k: str(v) for k, v in exc.detail.items()}
     return HTTPException(http_status(exc.code), detail=detail)
+
+
+PREFIX = "/api/vending"
+
+
+def install_error_handler(app: FastAPI) -> None:
+    """Answer FastAPI's own validation errors (bad query or path parameters) under
+    /api/vending in the counter's shape, ``{"detail": {"code", "message"}}`` with code
+    ``invalid_request``; other paths keep FastAPI's default answer."""
+
+    async def handler(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        if not request.url.path.startswith(PREFIX + "/"):
+            return await request_validation_exception_handler(request, exc)
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return JSONResponse(
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+            content={"detail": {"code": "invalid_request", "message": f"{where}: {first['msg']}"}},
+        )
+
+    app.add_exception_handler(RequestValidationError, handler)
 
 
 # Request bodies --------------------------------------------------------------------------
@@ -500,7 +524,7 @@ def make_router(
     """The counter routes; ``require(*roles)`` is the caller-check dependency giving a
     principal with ``username``, ``user_id`` and ``role``. ``token_acceptance(session,
     meter_id, tid)`` tells reversals whether the head-end saw the meter accept a token."""
-    router = APIRouter(prefix="/api/vending", tags=["vending"])
+    router = APIRouter(prefix=PREFIX, tags=["vending"])
 
     @contextmanager
     def reading() -> Iterator[Session]:

@@ -40,7 +40,7 @@ from protocols.sts import (
 )
 from tests.conftest import TEST_PASSWORD
 from tests.vending.factories import residential_stepped
-from vending.api import CounterConfig, make_router
+from vending.api import CounterConfig, install_error_handler, make_router
 from vending.counter import VendLimits
 from vending.keystore import KeyEncryptionKey, KeyStore
 from vending.models import (
@@ -231,6 +231,7 @@ def build_app(
     token_acceptance: AcceptanceCheck | None = None,
 ) -> FastAPI:
     app = FastAPI()
+    install_error_handler(app)
     auth = Auth(session_factory)
     app.include_router(make_auth_router(session_factory, auth))
     app.include_router(

@@ -252,3 +252,15 @@ def test_a_retry_with_a_bad_amount_is_refused_not_crashed(world: World) -> None:
     for amount in ("10.005", "NaN", "abc"):
         answer = world.vend(amount, reference="same")
         _refused(world, answer, 422, "invalid_amount", before)
+
+
+def test_bad_query_parameters_answer_the_counters_error_shape(world: World) -> None:
+    for path in (
+        "/reports/daily-sales?date_from=yesterday",
+        "/reports/daily-sales?format=pdf",
+    ):
+        answer = world.get(path, "supervisor")
+        assert answer.status_code == 422
+        assert answer.json()["detail"]["code"] == "invalid_request", answer.text
+    grade = world.get(f"/customers/{world.customer_id}/grade?supply_voltage_v=-1", "clerk")
+    assert grade.json()["detail"]["code"] == "invalid_request"
