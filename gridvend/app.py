@@ -16,13 +16,20 @@ from headend.api import make_router as make_headend_router
 from headend.commands import CommandQueue
 from headend.commands.api import make_router as make_command_router
 from headend.ingest import IngestStats
+from headend.interface import token_accepted
+from vending.api import CounterConfig
+from vending.api import install_error_handler as install_vending_error_handler
+from vending.api import make_router as make_vending_router
+from vending.security_module import SecurityModule
 
 
 def create_app(
     session_factory: sessionmaker[Session],
     *,
+    security_module: SecurityModule,
     ingest_stats: Callable[[], IngestStats | None] = lambda: None,
     command_queue: CommandQueue | None = None,
+    counter: CounterConfig = CounterConfig(),
 ) -> FastAPI:
     """The API; ``command_queue`` defaults to one on ``session_factory`` (no dispatcher:
     commands stay queued until a head-end worker runs one)."""
@@ -35,8 +42,22 @@ def create_app(
     app.include_router(make_auth_router(session_factory, auth))
     audit = AuditLog()
     queue = command_queue or CommandQueue(session_factory, audit=audit)
-    app.include_router(make_headend_router(session_factory, ingest_stats, require=auth.require))
+    app.include_router(
+        make_headend_router(session_factory, ingest_stats, require=auth.require, audit=audit)
+    )
     app.include_router(make_command_router(session_factory, require=auth.require, queue=queue))
+
+    install_vending_error_handler(app)
+    app.include_router(
+        make_vending_router(
+            session_factory,
+            require=auth.require,
+            security_module=security_module,
+            audit=audit,
+            config=counter,
+            token_acceptance=token_accepted,
+        )
+    )
 
     @app.get("/api/health", tags=["system"])
     def health() -> dict[str, str]:

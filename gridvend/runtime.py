@@ -35,6 +35,7 @@ from headend.connectors.mqtt import MqttIngestWorker
 from headend.ingest import Ingestor
 from headend.models import Meter, MeterProtocol
 from protocols.mqtt import TopicScheme
+from vending.api import CounterConfig
 from vending.keystore import KeyEncryptionKey, KeyStore
 from vending.security_module import SoftwareSecurityModule
 
@@ -100,8 +101,12 @@ class System:
         self._poller_stop = asyncio.Event()
         app = create_app(
             self.session_factory,
+            security_module=self.security_module,
             ingest_stats=lambda: self.ingestor.stats,
             command_queue=self.command_queue,
+            counter=CounterConfig(
+                utility_name=settings.utility_name, timezone=settings.utility_timezone
+            ),
         )
         self.server = uvicorn.Server(
             uvicorn.Config(

@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     mqtt_topic_prefix: str = Field(default="", description="Prefix of every topic, e.g. 'site1/'.")
     headend_instance: str = Field(default="headend-1", description="This worker's name.")
     headend_share_group: str = Field(default="headend", description="MQTT shared group.")
+    utility_name: str = Field(default="gridvend utility", description="Printed on receipts.")
+    utility_timezone: str = Field(
+        default="UTC",
+        description="The utility's zone for receipts and reports, e.g. Africa/Nairobi.",
+    )
     api_host: str = "127.0.0.1"
     api_port: Annotated[int, Field(ge=0, le=65535)] = 8000
     secret_key: SecretStr = Field(

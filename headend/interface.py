@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from headend.models import Meter
+from headend.models import Meter, MeterEventRecord
 from headend.registry import normalise_meter_number
+from protocols.mqtt import EventKind
 
-__all__ = ["MeterSummary", "find_meter", "normalise_meter_number"]
+__all__ = ["MeterSummary", "find_meter", "normalise_meter_number", "token_accepted"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,3 +59,15 @@ def find_meter(
         tariff_index=meter.tariff_index,
         key_revision=meter.key_revision,
     )
+
+
+def token_accepted(session: Session, meter_id: int, tid: int) -> bool:
+    """Whether the meter reported accepting the token with this TID (its
+    ``token_accepted`` event, as meters publish it with the token's ``tid``)."""
+    details = session.scalars(
+        select(MeterEventRecord.detail).where(
+            MeterEventRecord.meter_id == meter_id,
+            MeterEventRecord.kind == EventKind.TOKEN_ACCEPTED.value,
+        )
+    )
+    return any(detail.get("tid") == tid for detail in details)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
@@ -111,3 +112,15 @@ def bearer_headers(session_factory: sessionmaker[Session], role: str) -> dict[st
     with session_factory() as session, session.begin():
         token = issue_token(session, username, TEST_PASSWORD, datetime.now(UTC))
     return {"Authorization": f"Bearer {token.access_token}"}
+
+
+def make_security_module(session_factory: sessionmaker[Session]) -> Any:
+    """A software security module with a fresh key-encryption key (no keys stored)."""
+    from gridvend.db import make_read_only_session_factory
+    from vending.keystore import KeyEncryptionKey, KeyStore
+    from vending.security_module import SoftwareSecurityModule
+
+    engine = session_factory.kw["bind"]
+    return SoftwareSecurityModule(
+        KeyStore(KeyEncryptionKey.generate()), make_read_only_session_factory(engine)
+    )

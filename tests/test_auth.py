@@ -9,12 +9,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gridvend.app import create_app
 from gridvend.auth import AccessToken
-from tests.conftest import TEST_PASSWORD, add_user, bearer_headers
+from tests.conftest import TEST_PASSWORD, add_user, bearer_headers, make_security_module
 
 
 @pytest.fixture
 def client(session_factory: sessionmaker[Session]) -> TestClient:
-    return TestClient(create_app(session_factory))
+    return TestClient(
+        create_app(session_factory, security_module=make_security_module(session_factory))
+    )
 
 
 def test_a_user_signs_in_with_the_password_and_gets_a_bearer_token(

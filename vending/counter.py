@@ -185,9 +185,11 @@ def _find_by_reference(session: Session, channel: str, reference: str) -> Vend |
 def _same_request_or_conflict(session: Session, earlier: Vend, request: VendRequest) -> Vend:
     meter = find_meter(session, meter_id=earlier.meter_id)
     same_meter = meter is not None and meter.meter_number == _normalised(request.meter_number)
-    same_amount = (
-        Money.parse(request.amount, Currency.of(earlier.currency)).minor == earlier.tendered_minor
-    )
+    try:
+        tendered = Money.parse(request.amount, Currency.of(earlier.currency))
+    except MoneyError as exc:
+        raise VendingError("invalid_amount", str(exc)) from None
+    same_amount = tendered.minor == earlier.tendered_minor
     if same_meter and same_amount:
         return earlier
     raise VendingError(
@@ -367,12 +369,21 @@ def _central_top_up(tendered: Money, state: VendAccount) -> _Sale:
     energy and fixed charges are rated later by the balance engine."""
     recovered = recover_from_purchase(tendered, state.debt, state.debt_recovery)
     credited = tendered - recovered
+    zero = str(Money.zero(tendered.currency).to_decimal())
     document = {
         "kind": "central_top_up",
         "tendered": str(tendered.to_decimal()),
+        "carry_in": zero,
         "debt_recovered": str(recovered.to_decimal()),
+        "fixed": zero,
+        "energy": zero,
+        "levies": zero,
+        "tax": zero,
+        "carry_out": zero,
         "credited": str(credited.to_decimal()),
         "units_kwh": "0",
+        "free_units_kwh": "0",
+        "lines": [],
     }
     after = replace(state, debt=state.debt - recovered)
     return _Sale(Decimal(0), document, after, credited=credited)

@@ -24,7 +24,7 @@ from headend.ingest import Ingestor
 from headend.models import Meter
 from meter_sim import MqttFleet, describe_fleet
 from protocols.mqtt import MeterChannel, TopicScheme
-from tests.conftest import bearer_headers
+from tests.conftest import bearer_headers, make_security_module
 from tests.headend.commands_support import LIVE_POLICY, add_meter, dispatcher_for, running
 
 
@@ -69,7 +69,7 @@ async def test_disconnect_over_rest_waits_for_an_offline_meter_and_is_confirmed_
         client_id=f"ingest-{uuid.uuid4().hex[:8]}",
         mqtt_v5=mqtt_broker.supports_v5,
     )
-    app = create_app(session_factory)
+    app = create_app(session_factory, security_module=make_security_module(session_factory))
     app.include_router(
         make_router(session_factory, require=Auth(session_factory).require, queue=queue)
     )

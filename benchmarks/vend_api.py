@@ -1,0 +1,359 @@
+"""Vends per second through the counter's REST API.
+
+Run: ``.venv/bin/python benchmarks/vend_api.py [--vends N] [--concurrency C ...]``
+
+For each database (a SQLite file; PostgreSQL at GRIDVEND_BENCH_DATABASE_URL, or the local
+server at postgresql+psycopg://postgres@127.0.0.1:5432/test when it answers, in a schema
+of its own dropped afterwards) it sets up a utility (vending key, tariff, vending point,
+``--meters`` token meters on their own accounts, one clerk per concurrent client, each on
+an open shift), starts uvicorn on loopback in a child process with the counter router and
+gridvend.auth's router, and sends ``--vends`` POST /api/vending/vends from an httpx client
+with C requests in flight. Every vend is the full path: bearer-token check, shift check,
+account lock, pricing, TID allocation, STS token, audit entry, commit. The meters are
+spread over the clients, so concurrent vends also hit the same meters. Prints a table of
+vends/s and latency percentiles; checks that every answer was 201 and no TID repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import platform
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gridvend.db import make_engine, make_session_factory, upgrade
+
+LOCAL_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@dataclass
+class Setup:
+    url: str
+    kek_b64: str
+    meters: list[str]
+    tokens: list[str]
+
+
+def _setup(url: str, meters: int, clerks: int) -> Setup:
+    import hashlib
+
+    from gridvend.audit import AuditLog
+    from gridvend.auth import AccessToken, User
+    from headend.models import MeterLifecycle, PrepaidMode
+    from headend.registry import MeterRegistration, register_meter
+    from meter_sim.fleet import sts_meter_pan
+    from protocols.sts import BaseDate, Dkga, EncryptionAlgorithm, KeyConfig, KeyType
+    from tests.vending.factories import residential_stepped
+    from vending.accounts import (
+        NewAccount,
+        NewCustomer,
+        add_customer,
+        link_meter,
+        open_account,
+        save_tariff,
+    )
+    from vending.keystore import KeyEncryptionKey, KeyStore
+    from vending.shifts import create_vending_point, open_shift
+    from vending.tariff_documents import TariffDocument
+
+    engine = make_engine(url)
+    upgrade(engine)
+    factory = make_session_factory(engine)
+    kek_bytes = secrets.token_bytes(32)
+    kek = KeyEncryptionKey(kek_bytes)
+    now = datetime.now(UTC)
+    pans = [sts_meter_pan(100 + i) for i in range(meters)]
+    tokens = []
+    with factory() as session, session.begin():
+        KeyStore(kek).add_key(
+            session,
+            KeyConfig(
+                vending_key=bytes.fromhex("0123456789abcdef"),
+                supply_group_code="123457",
+                tariff_index="01",
+                key_revision=1,
+                key_type=KeyType.DUTK,
+                base_date=BaseDate.Y2014,
+                algorithm=EncryptionAlgorithm.STA,
+                dkga=Dkga.DKGA02,
+            ),
+        )
+        save_tariff(
+            session, TariffDocument.from_tariff(residential_stepped()), actor="bench", now=now
+        )
+        create_vending_point(
+            session, code="BENCH", name="bench", currency="ZAR", credit_limit=Decimal(10**9)
+        )
+        for i, pan in enumerate(pans):
+            register_meter(
+                session,
+                MeterRegistration(
+                    serial=f"BENCH-{i:06d}",
+                    meter_number=pan,
+                    prepaid_mode=PrepaidMode.TOKEN,
+                    lifecycle=MeterLifecycle.INSTALLED,
+                    supply_group_code="123457",
+                    tariff_index="01",
+                    key_revision=1,
+                ),
+                audit=AuditLog(),
+            )
+            customer = add_customer(session, NewCustomer(name=f"Customer {i}"), now)
+            account = open_account(
+                session, NewAccount(customer_id=customer.id, tariff_code="RES-STEP"), now
+            )
+            link_meter(session, account.id, pan, actor="bench", now=now)
+        for c in range(clerks):
+            username = f"clerk-{c}"
+            user = User(
+                username=username, role="clerk", password_hash="-", active=True, created_at=now
+            )
+            session.add(user)
+            session.flush()
+            token = secrets.token_urlsafe(32)
+            session.add(
+                AccessToken(
+                    token_sha256=hashlib.sha256(token.encode()).hexdigest(),
+                    user_id=user.id,
+                    created_at=now,
+                    expires_at=now.replace(year=now.year + 1),
+                    revoked=False,
+                )
+            )
+            open_shift(
+                session, clerk=username, point_code="BENCH", opening_float=Decimal(0), now=now
+            )
+            tokens.append(token)
+    engine.dispose()
+    return Setup(url, base64.b64encode(kek_bytes).decode(), pans, tokens)
+
+
+def app_factory() -> Any:
+    """The app each server worker runs (database and KEK from the environment)."""
+    from fastapi import FastAPI
+
+    from gridvend.audit import AuditLog
+    from gridvend.auth import Auth
+    from gridvend.auth import make_router as make_auth_router
+    from vending.api import make_router
+    from vending.keystore import KeyEncryptionKey, KeyStore
+    from vending.security_module import SoftwareSecurityModule
+
+    url = os.environ["BENCH_DATABASE_URL"]
+    kek_b64 = os.environ["BENCH_KEK"]
+    engine = make_engine(url, pool_size=20, max_overflow=20)
+    factory = make_session_factory(engine)
+    auth = Auth(factory)
+    app = FastAPI()
+    app.include_router(make_auth_router(factory, auth))
+    module = SoftwareSecurityModule(KeyStore(KeyEncryptionKey.from_base64(kek_b64)), factory)
+    app.include_router(
+        make_router(factory, require=auth.require, security_module=module, audit=AuditLog())
+    )
+    return app
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _drive(base: str, setup: Setup, vends: int, concurrency: int) -> dict[str, Any]:
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    errors: dict[str, int] = {}
+    tids: dict[str, set[int]] = {}
+    duplicate_tids = 0
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(vends):
+        queue.put_nowait(i)
+    run = uuid.uuid4().hex[:6]
+
+    async def client(worker: int) -> None:
+        nonlocal duplicate_tids
+        headers = {"Authorization": f"Bearer {setup.tokens[worker]}"}
+        limits = httpx.Limits(max_connections=1)
+        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as http:
+            while True:
+                try:
+                    i = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                meter = setup.meters[i % len(setup.meters)]
+                body = {
+                    "meter_number": meter,
+                    "amount": f"{50 + i % 50}.00",
+                    "reference": f"{run}-{i}",
+                }
+                started = time.perf_counter()
+                answer = await http.post("/api/vending/vends", json=body, headers=headers)
+                latencies.append(time.perf_counter() - started)
+                statuses[answer.status_code] = statuses.get(answer.status_code, 0) + 1
+                if answer.status_code >= 400:
+                    code = answer.json()["detail"].get("code", "?")
+                    errors[code] = errors.get(code, 0) + 1
+                if answer.status_code == 201:
+                    tid = answer.json()["tid"]
+                    seen = tids.setdefault(meter, set())
+                    duplicate_tids += tid in seen
+                    seen.add(tid)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(w) for w in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "vends": vends,
+        "seconds": elapsed,
+        "rate": vends / elapsed,
+        "p50": statistics.median(latencies) * 1000,
+        "p95": latencies[int(len(latencies) * 0.95) - 1] * 1000,
+        "statuses": statuses,
+        "errors": errors,
+        "duplicate_tids": duplicate_tids,
+    }
+
+
+def _wait_listening(port: int, child: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise RuntimeError("the API server exited while starting")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("the API server did not start")
+
+
+def bench(name: str, url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    setup = _setup(url, args.meters, max(args.concurrency))
+    port = _free_port()
+    root = Path(__file__).resolve().parents[1]
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "benchmarks.vend_api:app_factory",
+            "--factory",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            f"--workers={args.workers}",
+            "--log-level=error",
+            "--no-access-log",
+        ],
+        cwd=root,
+        env={
+            **os.environ,
+            "BENCH_DATABASE_URL": url,
+            "BENCH_KEK": setup.kek_b64,
+            "PYTHONPATH": str(root),
+        },
+    )
+    rows = []
+    try:
+        _wait_listening(port, child)
+        base = f"http://127.0.0.1:{port}"
+        asyncio.run(_drive(base, setup, min(200, args.vends), max(args.concurrency)))  # warm-up
+        for concurrency in args.concurrency:
+            result = asyncio.run(_drive(base, setup, args.vends, concurrency))
+            rows.append(
+                {"database": name, "workers": args.workers, "concurrency": concurrency, **result}
+            )
+            print(
+                f"  {name:<10} c={concurrency:<3} {result['rate']:7.0f} vends/s "
+                f"(p50 {result['p50']:.1f} ms, p95 {result['p95']:.1f} ms, "
+                f"answers {result['statuses']} {result['errors'] or ''}, "
+                f"duplicate TIDs {result['duplicate_tids']})",
+                flush=True,
+            )
+    finally:
+        child.terminate()
+        try:
+            child.wait(15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+    return rows
+
+
+def _postgres_url() -> str | None:
+    url = os.environ.get("GRIDVEND_BENCH_DATABASE_URL") or LOCAL_POSTGRES
+    engine = make_engine(url, connect_args={"connect_timeout": 2})
+    try:
+        with engine.connect():
+            return url
+    except OperationalError:
+        return None
+    finally:
+        engine.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vends", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--meters", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--skip-postgres", action="store_true")
+    args = parser.parse_args()
+    print(
+        f"vends through the REST API: {args.vends} per run, {args.meters} meters, "
+        f"Python {platform.python_version()}, {os.cpu_count()} CPUs"
+    )
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        rows += bench("sqlite", f"sqlite:///{tmp}/bench.db", args)
+    pg = None if args.skip_postgres else _postgres_url()
+    if pg is None:
+        print("  postgresql: no server answers (set GRIDVEND_BENCH_DATABASE_URL)")
+    else:
+        schema = f"bench_{uuid.uuid4().hex[:8]}"
+        admin = make_engine(pg)
+        with admin.begin() as connection:
+            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+        separator = "&" if "?" in pg else "?"
+        try:
+            rows += bench("postgresql", f"{pg}{separator}options=-csearch_path%3D{schema}", args)
+        finally:
+            with admin.begin() as connection:
+                connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+            admin.dispose()
+    print()
+    print(
+        "| database | server workers | concurrent clients | vends | seconds | vends/s "
+        "| p50 ms | p95 ms |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['database']} | {r['workers']} | {r['concurrency']} | {r['vends']} "
+            f"| {r['seconds']:.1f} "
+            f"| {r['rate']:.0f} | {r['p50']:.1f} | {r['p95']:.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
