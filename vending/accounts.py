@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from headend.interface import find_meter
@@ -89,9 +91,9 @@ def open_account(session: Session, new: NewAccount, now: datetime) -> Account:
         rule = DebtRecoveryRule.from_document(new.debt_recovery.model_dump(mode="json"))
     except (MoneyError, DebtRuleError) as exc:
         raise VendingError("invalid_account", str(exc)) from None
-    number = (session.scalar(select(func.count()).select_from(Account)) or 0) + 1
     account = Account(
-        account_number=f"A{number:09d}",
+        # Unique placeholder until the id is known (the number is derived from it).
+        account_number=f"new-{uuid.uuid4().hex[:15]}",
         customer_id=new.customer_id,
         currency=tariff.currency.code,
         tariff_code=tariff.code,
@@ -107,6 +109,8 @@ def open_account(session: Session, new: NewAccount, now: datetime) -> Account:
         created_at=now,
     )
     session.add(account)
+    session.flush()
+    account.account_number = f"A{account.id:09d}"
     session.flush()
     return account
 
@@ -202,23 +206,45 @@ def save_tariff(session: Session, document: TariffDocument, *, actor: str, now: 
 
 
 def load_tariff(session: Session, code: str) -> Tariff:
-    """The stored tariff with all its versions; VendingError tariff_not_found."""
+    """The stored tariff with all its versions; VendingError tariff_not_found.
+
+    Tariff versions never change once stored, so a tariff is parsed once per set of
+    versions and cached (every vend needs one).
+    """
     record = session.get(TariffRecord, code)
     if record is None:
         raise VendingError("tariff_not_found", f"no tariff {code!r}")
-    versions = session.scalars(
+    version_ids = tuple(
+        session.scalars(
+            select(TariffVersionRecord.id)
+            .where(TariffVersionRecord.tariff_code == code)
+            .order_by(TariffVersionRecord.effective_from)
+        )
+    )
+    with _tariff_cache_lock:
+        cached = _tariff_cache.get(code)
+    if cached is not None and cached[0] == version_ids:
+        return cached[1]
+    documents = session.scalars(
         select(TariffVersionRecord.document)
         .where(TariffVersionRecord.tariff_code == code)
         .order_by(TariffVersionRecord.effective_from)
     ).all()
-    return TariffDocument(
+    tariff = TariffDocument(
         code=record.code,
         name=record.name,
         currency=record.currency,
         currency_minor_digits=record.currency_minor_digits,
         timezone=record.timezone,
-        versions=[TariffVersionDocument.model_validate(v) for v in versions],
+        versions=[TariffVersionDocument.model_validate(v) for v in documents],
     ).to_tariff()
+    with _tariff_cache_lock:
+        _tariff_cache[code] = (version_ids, tariff)
+    return tariff
+
+
+_tariff_cache: dict[str, tuple[tuple[int, ...], Tariff]] = {}
+_tariff_cache_lock = threading.Lock()
 
 
 def pricing_state(account: Account, currency: Currency) -> VendAccount:

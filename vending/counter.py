@@ -116,6 +116,10 @@ def vend(
     if earlier is not None:
         return _same_request_or_conflict(session, earlier, request)
     meter, account = _meter_and_account(session, request.meter_number, lock=True)
+    if account.last_purchase_at is not None and account.last_purchase_at > now:
+        # A concurrent vend committed while this one waited for the account: this sale
+        # happens after it.
+        now = account.last_purchase_at
     tariff = _tariff(session, account)
     tendered = _tendered(request.amount, tariff, limits)
     point = _check_shift_and_point(session, request, tendered)
@@ -224,7 +228,8 @@ def _meter_and_account(
         raise VendingError("meter_not_on_account", f"meter {meter_number} is on no account")
     query = select(Account).where(Account.id == link.account_id)
     if lock:
-        query = query.with_for_update()
+        # Re-read under the lock even if the session already holds the account.
+        query = query.with_for_update().execution_options(populate_existing=True)
     account = session.scalar(query)
     if account is None or account.status != "active":
         raise VendingError("account_closed", f"the account of meter {meter_number} is not active")

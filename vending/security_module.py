@@ -4,11 +4,12 @@ Real vending systems keep their STS keys inside a certified hardware security mo
 ask it for tokens; the vending logic never sees a vending or decoder key. This module
 defines that interface (:class:`SecurityModule`) and ships a software implementation on
 top of ``protocols.sts`` and the encrypted :class:`~vending.keystore.KeyStore`. An adapter
-for a hardware module implements the same four methods (see docs/security-module.md).
+for a hardware module implements the same four methods (see docs/vending.md).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -114,9 +115,11 @@ class SoftwareSecurityModule:
         self._cache_size = cache_size
         self._cache_ttl_s = cache_ttl_s
         self._clock = clock
+        self._lock = threading.Lock()  # vends run in several threads
 
     def invalidate(self) -> None:
-        self._cache.clear()
+        with self._lock:
+            self._cache.clear()
 
     def key_attributes(self, meter: MeterKeyRef) -> KeyAttributes:
         config, _ = self._keys(meter)
@@ -149,18 +152,20 @@ class SoftwareSecurityModule:
 
     def _keys(self, meter: MeterKeyRef) -> tuple[KeyConfig, DecoderKey]:
         now = self._clock()
-        cached = self._cache.get(meter)
-        if cached is not None and now - cached[0] < self._cache_ttl_s:
-            self._cache.move_to_end(meter)
-            return cached[1], cached[2]
+        with self._lock:
+            cached = self._cache.get(meter)
+            if cached is not None and now - cached[0] < self._cache_ttl_s:
+                self._cache.move_to_end(meter)
+                return cached[1], cached[2]
         with self._session_factory() as session:
             config = self._keystore.key_config(
                 session, meter.supply_group_code, meter.key_revision, meter.tariff_index
             )
         decoder_key = derive_decoder_key(config, parse_meter_number(meter.meter_number))
-        self._cache[meter] = (now, config, decoder_key)
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[meter] = (now, config, decoder_key)
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
         return config, decoder_key
 
 
