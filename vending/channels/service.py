@@ -267,14 +267,9 @@ def authenticate(
 
 def record_nonce(session: Session, channel_id: int, nonce: str, now: datetime) -> None:
     """Remember a nonce for the signing window; ChannelError replayed_nonce if it is known."""
-    seen = session.scalar(
-        select(ChannelNonce.id).where(
-            ChannelNonce.channel_id == channel_id, ChannelNonce.nonce == nonce
-        )
-    )
-    if seen is not None:
-        raise ChannelError("replayed_nonce", "this nonce was already used: sign with a new one")
-    # Twice the window: a timestamp up to WINDOW_S in the future stays valid that long.
+    # The unique (channel, nonce) constraint is the check; the caller's transaction is
+    # rolled back on the error. Kept twice the window: a timestamp up to WINDOW_S in the
+    # future stays valid that long.
     session.add(
         ChannelNonce(
             channel_id=channel_id, nonce=nonce, expires_at=now + timedelta(seconds=2 * WINDOW_S)
@@ -471,8 +466,10 @@ def purchase(
             minimum=str(Money(channel.min_amount_minor, currency).to_decimal()),
             maximum=str(Money(channel.max_amount_minor, currency).to_decimal()),
         )
-    if _pending_reversal(session, channel.id, order.reference):
-        return _refused_by_reversal(session, channel, order, amount, now)
+    advices = _advices(session, channel.id, order.reference)
+    reversal = advices.get("reverse")
+    if reversal is not None and reversal.outcome == "pending":
+        return _refused_by_reversal(session, channel, order, amount, reversal, now)
     business_date = now.date()
     sold_today = session.scalar(
         select(func.coalesce(func.sum(ChannelPurchase.amount_minor), 0)).where(
@@ -533,7 +530,7 @@ def purchase(
         account_before=before,
     )
     session.add(stored)
-    confirm = _advice(session, channel.id, order.reference, "confirm")
+    confirm = advices.get("confirm")
     if confirm is not None and confirm.outcome == "pending":
         stored.confirmed_at = now
         confirm.outcome, confirm.resolved_at = "applied", now
@@ -630,7 +627,12 @@ def balance(session: Session, account_id: int, currency: Currency) -> Money:
 
 
 def _refused_by_reversal(
-    session: Session, channel: Channel, order: PurchaseOrder, amount: Money, now: datetime
+    session: Session,
+    channel: Channel,
+    order: PurchaseOrder,
+    amount: Money,
+    advice: ChannelAdvice,
+    now: datetime,
 ) -> StoredAnswer:
     """A reversal advice came before this purchase: refuse it, and keep the refusal as
     the purchase's answer so every retry gets the same one."""
@@ -655,8 +657,6 @@ def _refused_by_reversal(
             reversed_at=now,
         )
     )
-    advice = _advice(session, channel.id, order.reference, "reverse")
-    assert advice is not None
     advice.outcome, advice.resolved_at = "applied", now
     session.flush()
     return StoredAnswer(refusal.status, refusal_body(refusal), replayed=False)
@@ -694,9 +694,14 @@ def _advice(session: Session, channel_id: int, reference: str, kind: str) -> Cha
     )
 
 
-def _pending_reversal(session: Session, channel_id: int, reference: str) -> bool:
-    advice = _advice(session, channel_id, reference, "reverse")
-    return advice is not None and advice.outcome == "pending"
+def _advices(session: Session, channel_id: int, reference: str) -> dict[str, ChannelAdvice]:
+    """The advices kept for a reference, by kind."""
+    rows = session.scalars(
+        select(ChannelAdvice).where(
+            ChannelAdvice.channel_id == channel_id, ChannelAdvice.reference == reference
+        )
+    )
+    return {advice.kind: advice for advice in rows}
 
 
 def advise(
