@@ -186,6 +186,7 @@ async def simulate_purchases(
     timeout: float,
     lookup: bool = True,
     confirm: bool = True,
+    attempts: int = 4,
 ) -> SimulationReport:
     """Run ``count`` purchases over ``meters``, ``concurrency`` at a time; a fraction
     ``duplicate_rate`` of them is sent twice at once, as a confused bank would."""
@@ -207,7 +208,7 @@ async def simulate_purchases(
                 await client.send_json("POST", "/channel/v1/lookup", {"meter_number": meter})
             copies = 2 if twice else 1
             outcomes = await asyncio.gather(
-                *(client.purchase(order, timeout=timeout) for _ in range(copies))
+                *(client.purchase(order, attempts=attempts, timeout=timeout) for _ in range(copies))
             )
             first = outcomes[0]
             report.outcomes[first.code] += 1

@@ -29,7 +29,7 @@ async def test_a_thousand_purchases_each_retried_three_times_make_a_thousand_ven
     channel_world: ChannelWorld,
 ) -> None:
     meters = [add_metered_customer(channel_world.world, serial) for serial in range(METERS)]
-    gate = asyncio.Semaphore(8)
+    gate = asyncio.Semaphore(4)
     bodies: dict[str, set[bytes]] = {}
 
     async with channel_world.client() as client:
