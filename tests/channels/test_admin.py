@@ -60,8 +60,9 @@ async def test_an_admin_creates_a_channel_whose_secret_is_shown_once_and_signs(
         created = await http.post("/api/channels", json=NEW_CHANNEL, headers=admin)
         duplicate = await http.post("/api/channels", json=NEW_CHANNEL, headers=admin)
         listed = await http.get("/api/channels", headers=admin)
-        client = ChannelClient(http, created.json()["key_id"], created.json()["secret"],
-                               clock=clock.seconds)  # fmt: skip
+        client = ChannelClient(
+            http, created.json()["key_id"], created.json()["secret"], clock=clock.seconds
+        )
         order = {"reference": "MP-1", "amount": "20.00", "currency": "ZAR", "meter_number": meter}
         bought = await client.send_json("POST", "/channel/v1/purchases", order)
     assert created.status_code == 201

@@ -62,10 +62,17 @@ async def test_a_reversal_puts_the_account_back_and_a_resent_one_changes_nothing
             PURCHASE,
             {"reference": "R-1", "amount": "50.00", "currency": "ZAR", "meter_number": meter},
         )
-    assert first == again == {
-        "reference": "R-1", "advice": "reverse", "outcome": "applied", "code": None,
-        "status": "reversed",
-    }  # fmt: skip
+    assert (
+        first
+        == again
+        == {
+            "reference": "R-1",
+            "advice": "reverse",
+            "outcome": "applied",
+            "code": None,
+            "status": "reversed",
+        }
+    )
     assert _account(channel_world) == before
     assert retried.content == receipt  # the first answer, byte for byte
     with channel_world.session_factory() as session:

@@ -46,8 +46,13 @@ def _state(cw: ChannelWorld) -> tuple[Any, ...]:
 
 
 def _order(meter: str, **changes: str) -> dict[str, str]:
-    return {"reference": "ACME-1", "amount": "50.00", "currency": "ZAR", "meter_number": meter,
-            **changes}  # fmt: skip
+    return {
+        "reference": "ACME-1",
+        "amount": "50.00",
+        "currency": "ZAR",
+        "meter_number": meter,
+        **changes,
+    }
 
 
 async def _raw(
