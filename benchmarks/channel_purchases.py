@@ -247,7 +247,7 @@ def main() -> None:
             f"{cpu * 1000 / count:.2f}",
             f"{count / cpu:.0f}" if cpu else "-",
         )
-    Console().print(table)
+    Console(width=140).print(table)
 
 
 if __name__ == "__main__":
