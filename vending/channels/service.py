@@ -79,6 +79,8 @@ HTTP_STATUS: dict[str, int] = {
     "token_refused": 503,
     "meter_keys_unknown": 503,
     "key_not_found": 503,
+    "key_retired": 503,
+    "key_undecryptable": 503,
 }
 
 
