@@ -63,6 +63,7 @@ from vending.channels.signing import SignatureError, check_timestamp, parse_head
 from vending.counter import PaymentMethod
 from vending.keystore import KeyEncryptionKey
 from vending.money import Currency, Money
+from vending.security_module import SecurityModule
 
 PREFIX = "/channel/v1"
 JSON = "application/json"
@@ -145,7 +146,7 @@ def _parse(model: type[BaseModel], body: bytes) -> Any:
 def make_router(
     session_factory: sessionmaker[Session],
     *,
-    security_module: Any,
+    security_module: SecurityModule,
     audit: AuditSink,
     kek: KeyEncryptionKey,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),

@@ -40,6 +40,7 @@ from vending.errors import VendingError
 from vending.keystore import KeyEncryptionKey, KeyStoreError
 from vending.models import Account, AccountMeter, Customer, LedgerEntry, Vend
 from vending.money import Currency, Money, MoneyError
+from vending.security_module import SecurityModule
 
 # Whether a meter is known to have accepted the token with this TID (the clerk counter's
 # record of token_accepted events); the channel API refuses to reverse such a vend.
@@ -434,7 +435,7 @@ def purchase(
     channel: Channel,
     order: PurchaseOrder,
     *,
-    security_module: Any,
+    security_module: SecurityModule,
     audit: AuditSink,
     now: datetime,
 ) -> StoredAnswer:
@@ -459,15 +460,7 @@ def purchase(
         amount = Money.parse(order.amount, currency)
     except MoneyError as exc:
         raise ChannelError("invalid_amount", str(exc)) from None
-    if not channel.min_amount_minor <= amount.minor <= channel.max_amount_minor:
-        code = "amount_below_minimum" if amount.minor < channel.min_amount_minor else None
-        bound = Money(channel.min_amount_minor if code else channel.max_amount_minor, currency)
-        raise ChannelError(
-            code or "amount_above_maximum",
-            f"{amount} is {'below the minimum' if code else 'above the maximum'} of {bound}",
-            minimum=str(Money(channel.min_amount_minor, currency).to_decimal()),
-            maximum=str(Money(channel.max_amount_minor, currency).to_decimal()),
-        )
+    _check_amount_range(channel, amount)
     advices = _advices(session, channel.id, order.reference)
     reversal = advices.get("reverse")
     if reversal is not None and reversal.outcome == "pending":
@@ -543,6 +536,21 @@ def purchase(
             "concurrent_duplicate", "the same reference is being processed: retry for its answer"
         ) from None
     return StoredAnswer(200, body, replayed=False)
+
+
+def _check_amount_range(channel: Channel, amount: Money) -> None:
+    """ChannelError amount_below_minimum / amount_above_maximum outside the channel's range."""
+    minimum = Money(channel.min_amount_minor, amount.currency)
+    maximum = Money(channel.max_amount_minor, amount.currency)
+    limits = {"minimum": str(minimum.to_decimal()), "maximum": str(maximum.to_decimal())}
+    if amount.minor < minimum.minor:
+        raise ChannelError(
+            "amount_below_minimum", f"{amount} is below the minimum of {minimum}", **limits
+        )
+    if amount.minor > maximum.minor:
+        raise ChannelError(
+            "amount_above_maximum", f"{amount} is above the maximum of {maximum}", **limits
+        )
 
 
 def _lock_account(session: Session, meter_number: str) -> Account | None:
