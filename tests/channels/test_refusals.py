@@ -14,9 +14,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gridvend.audit import AuditEntry
 from gridvend.channel_cli import ChannelClient
-from tests.channels.harness import ChannelWorld, build_channel_world
+from tests.channels.harness import NOW, ChannelWorld, build_channel_world
 from tests.vending.world import add_metered_customer, drn
-from vending.channels.models import ChannelAdvice, ChannelPurchase
+from vending.accounts import link_meter
+from vending.channels.models import Channel, ChannelAdvice, ChannelPurchase
 from vending.models import Account, LedgerEntry, MeterTidCursor, Vend
 
 PURCHASE = "/channel/v1/purchases"
@@ -217,3 +218,30 @@ async def test_a_refused_request_still_spends_its_nonce(channel_world: ChannelWo
         replay = await client.http.post(PURCHASE, content=body, headers=headers)
     assert replay.json()["code"] == "replayed_nonce"
     assert meter
+
+
+async def test_a_suspended_channel_is_refused(channel_world: ChannelWorld) -> None:
+    meter = add_metered_customer(channel_world.world, 1)
+    with channel_world.session_factory() as session, session.begin():
+        session.scalars(select(Channel)).one().active = False
+    before = _state(channel_world)
+    async with channel_world.client() as client:
+        refused = await client.send_json("POST", PURCHASE, _order(meter))
+    assert (refused.status_code, refused.json()["code"]) == (403, "channel_inactive")
+    assert _state(channel_world) == before
+
+
+async def test_an_account_with_two_meters_needs_the_meter_number(
+    channel_world: ChannelWorld,
+) -> None:
+    meter = add_metered_customer(channel_world.world, 1)
+    second = add_metered_customer(channel_world.world, 2)
+    with channel_world.session_factory() as session, session.begin():
+        first_account, second_account = session.scalars(select(Account).order_by(Account.id))
+        link_meter(session, first_account.id, second, actor="test", now=NOW)
+        number = first_account.account_number
+    async with channel_world.client() as client:
+        order = {**_order(meter), "meter_number": None, "account_number": number}
+        refused = await client.send_json("POST", PURCHASE, order)
+    assert (refused.status_code, refused.json()["code"]) == (409, "account_meter_ambiguous")
+    assert second_account.id != first_account.id
