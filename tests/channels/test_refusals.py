@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
@@ -245,3 +246,21 @@ async def test_an_account_with_two_meters_needs_the_meter_number(
         refused = await client.send_json("POST", PURCHASE, order)
     assert (refused.status_code, refused.json()["code"]) == (409, "account_meter_ambiguous")
     assert second_account.id != first_account.id
+
+
+async def test_concurrent_purchases_never_pass_the_daily_limit_together(
+    channel_world: ChannelWorld,
+) -> None:
+    meters = [add_metered_customer(channel_world.world, serial) for serial in range(10)]
+    async with channel_world.client() as client:
+        answers = await asyncio.gather(
+            *(
+                client.send_json(
+                    "POST", PURCHASE, _order(meter, reference=f"C-{n}", amount="200.00")
+                )
+                for n, meter in enumerate(meters)
+            )
+        )
+    codes = sorted(a.json().get("code", "completed") for a in answers)
+    assert codes == ["completed"] * 5 + ["daily_limit_exceeded"] * 5
+    assert channel_world.count(Vend) == 5

@@ -26,7 +26,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -466,19 +466,8 @@ def purchase(
     if reversal is not None and reversal.outcome == "pending":
         return _refused_by_reversal(session, channel, order, amount, reversal, now)
     business_date = now.date()
-    sold_today = session.scalar(
-        select(func.coalesce(func.sum(ChannelPurchase.amount_minor), 0)).where(
-            ChannelPurchase.channel_id == channel.id,
-            ChannelPurchase.business_date == business_date,
-            ChannelPurchase.status == "completed",
-        )
-    )
-    if int(sold_today or 0) + amount.minor > channel.daily_limit_minor:
-        raise ChannelError(
-            "daily_limit_exceeded",
-            f"this purchase would take the channel past its daily limit of "
-            f"{Money(channel.daily_limit_minor, currency)}",
-        )
+    # A cheap check first (most refusals end here), the exact one after the vend.
+    _check_daily_limit(session, channel, business_date, amount)
     meter_number = resolve_meter_number(session, order.meter_number, order.account_number)
     account = _lock_account(session, meter_number)
     before = _account_state(account) if account is not None else {}
@@ -509,6 +498,8 @@ def purchase(
             "currency_mismatch",
             f"this meter is sold in {record.currency}; the channel settles in {currency.code}",
         )
+    _lock_channel_day(session, channel)
+    _check_daily_limit(session, channel, business_date, amount)
     body = canonical_json(_receipt(session, channel, order.reference, record))
     stored = ChannelPurchase(
         channel_id=channel.id,
@@ -536,6 +527,41 @@ def purchase(
             "concurrent_duplicate", "the same reference is being processed: retry for its answer"
         ) from None
     return StoredAnswer(200, body, replayed=False)
+
+
+# Key space of PostgreSQL advisory locks taken per channel (the audit log uses 7243001).
+_CHANNEL_LOCK_SPACE = 7243101
+
+
+def _lock_channel_day(session: Session, channel: Channel) -> None:
+    """Queue this channel's purchases for the last step, until commit: the daily total
+    read next then includes every purchase committed before, so concurrent purchases
+    cannot pass the limit together. (SQLite has one writer at a time already.)"""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(:space, :channel)"),
+            {"space": _CHANNEL_LOCK_SPACE, "channel": channel.id},
+        )
+
+
+def _check_daily_limit(
+    session: Session, channel: Channel, business_date: date, amount: Money
+) -> None:
+    """ChannelError daily_limit_exceeded when ``amount`` would take the channel's completed
+    purchases of the (UTC) day past its daily limit."""
+    sold_today = session.scalar(
+        select(func.coalesce(func.sum(ChannelPurchase.amount_minor), 0)).where(
+            ChannelPurchase.channel_id == channel.id,
+            ChannelPurchase.business_date == business_date,
+            ChannelPurchase.status == "completed",
+        )
+    )
+    if int(sold_today or 0) + amount.minor > channel.daily_limit_minor:
+        raise ChannelError(
+            "daily_limit_exceeded",
+            f"this purchase would take the channel past its daily limit of "
+            f"{Money(channel.daily_limit_minor, amount.currency)}",
+        )
 
 
 def _check_amount_range(channel: Channel, amount: Money) -> None:
