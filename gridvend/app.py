@@ -20,6 +20,10 @@ from headend.interface import token_accepted
 from vending.api import CounterConfig
 from vending.api import install_error_handler as install_vending_error_handler
 from vending.api import make_router as make_vending_router
+from vending.channels import make_admin_router as make_channel_admin_router
+from vending.channels import make_router as make_channel_router
+from vending.keystore import KeyEncryptionKey
+from vending.reversals import token_known_accepted
 from vending.security_module import SecurityModule
 
 
@@ -30,9 +34,11 @@ def create_app(
     ingest_stats: Callable[[], IngestStats | None] = lambda: None,
     command_queue: CommandQueue | None = None,
     counter: CounterConfig = CounterConfig(),
+    kek: KeyEncryptionKey | None = None,
 ) -> FastAPI:
     """The API; ``command_queue`` defaults to one on ``session_factory`` (no dispatcher:
-    commands stay queued until a head-end worker runs one)."""
+    commands stay queued until a head-end worker runs one). Without ``kek`` (the key that
+    encrypts channel secrets) the payment-channel API is not mounted."""
     app = FastAPI(
         title="gridvend",
         version=gridvend.__version__,
@@ -55,9 +61,23 @@ def create_app(
             security_module=security_module,
             audit=audit,
             config=counter,
-            token_acceptance=token_accepted,
+            token_acceptance=_token_accepted,
         )
     )
+
+    if kek is not None:
+        app.include_router(
+            make_channel_router(
+                session_factory,
+                security_module=security_module,
+                audit=audit,
+                kek=kek,
+                token_accepted=_token_accepted,
+            )
+        )
+        app.include_router(
+            make_channel_admin_router(session_factory, require=auth.require, kek=kek, audit=audit)
+        )
 
     @app.get("/api/health", tags=["system"])
     def health() -> dict[str, str]:
@@ -68,6 +88,12 @@ def create_app(
         return _INDEX_PAGE
 
     return app
+
+
+def _token_accepted(session: Session, meter_id: int, tid: int) -> bool:
+    """Whether a token is known to be in the meter: recorded at the counter, or reported
+    by the meter itself through the head-end."""
+    return token_known_accepted(session, meter_id, tid) or token_accepted(session, meter_id, tid)
 
 
 _INDEX_PAGE = """<!doctype html>

@@ -13,6 +13,7 @@ from rich.markup import escape
 from gridvend.audit import AuditLog, verify_chain
 from gridvend.auth import AuthError, NewUser, Role, create_user
 from gridvend.broker import BrokerError, provide_broker
+from gridvend.channel_cli import app as channel_app
 from gridvend.db import make_engine, make_session_factory, upgrade
 from gridvend.meter_cli import app as meter_app
 from gridvend.runtime import System
@@ -34,6 +35,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(sts_app, name="sts", help="STS tokens by hand: keys, encode, decode, key change.")
 app.add_typer(meter_app, name="meter")
 app.add_typer(sim_app, name="sim")
+app.add_typer(channel_app, name="channel")
 
 console = Console()
 

@@ -66,7 +66,8 @@ class System:
         self.engine = make_engine(settings.effective_database_url)
         self.session_factory = make_session_factory(self.engine)
         self.audit = AuditLog()
-        self.keystore = KeyStore(load_key_encryption_key(settings))
+        self.kek = load_key_encryption_key(settings)
+        self.keystore = KeyStore(self.kek)
         self.security_module = SoftwareSecurityModule(
             self.keystore, make_read_only_session_factory(self.engine)
         )
@@ -107,6 +108,7 @@ class System:
             counter=CounterConfig(
                 utility_name=settings.utility_name, timezone=settings.utility_timezone
             ),
+            kek=self.kek,
         )
         self.server = uvicorn.Server(
             uvicorn.Config(
