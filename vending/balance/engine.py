@@ -57,18 +57,26 @@ LEDGER_CURSOR = "balance-engine:ledger"
 ENGINE_ACTOR = "balance-engine"
 
 
-@dataclass(frozen=True, slots=True)
-class ConsumptionRecord:
-    """One interval of the head-end's consumption stream (``offset`` orders the stream)."""
+class ConsumptionRecord(Protocol):
+    """One interval of the head-end's consumption stream (``offset`` orders the stream);
+    headend.interface.ConsumptionEvent is one."""
 
-    offset: int
-    meter_id: int
-    quantity: str
-    t_start: datetime
-    t_end: datetime
-    energy_kwh: Decimal
-    quality: str
-    reason: str = ""
+    @property
+    def offset(self) -> int: ...
+    @property
+    def meter_id(self) -> int: ...
+    @property
+    def quantity(self) -> str: ...
+    @property
+    def t_start(self) -> datetime: ...
+    @property
+    def t_end(self) -> datetime: ...
+    @property
+    def energy_kwh(self) -> Decimal: ...
+    @property
+    def quality(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
 
 
 class ConsumptionSource(Protocol):

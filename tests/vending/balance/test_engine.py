@@ -20,7 +20,6 @@ from tests.vending.world import VendingWorld, add_metered_customer, build_world,
 from vending.accounts import open_link
 from vending.balance.engine import (
     BalanceEngine,
-    ConsumptionRecord,
     EngineSettings,
     balance_minor,
     take_emergency_credit,
@@ -46,13 +45,25 @@ POLICY = DisconnectPolicy(
 )
 
 
+@dataclass(frozen=True)
+class Interval:
+    offset: int
+    meter_id: int
+    quantity: str
+    t_start: datetime
+    t_end: datetime
+    energy_kwh: Decimal
+    quality: str
+    reason: str
+
+
 @dataclass
 class Stream:
-    records: list[ConsumptionRecord] = field(default_factory=list)
+    records: list[Interval] = field(default_factory=list)
 
     def add(self, meter_id: int, start: datetime, kwh: str, quality: str = "measured") -> None:
         self.records.append(
-            ConsumptionRecord(
+            Interval(
                 offset=len(self.records) + 1,
                 meter_id=meter_id,
                 quantity="energy_import_kwh",
@@ -64,7 +75,7 @@ class Stream:
             )
         )
 
-    def __call__(self, session: Session, after_offset: int, limit: int) -> list[ConsumptionRecord]:
+    def __call__(self, session: Session, after_offset: int, limit: int) -> list[Interval]:
         return [r for r in self.records if r.offset > after_offset][:limit]
 
 
