@@ -276,7 +276,15 @@ class Ingestor:
     def _meter_ids(session: Session, comm_ids: set[str]) -> dict[str, int]:
         if not comm_ids:
             return {}
-        rows = session.execute(select(Meter.comm_id, Meter.id).where(Meter.comm_id.in_(comm_ids)))
+        # Lock every meter of the batch now, in id order (PostgreSQL): readings, events and
+        # status all write to them, and two workers taking them in different orders could
+        # deadlock. See _load_profiles for why readings need the lock.
+        rows = session.execute(
+            select(Meter.comm_id, Meter.id)
+            .where(Meter.comm_id.in_(comm_ids))
+            .order_by(Meter.id)
+            .with_for_update()
+        )
         return {comm_id: meter_id for comm_id, meter_id in rows}
 
     def _store_readings(
