@@ -309,6 +309,11 @@ class Ingestor:
                 detail = f"meter id {rs.meter_id} is not in the registry"
                 self._reject(session, batch, rs.message, RejectReason.UNKNOWN_METER, detail)
                 continue
+            if not isinstance(rs.ts, datetime) or rs.ts.utcoffset() is None:
+                # Validation would reject it too, but the context queries need a UTC instant.
+                detail = f"[invalid_timestamp] {rs.ts!r} is not a timezone-aware UTC instant"
+                self._reject(session, batch, rs.message, RejectReason.INVALID_READING, detail)
+                continue
             for quantity, value in rs.values.items():
                 storable = _storable(value, quantity)
                 if storable is None:

@@ -380,3 +380,13 @@ def test_two_workers_ingesting_one_meter_at_once_publish_a_consistent_stream(
     }
     assert estimates == {}
     assert all(r.quality is Quality.MEASURED for r in {r.key: r for r in stream}.values())
+
+
+def test_a_poll_with_a_naive_timestamp_is_quarantined_and_the_rest_stored(
+    session_factory: sessionmaker[Session],
+) -> None:
+    meter_id, _ = _meter(session_factory)
+    naive = PolledReading(meter_id, datetime(2026, 3, 2, 1, 0), {ENERGY: Decimal(5)}, NOW)
+    good = PolledReading(meter_id, T0, {ENERGY: Decimal(4)}, NOW)
+    outcome = Ingestor(session_factory, SCHEME).ingest_polled([naive, good])
+    assert (outcome.readings_stored, outcome.rejected) == (1, {"invalid_reading": 1})
