@@ -108,7 +108,7 @@ def _as_meter(records: list[IntervalConsumption], meter_id: int) -> list[Interva
 
 
 @settings(
-    max_examples=20,
+    max_examples=40,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
