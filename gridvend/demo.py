@@ -58,9 +58,15 @@ async def run_demo(
         )
     engine.dispose()
 
+    # The fleet runs simulated time from `start`; readings are validated against that time.
+    start = datetime.now(UTC)
+
+    def simulated_now() -> datetime:
+        return start + (datetime.now(UTC) - start) * speed
+
     with provide_broker(settings.mqtt_url) as broker:
         async with (
-            System(settings, broker) as system,
+            System(settings, broker, clock=simulated_now) as system,
             MqttFleet(
                 broker.host,
                 broker.port,
@@ -68,6 +74,7 @@ async def run_demo(
                 topic_prefix=settings.mqtt_topic_prefix,
                 speed=speed,
                 mqtt_v5=broker.supports_v5,
+                start=start,
             ),
         ):
             announce(

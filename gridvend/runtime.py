@@ -11,7 +11,8 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -60,7 +61,15 @@ class System:
     the MQTT workers are connected; ``system.base_url`` is where the API answers.
     """
 
-    def __init__(self, settings: Settings, broker: BrokerEndpoint) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        broker: BrokerEndpoint,
+        *,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        """``clock`` is "now" for reading validation (a simulated fleet's clock in the
+        demo); by default a reading is judged against the time it was received."""
         self.settings = settings
         self.broker = broker
         self.engine = make_engine(settings.effective_database_url)
@@ -72,7 +81,7 @@ class System:
             self.keystore, make_read_only_session_factory(self.engine)
         )
         self.scheme = TopicScheme(prefix=settings.mqtt_topic_prefix)
-        self.ingestor = Ingestor(self.session_factory, self.scheme)
+        self.ingestor = Ingestor(self.session_factory, self.scheme, clock=clock)
         instance = settings.headend_instance
         self.ingest_worker = MqttIngestWorker(
             broker.host,

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, HTTPException, Query, UploadFile, status
 from fastapi.responses import PlainTextResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializer
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializer, field_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,7 +27,15 @@ from headend.commissioning import (
 )
 from headend.health import HealthError, read_success_rates, silent_meters
 from headend.ingest import IngestStats
-from headend.models import Meter, MeterLifecycle, MeterProtocol, Reading, RejectedMessage
+from headend.interface import MAX_CONSUMPTION_BATCH, latest_consumption
+from headend.models import (
+    Meter,
+    MeterLifecycle,
+    MeterProtocol,
+    Reading,
+    ReadingEstimate,
+    RejectedMessage,
+)
 from headend.registry import (
     MeterRegistration,
     MeterUpdate,
@@ -37,7 +45,7 @@ from headend.registry import (
     transition_meter,
     update_meter,
 )
-from protocols.quantities import Quantity
+from protocols.quantities import Kind, Quantity
 
 
 class MeterOut(BaseModel):
@@ -109,16 +117,45 @@ class ReadingOut(BaseModel):
     value: Decimal
     source: str
     received_at: datetime
+    quality: str = Field(
+        default="measured",
+        description="measured, flagged (held for an operator) or estimated (interpolated "
+        "at a missing interval boundary; source 'estimate')",
+    )
+    flags: list[str] = Field(default_factory=list, description="Validation flags raised.")
+    reason: str = Field(default="", description="Validation's findings, for a person.")
+
+    @field_validator("flags", mode="before")
+    @classmethod
+    def _split_flags(cls, value: Any) -> Any:
+        # Stored comma-separated in one column.
+        if isinstance(value, str):
+            return [f for f in value.split(",") if f]
+        return value
 
     @field_serializer("value")
     def _at_quantity_resolution(self, value: Decimal) -> str:
         """Show the value at its quantity's resolution when that loses nothing."""
-        try:
-            places = Quantity(self.quantity).info.decimals
-        except ValueError:
-            return str(value)
-        shown = value.quantize(Decimal(1).scaleb(-places))
-        return str(shown if shown == value else value.normalize())
+        return _at_resolution(value, self.quantity)
+
+
+class ConsumptionOut(BaseModel):
+    offset: int = Field(description="The record's offset in the consumption stream.")
+    t_start: datetime
+    t_end: datetime
+    energy_kwh: str = Field(description="Exact, at the register's resolution.")
+    quality: str = Field(description="measured, estimated or flagged (held for an operator)")
+    reason: str
+    supersedes: int | None = Field(description="Offset of the record this one corrects.")
+
+
+def _at_resolution(value: Decimal, quantity: str) -> str:
+    try:
+        places = Quantity(quantity).info.decimals
+    except ValueError:
+        return str(value)
+    shown = value.quantize(Decimal(1).scaleb(-places))
+    return str(shown if shown == value else value.normalize())
 
 
 class RejectedMessageOut(BaseModel):
@@ -431,7 +468,10 @@ def make_router(
         since: AwareDatetime | None = None,
         until: AwareDatetime | None = None,
         limit: Annotated[int, Query(ge=1, le=10000)] = 500,
+        include_estimates: bool = False,
     ) -> Any:
+        """Stored reads, newest first, with validation's quality, flags and reason; with
+        ``include_estimates`` the estimated boundary reads too (quality "estimated")."""
         get_meter(session, meter_id)
         query = select(Reading).where(Reading.meter_id == meter_id)
         if quantity is not None:
@@ -441,7 +481,65 @@ def make_router(
         if until is not None:
             query = query.where(Reading.ts < until)
         query = query.order_by(Reading.ts.desc(), Reading.quantity).limit(limit)
-        return session.scalars(query).all()
+        out: list[Any] = list(session.scalars(query))
+        if not include_estimates:
+            return out
+        estimates = select(ReadingEstimate).where(ReadingEstimate.meter_id == meter_id)
+        if quantity is not None:
+            estimates = estimates.where(ReadingEstimate.quantity == quantity.value)
+        if since is not None:
+            estimates = estimates.where(ReadingEstimate.ts >= since)
+        if until is not None:
+            estimates = estimates.where(ReadingEstimate.ts < until)
+        estimates = estimates.order_by(ReadingEstimate.ts.desc()).limit(limit)
+        out += [
+            ReadingOut(
+                quantity=e.quantity,
+                ts=e.ts,
+                value=e.value,
+                source="estimate",
+                received_at=e.created_at,
+                quality="estimated",
+            )
+            for e in session.scalars(estimates)
+        ]
+        out.sort(key=lambda r: (-r.ts.timestamp(), r.quantity))
+        return out[:limit]
+
+    @router.get("/meters/{meter_id}/consumption", response_model=list[ConsumptionOut])
+    def list_consumption(
+        session: DB,
+        meter_id: int,
+        _: Any = require(*READERS),
+        quantity: Quantity = Quantity.ENERGY_IMPORT_KWH,
+        since: AwareDatetime | None = None,
+        until: AwareDatetime | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_CONSUMPTION_BATCH)] = 1000,
+    ) -> Any:
+        """Interval consumption of one cumulative register: the latest record of each
+        interval starting in ``[since, until)``, oldest first."""
+        get_meter(session, meter_id)
+        if quantity.info.kind is not Kind.CUMULATIVE:
+            raise _error(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                "not_cumulative",
+                f"{quantity.value} is not a cumulative register: it has no interval consumption",
+            )
+        events = latest_consumption(
+            session, meter_id, quantity, since=since, until=until, limit=limit
+        )
+        return [
+            ConsumptionOut(
+                offset=e.offset,
+                t_start=e.t_start,
+                t_end=e.t_end,
+                energy_kwh=str(e.energy_kwh),
+                quality=e.quality,
+                reason=e.reason,
+                supersedes=e.supersedes,
+            )
+            for e in events
+        ]
 
     @router.get("/headend/rejected-messages", response_model=list[RejectedMessageOut])
     def list_rejected(

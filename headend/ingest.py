@@ -7,27 +7,53 @@ reading) is kept whole in ``rejected_messages`` with its reason, and counted.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Insert, select, update
+from sqlalchemy import Insert, Table, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from headend.consumption import (
+    IntervalConsumption,
+    derivation_span,
+    interval_consumption,
+    superseding,
+    withdrawals,
+)
+from headend.estimation import estimate_gaps
 from headend.models import (
     READING_VALUE_TYPE,
+    ConsumptionEventRecord,
     Meter,
     MeterEventRecord,
+    MeterLifecycle,
+    MeterLifecycleChange,
     Reading,
+    ReadingEstimate,
     RejectedMessage,
 )
+from headend.validation import (
+    DEFAULT_SETTINGS,
+    Flag,
+    MeterProfile,
+    Quality,
+    RegisterRead,
+    StoredRead,
+    VeeSettings,
+    Verdict,
+    floor_boundary,
+    validate_reads,
+)
+from headend.validation import Status as VerdictStatus
 from protocols.mqtt import (
     MeterChannel,
     MeterEvent,
@@ -40,7 +66,7 @@ from protocols.mqtt import (
     parse_status,
     parse_telemetry,
 )
-from protocols.quantities import Quantity
+from protocols.quantities import Kind, Quantity
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +76,8 @@ class RejectReason(StrEnum):
     BAD_PAYLOAD = "bad_payload"
     UNKNOWN_METER = "unknown_meter"
     CONFLICTING_DUPLICATE = "conflicting_duplicate"
+    # Validation rejected the read (bad timestamp, value, unit...): see the flags.
+    INVALID_READING = "invalid_reading"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +98,18 @@ class IngestStats:
     events_stored: int = 0
     status_updates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    # Of readings_stored: the ones validation flagged (held for an operator).
+    readings_flagged: int = 0
+    estimates_stored: int = 0
+    consumption_published: int = 0
 
     def add(self, other: IngestStats) -> None:
         self.messages += other.messages
         self.readings_stored += other.readings_stored
         self.readings_duplicate += other.readings_duplicate
+        self.readings_flagged += other.readings_flagged
+        self.estimates_stored += other.estimates_stored
+        self.consumption_published += other.consumption_published
         self.events_stored += other.events_stored
         self.status_updates += other.status_updates
         self.rejected.update(other.rejected)
@@ -87,6 +122,9 @@ class IngestStats:
             "events_stored": self.events_stored,
             "status_updates": self.status_updates,
             "rejected": dict(self.rejected),
+            "readings_flagged": self.readings_flagged,
+            "estimates_stored": self.estimates_stored,
+            "consumption_published": self.consumption_published,
         }
 
 
@@ -131,9 +169,21 @@ class _Parsed:
 class Ingestor:
     """Turns batches of inbound messages into stored readings, events and meter status."""
 
-    def __init__(self, session_factory: sessionmaker[Session], scheme: TopicScheme) -> None:
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        scheme: TopicScheme,
+        *,
+        settings: VeeSettings = DEFAULT_SETTINGS,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        """``settings`` are validation's thresholds. ``clock`` gives "now" for validation
+        and the stream's ``created_at``; without it a read is judged against the time its
+        message was received (a replayed batch is judged as it was the first time)."""
         self._session_factory = session_factory
         self._scheme = scheme
+        self._settings = settings
+        self._clock = clock
         self.stats = IngestStats()
 
     def ingest(self, messages: Sequence[InboundMessage]) -> IngestStats:
@@ -175,9 +225,11 @@ class Ingestor:
         batch = IngestStats(messages=len(polls))
         with self._session_factory() as session, session.begin():
             reading_sets = [_ReadingSet(p.meter_id, p.ts, p.values, p.as_message()) for p in polls]
-            self._store_readings(session, batch, reading_sets)
+            known = self._store_readings(session, batch, reading_sets)
             last_seen: dict[int, datetime] = {}
             for poll in polls:
+                if poll.meter_id not in known:
+                    continue  # quarantined as an unknown meter
                 last_seen[poll.meter_id] = max(
                     poll.received_at, last_seen.get(poll.meter_id, poll.received_at)
                 )
@@ -224,92 +276,242 @@ class Ingestor:
     def _meter_ids(session: Session, comm_ids: set[str]) -> dict[str, int]:
         if not comm_ids:
             return {}
-        rows = session.execute(select(Meter.comm_id, Meter.id).where(Meter.comm_id.in_(comm_ids)))
+        # Lock every meter of the batch now, in id order (PostgreSQL): readings, events and
+        # status all write to them, and two workers taking them in different orders could
+        # deadlock. See _load_profiles for why readings need the lock.
+        rows = session.execute(
+            select(Meter.comm_id, Meter.id)
+            .where(Meter.comm_id.in_(comm_ids))
+            .order_by(Meter.id)
+            .with_for_update()
+        )
         return {comm_id: meter_id for comm_id, meter_id in rows}
 
     def _store_readings(
         self, session: Session, batch: IngestStats, reading_sets: list[_ReadingSet]
-    ) -> None:
-        candidates: dict[tuple[int, str, datetime], tuple[Decimal, InboundMessage]] = {}
-        for reading_set in reading_sets:
-            for quantity, value in reading_set.values.items():
-                key = (reading_set.meter_id, quantity.value, reading_set.ts)
-                earlier = candidates.get(key)
-                if earlier is None:
-                    candidates[key] = (value, reading_set.message)
-                elif earlier[0] == value:
-                    batch.readings_duplicate += 1
-                else:
-                    self._reject_conflict(
-                        session, batch, reading_set.message, key, earlier[0], value
-                    )
-        if not candidates:
-            return
-        stored = self._stored_values(session, list(candidates))
-        rows = []
-        for key, (value, message) in candidates.items():
-            if key in stored:
-                if stored[key] == READING_VALUE_TYPE.quantize(value):
-                    batch.readings_duplicate += 1
-                else:
-                    self._reject_conflict(session, batch, message, key, stored[key], value)
+    ) -> set[int]:
+        """Validate, store, re-estimate and publish, as docs/readings.md "Ingestion" says.
+
+        Each meter's reads are judged together (``validate_reads``) against the stored reads
+        around them, loaded in bulk for the whole batch. Accepted and flagged reads take
+        their (meter, quantity, ts) slot in ``readings`` with the verdict; rejected reads go
+        to ``rejected_messages`` with the verdict's flags and reason; duplicates are counted.
+        Then every cumulative register that gained real reads is re-derived over its
+        derivation span: estimates replaced, new and corrected consumption records appended.
+        Returns the ids of the registered meters among the sets' meters.
+        """
+        if not reading_sets:
+            return set()
+        profiles = _load_profiles(session, {rs.meter_id for rs in reading_sets})
+        incoming: dict[int, list[_Incoming]] = {}
+        for rs in reading_sets:
+            if rs.meter_id not in profiles:
+                detail = f"meter id {rs.meter_id} is not in the registry"
+                self._reject(session, batch, rs.message, RejectReason.UNKNOWN_METER, detail)
                 continue
-            rows.append(
-                {
-                    "meter_id": key[0],
-                    "quantity": key[1],
-                    "ts": key[2],
-                    "value": value,
-                    "source": message.source,
-                    "received_at": message.received_at,
-                }
+            if not isinstance(rs.ts, datetime) or rs.ts.utcoffset() is None:
+                # Validation would reject it too, but the context queries need a UTC instant.
+                detail = f"[invalid_timestamp] {rs.ts!r} is not a timezone-aware UTC instant"
+                self._reject(session, batch, rs.message, RejectReason.INVALID_READING, detail)
+                continue
+            for quantity, value in rs.values.items():
+                storable = _storable(value, quantity)
+                if storable is None:
+                    detail = (
+                        f"{quantity} at {_fmt_ts(rs.ts)}: {value} is outside the storable "
+                        f"range (magnitude below {_MAX_STORABLE})"
+                    )
+                    self._reject(session, batch, rs.message, RejectReason.INVALID_READING, detail)
+                    continue
+                read = RegisterRead(str(rs.meter_id), quantity, rs.ts, storable)
+                incoming.setdefault(rs.meter_id, []).append(_Incoming(read, rs.message))
+        if not incoming:
+            return set(profiles)
+
+        registers: dict[_Key, list[datetime]] = {}
+        for meter_id, items in incoming.items():
+            for item in items:
+                ts = item.read.timestamp.astimezone(UTC)
+                registers.setdefault((meter_id, item.read.quantity.value), []).append(ts)
+        stored = _StoredReads(session, profiles, self._settings)
+        stored.load({key: (min(times), max(times)) for key, times in registers.items()}, incoming)
+
+        rows: list[dict[str, Any]] = []
+        changed: dict[_Key, list[datetime]] = {}
+        for meter_id, items in incoming.items():
+            now = self._clock() if self._clock else max(i.message.received_at for i in items)
+            verdicts = validate_reads(
+                [i.read for i in items],
+                stored.context(meter_id),
+                profiles[meter_id],
+                now,
+                self._settings,
             )
+            for item, verdict in zip(items, verdicts, strict=True):
+                key = (meter_id, item.read.quantity.value)
+                if verdict.status is VerdictStatus.DUPLICATE:
+                    batch.readings_duplicate += 1
+                    continue
+                kept = verdict.to_stored()
+                if verdict.status is VerdictStatus.REJECTED or kept is None:
+                    self._reject_verdict(session, batch, item, verdict, stored)
+                    continue
+                stored.add(key, kept)
+                if kept.quality is Quality.FLAGGED:
+                    batch.readings_flagged += 1
+                if kept.quantity.info.kind is Kind.CUMULATIVE:
+                    changed.setdefault(key, []).append(kept.timestamp)
+                rows.append(
+                    {
+                        "meter_id": meter_id,
+                        "quantity": key[1],
+                        "ts": kept.timestamp,
+                        "value": kept.value,
+                        "source": item.message.source,
+                        "received_at": item.message.received_at,
+                        "quality": kept.quality.value,
+                        "flags": ",".join(sorted(f.value for f in verdict.flags)),
+                        "reason": verdict.reason,
+                    }
+                )
         if rows:
-            result = session.execute(
-                _insert_ignoring_duplicates(session, Reading).returning(Reading.id), rows
+            # Core on the table: the ORM's bulk path costs more than the database here.
+            # RETURNING counts what went in (executemany's rowcount is not portable).
+            table = _table(Reading)
+            result = session.connection().execute(
+                _insert_ignoring_duplicates(session, table).returning(table.c.id), rows
             )
             inserted = len(result.all())
             batch.readings_stored += inserted
-            # A concurrent worker stored the rest first; those are duplicates, not losses.
+            # The meter rows are locked, so no other worker can have stored these first; a
+            # shortfall would mean a writer outside the ingestion path. Count, don't lose.
             batch.readings_duplicate += len(rows) - inserted
+        if changed:
+            self._republish(session, batch, stored, changed)
+        return set(profiles)
 
-    @staticmethod
-    def _stored_values(
-        session: Session, keys: list[tuple[int, str, datetime]]
-    ) -> dict[tuple[int, str, datetime], Decimal]:
-        meter_ids = {k[0] for k in keys}
-        timestamps = [k[2] for k in keys]
-        rows = session.execute(
-            select(Reading.meter_id, Reading.quantity, Reading.ts, Reading.value).where(
-                Reading.meter_id.in_(meter_ids),
-                Reading.ts >= min(timestamps),
-                Reading.ts <= max(timestamps),
-            )
-        )
-        wanted = set(keys)
-        return {
-            (meter_id, quantity, ts): value
-            for meter_id, quantity, ts, value in rows
-            if (meter_id, quantity, ts) in wanted
-        }
-
-    def _reject_conflict(
+    def _reject_verdict(
         self,
         session: Session,
         batch: IngestStats,
-        message: InboundMessage,
-        key: tuple[int, str, datetime],
-        first: Decimal,
-        second: Decimal,
+        item: _Incoming,
+        verdict: Verdict,
+        stored: _StoredReads,
     ) -> None:
-        _, quantity, ts = key
-        self._reject(
-            session,
-            batch,
-            message,
-            RejectReason.CONFLICTING_DUPLICATE,
-            f"{quantity} at {ts.isoformat()} already stored as {first}; this message says {second}",
+        read = item.read
+        if Flag.CONFLICT in verdict.flags:
+            key = (int(read.meter_id), str(read.quantity))
+            first = stored.value_at(key, read.timestamp.astimezone(UTC))
+            detail = (
+                f"{read.quantity} at {read.timestamp.isoformat()} already stored as {first}; "
+                f"this message says {read.value}"
+            )
+            self._reject(session, batch, item.message, RejectReason.CONFLICTING_DUPLICATE, detail)
+            return
+        flags = ",".join(sorted(f.value for f in verdict.flags))
+        detail = f"{read.quantity} at {_fmt_ts(read.timestamp)} [{flags}] {verdict.reason}"
+        self._reject(session, batch, item.message, RejectReason.INVALID_READING, detail)
+
+    def _republish(
+        self,
+        session: Session,
+        batch: IngestStats,
+        stored: _StoredReads,
+        changed: dict[_Key, list[datetime]],
+    ) -> None:
+        """Re-derive every changed register over its derivation span (docs/readings.md).
+
+        Stored estimates strictly inside each window are replaced by ``estimate_gaps`` over
+        it; records that are new or differ from the published ones (and withdrawals) are
+        appended to the stream, in the same transaction as the reads.
+        """
+        settings = self._settings
+        plans: list[_Derivation] = []
+        for key in sorted(changed):
+            profile = stored.profile(key[0])
+            interval = profile.interval
+            tolerance = settings.tolerance_for(interval)
+            t_min, t_max = min(changed[key]), max(changed[key])
+            previous = stored.latest(key, t_min, inclusive=False, measured_only=False)
+            following = stored.earliest(key, t_max, inclusive=False, measured_only=False)
+            start, end = derivation_span(
+                t_min,
+                t_max,
+                previous.timestamp if previous else None,
+                following.timestamp if following else None,
+                interval,
+                settings,
+            )
+            low = stored.latest(key, start - tolerance, inclusive=True, measured_only=False)
+            high = stored.earliest(key, end + tolerance, inclusive=True, measured_only=False)
+            window = stored.real_reads(
+                key, low.timestamp if low else None, high.timestamp if high else None
+            )
+            plans.append(_Derivation(key, interval, start, end, window))
+
+        published = _published(session, [(p.key, p.start, p.end) for p in plans])
+        created_at = self._clock() if self._clock else datetime.now(UTC)
+        deletes: list[dict[str, Any]] = []
+        estimates: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        for plan in plans:
+            meter_id, quantity = plan.key
+            first, last = plan.window[0].timestamp, plan.window[-1].timestamp
+            deletes.append({"m": meter_id, "q": quantity, "lo": first, "hi": last})
+            estimates += [
+                {
+                    "meter_id": meter_id,
+                    "quantity": quantity,
+                    "ts": e.timestamp,
+                    "value": e.value,
+                    "created_at": created_at,
+                }
+                for e in estimate_gaps(plan.window, plan.interval, settings)
+            ]
+            derived = interval_consumption(
+                plan.window, plan.interval, settings, start=plan.start, end=plan.end
+            )
+            before = {
+                t_start: offset_record
+                for t_start, offset_record in published.get(plan.key, {}).items()
+                if plan.start <= t_start and offset_record[1].t_end <= plan.end
+            }
+            in_span = [record for _, record in before.values()]
+            for record in (
+                *superseding(in_span, derived),
+                *withdrawals(in_span, derived, plan.start, plan.end),
+            ):
+                earlier = before.get(record.t_start)
+                events.append(
+                    {
+                        "meter_id": meter_id,
+                        "quantity": quantity,
+                        "t_start": record.t_start,
+                        "t_end": record.t_end,
+                        "energy_kwh": record.energy_kwh,
+                        "quality": record.quality.value,
+                        "reason": record.reason,
+                        "supersedes": earlier[0] if earlier else None,
+                        "created_at": created_at,
+                    }
+                )
+        table = _table(ReadingEstimate)
+        session.connection().execute(
+            delete(table).where(
+                table.c.meter_id == bindparam("m"),
+                table.c.quantity == bindparam("q"),
+                table.c.ts > bindparam("lo"),
+                table.c.ts < bindparam("hi"),
+            ),
+            deletes,
         )
+        if estimates:
+            session.connection().execute(insert(_table(ReadingEstimate)), estimates)
+            batch.estimates_stored += len(estimates)
+        if events:
+            _lock_stream(session)
+            session.connection().execute(insert(_table(ConsumptionEventRecord)), events)
+            batch.consumption_published += len(events)
 
     def _store_events(
         self, session: Session, batch: IngestStats, accepted: list[tuple[_Parsed, int]]
@@ -353,13 +555,18 @@ class Ingestor:
     def _update_meters(
         session: Session, last_seen: dict[int, datetime], online: dict[int, bool]
     ) -> None:
-        for meter_id in last_seen.keys() | online.keys():
-            values: dict[str, Any] = {}
+        # Bulk UPDATEs by primary key, one per set of columns: a statement per meter was
+        # a round trip per message of a telemetry batch.
+        by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for meter_id in sorted(last_seen.keys() | online.keys()):
+            values: dict[str, Any] = {"id": meter_id}
             if meter_id in online:
                 values["online"] = online[meter_id]
             if meter_id in last_seen:
                 values["last_seen_at"] = last_seen[meter_id]
-            session.execute(update(Meter).where(Meter.id == meter_id).values(**values))
+            by_columns.setdefault(tuple(values), []).append(values)
+        for rows in by_columns.values():
+            session.execute(update(Meter), rows)
 
     @staticmethod
     def _reject(
@@ -386,10 +593,503 @@ def _keep_latest(latest: dict[int, datetime], meter_id: int, seen: datetime) -> 
     latest[meter_id] = max(seen, latest.get(meter_id, seen))
 
 
-def _insert_ignoring_duplicates(session: Session, model: type[Any]) -> Insert:
+def _table(model: type[Any]) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+def _insert_ignoring_duplicates(session: Session, model: type[Any] | Table) -> Insert:
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         return postgresql.insert(model).on_conflict_do_nothing()
     if dialect == "sqlite":
         return sqlite.insert(model).on_conflict_do_nothing()
     raise RuntimeError(f"unsupported database dialect {dialect!r}")
+
+
+# --- VEE storage: what validation and derivation need, loaded in bulk per batch ------------
+
+_Key = tuple[int, str]  # (meters.id, quantity)
+
+# The default nameplate rating when the registry has none: generous, so an unknown meter is
+# never flagged for a spike it could really have drawn.
+DEFAULT_RATED_MAX_CURRENT_A = Decimal(100)
+# Readings are 64-bit integers of micro-units (READING_VALUE_TYPE): anything larger cannot
+# be stored, and would fail the whole batch at the database.
+_MAX_STORABLE = Decimal(9_000_000_000_000)
+# Stored reads loaded around a batch's reads: enough intervals back for the previous read,
+# its derivation span and the read before that (three), when a meter reports every interval.
+_WINDOW_INTERVALS = 3
+# Beyond this spread, one query per meter instead of one for the batch.
+_MAX_BULK_SPAN = timedelta(days=2)
+# Rows per fallback query when a register's neighbours lie outside the loaded window.
+_PAGE = 16
+# The key of the PostgreSQL advisory lock that orders publishers (see _lock_stream).
+_STREAM_LOCK_KEY = 0x67765F636F6E73  # "gv_cons"
+
+
+@dataclass(frozen=True, slots=True)
+class _Incoming:
+    read: RegisterRead
+    message: InboundMessage
+
+
+@dataclass(frozen=True, slots=True)
+class _Derivation:
+    key: _Key
+    interval: timedelta
+    start: datetime
+    end: datetime
+    window: list[StoredRead]
+
+
+class _History:
+    """The real reads of one register, complete over ``[low, high]`` (None: unbounded)."""
+
+    def __init__(self, low: datetime | None, high: datetime | None) -> None:
+        self.low = low
+        self.high = high
+        self.reads: list[StoredRead] = []
+        self.times: list[datetime] = []
+        # Context only, outside [low, high]: the start of a run of unchanged values.
+        self.extra: list[StoredRead] = []
+        self.estimates: list[StoredRead] = []
+
+    def add(self, read: StoredRead) -> None:
+        i = bisect.bisect_right(self.times, read.timestamp)
+        self.times.insert(i, read.timestamp)
+        self.reads.insert(i, read)
+
+
+class _StoredReads:
+    """Stored reads around a batch, per register, extended by a query only where needed."""
+
+    def __init__(
+        self, session: Session, profiles: dict[int, MeterProfile], settings: VeeSettings
+    ) -> None:
+        self._session = session
+        self._profiles = profiles
+        self._settings = settings
+        self._histories: dict[_Key, _History] = {}
+        self._by_meter: dict[int, list[_History]] = {}
+
+    def profile(self, meter_id: int) -> MeterProfile:
+        return self._profiles[meter_id]
+
+    def load(
+        self, spans: dict[_Key, tuple[datetime, datetime]], incoming: dict[int, list[_Incoming]]
+    ) -> None:
+        """Load the registers' stored reads around ``spans`` (the batch's reads per register).
+
+        Cumulative registers get every real read within a few intervals on either side and
+        the estimates there; instantaneous ones only what is stored at the batch's own
+        timestamps (duplicates and conflicts are all validation asks of them).
+        """
+        cumulative = {k: v for k, v in spans.items() if Quantity(k[1]).info.kind is Kind.CUMULATIVE}
+        instantaneous = {k: v for k, v in spans.items() if k not in cumulative}
+        for key, (lo, hi) in cumulative.items():
+            margin = _WINDOW_INTERVALS * self._profiles[key[0]].interval
+            self._histories[key] = self._new_history(key, lo - margin, hi + margin)
+        for key, (lo, hi) in instantaneous.items():
+            self._histories[key] = self._new_history(key, lo, hi)
+
+        for group, lo, hi in _groups(cumulative, _WINDOW_INTERVALS * _max_interval(self._profiles)):
+            self._fill(Reading, group, lo, hi)
+            self._fill(ReadingEstimate, group, lo, hi)
+        for group, lo, hi in _groups(instantaneous, timedelta(0)):
+            self._fill(Reading, group, lo, hi)
+        self._close_unbounded(cumulative)
+        # Validation's neighbours: the measured reads on either side of the batch's reads.
+        for key, (lo, hi) in cumulative.items():
+            self.latest(key, lo, inclusive=False, measured_only=True)
+            self.earliest(key, hi, inclusive=False, measured_only=True)
+        self._load_unchanged_runs(cumulative, incoming)
+
+    def _new_history(self, key: _Key, low: datetime, high: datetime) -> _History:
+        installed_at = self._profiles[key[0]].installed_at
+        # Reads before the installation are a previous register epoch: never context.
+        history = _History(None if installed_at is not None and low <= installed_at else low, high)
+        self._by_meter.setdefault(key[0], []).append(history)
+        return history
+
+    def _fill(
+        self,
+        model: type[Reading] | type[ReadingEstimate],
+        keys: list[_Key],
+        lo: datetime,
+        hi: datetime,
+    ) -> None:
+        meters = {m for m, _ in keys}
+        quantities = {q for _, q in keys}
+        columns = [model.meter_id, model.quantity, model.ts, model.value]
+        if model is Reading:
+            columns.append(Reading.quality)
+        rows: list[Any] = list(
+            self._session.execute(
+                select(*columns).where(
+                    model.meter_id.in_(meters),
+                    model.quantity.in_(quantities),
+                    model.ts >= lo,
+                    model.ts <= hi,
+                )
+            )
+        )
+        for row in rows:
+            key: _Key = (int(row[0]), str(row[1]))
+            history = self._histories.get(key)
+            if history is None:
+                continue
+            quality = Quality(str(row[4])) if model is Reading else Quality.ESTIMATED
+            read = self._stored(key, row[2], row[3], quality)
+            if read is None or not self._covers(history, read.timestamp):
+                continue
+            if quality is Quality.ESTIMATED:
+                history.estimates.append(read)
+            else:
+                history.add(read)
+
+    def _stored(
+        self, key: _Key, ts: datetime, value: Decimal, quality: Quality
+    ) -> StoredRead | None:
+        installed_at = self._profiles[key[0]].installed_at
+        if installed_at is not None and ts < installed_at:
+            return None
+        quantity = Quantity(key[1])
+        return StoredRead(str(key[0]), quantity, ts, _at_resolution(value, quantity), quality)
+
+    @staticmethod
+    def _covers(history: _History, ts: datetime) -> bool:
+        return (history.low is None or ts >= history.low) and (
+            history.high is None or ts <= history.high
+        )
+
+    def _close_unbounded(self, spans: dict[_Key, tuple[datetime, datetime]]) -> None:
+        """Mark registers with nothing stored beyond the loaded window as complete there.
+
+        The common cases (a meter's newest read; a meter's first reads) then need no
+        further query; only registers with reads beyond the window (a gap, a late read) are
+        extended one by one when a neighbour is asked for.
+        """
+        for side in ("after", "before"):
+            open_keys = []
+            for key, (lo, hi) in spans.items():
+                history = self._histories[key]
+                if side == "after" and history.high is not None:
+                    if not any(
+                        r.quality is Quality.MEASURED for r in history.reads if r.timestamp > hi
+                    ):
+                        open_keys.append(key)
+                elif side == "before" and history.low is not None:
+                    # Derivation reaches back past the previous real read to the one
+                    # before it, and validation to the previous measured read.
+                    earlier = [r for r in history.reads if r.timestamp < lo]
+                    if len(earlier) < 2 or not any(r.quality is Quality.MEASURED for r in earlier):
+                        open_keys.append(key)
+            if not open_keys:
+                continue
+            histories = [self._histories[k] for k in open_keys]
+            condition = (
+                Reading.ts > min(h.high for h in histories if h.high is not None)
+                if side == "after"
+                else Reading.ts < max(h.low for h in histories if h.low is not None)
+            )
+            found = {
+                (meter_id, quantity)
+                for meter_id, quantity in self._session.execute(
+                    select(Reading.meter_id, Reading.quantity)
+                    .where(
+                        Reading.meter_id.in_({m for m, _ in open_keys}),
+                        Reading.quantity.in_({q for _, q in open_keys}),
+                        condition,
+                    )
+                    .distinct()
+                )
+            }
+            for key in open_keys:
+                if key not in found:
+                    if side == "after":
+                        self._histories[key].high = None
+                    else:
+                        self._histories[key].low = None
+
+    def _load_unchanged_runs(
+        self, spans: dict[_Key, tuple[datetime, datetime]], incoming: dict[int, list[_Incoming]]
+    ) -> None:
+        """For zero-consumption: where a batch read repeats a stored value, the earliest
+        measured read or estimate with that value (one query each, only then)."""
+        wanted: set[tuple[_Key, Decimal]] = set()
+        for meter_id, items in incoming.items():
+            for item in items:
+                key = (meter_id, item.read.quantity.value)
+                history = self._histories.get(key)
+                if key not in spans or history is None:
+                    continue
+                if any(
+                    r.value == item.read.value and r.quality is Quality.MEASURED
+                    for r in history.reads
+                ):
+                    wanted.add((key, item.read.value))
+        for (meter_id, quantity), value in sorted(wanted, key=lambda w: (w[0], str(w[1]))):
+            history = self._histories[(meter_id, quantity)]
+            for model, quality in (
+                (Reading, Quality.MEASURED),
+                (ReadingEstimate, Quality.ESTIMATED),
+            ):
+                query = select(func.min(model.ts)).where(
+                    model.meter_id == meter_id, model.quantity == quantity, model.value == value
+                )
+                if model is Reading:
+                    query = query.where(Reading.quality == Quality.MEASURED.value)
+                earliest = self._session.scalar(query)
+                if earliest is None or self._covers(history, earliest):
+                    continue
+                read = self._stored((meter_id, quantity), earliest, value, quality)
+                if read is not None:
+                    history.extra.append(read)
+
+    def context(self, meter_id: int) -> list[StoredRead]:
+        """Every loaded stored read of one meter, for ``validate_reads``."""
+        out: list[StoredRead] = []
+        for history in self._by_meter.get(meter_id, ()):
+            out += history.reads
+            out += history.extra
+            out += history.estimates
+        return out
+
+    def add(self, key: _Key, read: StoredRead) -> None:
+        self._histories[key].add(read)
+
+    def value_at(self, key: _Key, ts: datetime) -> Decimal | None:
+        history = self._histories.get(key)
+        if history is None:
+            return None
+        i = bisect.bisect_left(history.times, ts)
+        if i < len(history.times) and history.times[i] == ts:
+            return history.reads[i].value
+        return None
+
+    def latest(
+        self, key: _Key, ts: datetime, *, inclusive: bool, measured_only: bool
+    ) -> StoredRead | None:
+        """The latest real read before ``ts`` (at or before, if ``inclusive``)."""
+        history = self._histories[key]
+        while True:
+            i = (bisect.bisect_right if inclusive else bisect.bisect_left)(history.times, ts)
+            for read in reversed(history.reads[:i]):
+                if not measured_only or read.quality is Quality.MEASURED:
+                    return read
+            if history.low is None:
+                return None
+            self._extend(key, history, down=True)
+
+    def earliest(
+        self, key: _Key, ts: datetime, *, inclusive: bool, measured_only: bool
+    ) -> StoredRead | None:
+        """The earliest real read after ``ts`` (at or after, if ``inclusive``)."""
+        history = self._histories[key]
+        while True:
+            i = (bisect.bisect_left if inclusive else bisect.bisect_right)(history.times, ts)
+            for read in history.reads[i:]:
+                if not measured_only or read.quality is Quality.MEASURED:
+                    return read
+            if history.high is None:
+                return None
+            self._extend(key, history, down=False)
+
+    def real_reads(
+        self, key: _Key, first: datetime | None, last: datetime | None
+    ) -> list[StoredRead]:
+        """The register's real reads from ``first`` to ``last`` (None: from the first / to
+        the last read there is), which must be loaded (``latest``/``earliest`` did that)."""
+        history = self._histories[key]
+        lo = 0 if first is None else bisect.bisect_left(history.times, first)
+        hi = len(history.reads) if last is None else bisect.bisect_right(history.times, last)
+        return history.reads[lo:hi]
+
+    def _extend(self, key: _Key, history: _History, *, down: bool) -> None:
+        """One page of the register's reads beyond the loaded span (a gap, a late read)."""
+        meter_id, quantity = key
+        query = select(Reading.ts, Reading.value, Reading.quality).where(
+            Reading.meter_id == meter_id, Reading.quantity == quantity
+        )
+        installed_at = self._profiles[meter_id].installed_at
+        if down:
+            assert history.low is not None
+            query = query.where(Reading.ts < history.low).order_by(Reading.ts.desc())
+            if installed_at is not None:
+                query = query.where(Reading.ts >= installed_at)
+        else:
+            assert history.high is not None
+            query = query.where(Reading.ts > history.high).order_by(Reading.ts)
+        rows = self._session.execute(query.limit(_PAGE)).all()
+        for ts, value, quality in rows:
+            read = self._stored(key, ts, value, Quality(quality))
+            if read is not None:
+                history.add(read)
+        edge = rows[-1][0] if len(rows) == _PAGE else None
+        if down:
+            history.low = edge
+        else:
+            history.high = edge
+
+
+def _max_interval(profiles: dict[int, MeterProfile]) -> timedelta:
+    return max(p.interval for p in profiles.values())
+
+
+def _groups(
+    spans: dict[_Key, tuple[datetime, datetime]], margin: timedelta
+) -> list[tuple[list[_Key], datetime, datetime]]:
+    """One query's worth of registers and its time range: the whole batch when its reads are
+    close together (the usual case), else one group per meter."""
+    if not spans:
+        return []
+    lo = min(s[0] for s in spans.values())
+    hi = max(s[1] for s in spans.values())
+    if hi - lo <= _MAX_BULK_SPAN:
+        return [(list(spans), lo - margin, hi + margin)]
+    per_meter: dict[int, list[_Key]] = {}
+    for key in spans:
+        per_meter.setdefault(key[0], []).append(key)
+    return [
+        (
+            keys,
+            min(spans[k][0] for k in keys) - margin,
+            max(spans[k][1] for k in keys) + margin,
+        )
+        for keys in per_meter.values()
+    ]
+
+
+def _load_profiles(session: Session, meter_ids: set[int]) -> dict[int, MeterProfile]:
+    """VEE profiles of registered meters, locking their rows (PostgreSQL) in id order.
+
+    The lock serialises ingestion per meter across workers, so a meter's reads are always
+    judged and derived against everything stored before them; taking it in id order keeps
+    two workers from deadlocking.
+    """
+    if not meter_ids:
+        return {}
+    rows = session.execute(
+        select(Meter.id, Meter.phases, Meter.rated_max_current_a)
+        .where(Meter.id.in_(meter_ids))
+        .order_by(Meter.id)
+        .with_for_update()
+    ).all()
+    installs: dict[int, datetime] = {
+        meter_id: changed_at
+        for meter_id, changed_at in session.execute(
+            select(MeterLifecycleChange.meter_id, func.max(MeterLifecycleChange.changed_at))
+            .where(
+                MeterLifecycleChange.meter_id.in_(meter_ids),
+                MeterLifecycleChange.to_state == MeterLifecycle.INSTALLED.value,
+            )
+            .group_by(MeterLifecycleChange.meter_id)
+        )
+    }
+    return {
+        meter_id: _profile(meter_id, phases, rated, installs.get(meter_id))
+        for meter_id, phases, rated in rows
+    }
+
+
+def _profile(
+    meter_id: int, phases: int | None, rated_a: int | None, installed: datetime | None
+) -> MeterProfile:
+    """The meter's VEE profile from its registry row; defaults where the row says nothing."""
+    rating = Decimal(rated_a) if rated_a and rated_a > 0 else DEFAULT_RATED_MAX_CURRENT_A
+    interval = MeterProfile.__dataclass_fields__["interval"].default
+    assert isinstance(interval, timedelta)
+    # The lifecycle records when the installation was entered, not the minute the meter
+    # went up: counting from the start of that interval keeps the install read valid.
+    installed_at = floor_boundary(installed.astimezone(UTC), interval) if installed else None
+    return MeterProfile(
+        str(meter_id),
+        phases if phases in (1, 3) else 1,
+        rating,
+        interval=interval,
+        installed_at=installed_at,
+    )
+
+
+def _published(
+    session: Session, spans: list[tuple[_Key, datetime, datetime]]
+) -> dict[_Key, dict[datetime, tuple[int, IntervalConsumption]]]:
+    """The latest published record (offset, record) per interval in each register's span."""
+    out: dict[_Key, dict[datetime, tuple[int, IntervalConsumption]]] = {}
+    by_key = {key: (start, end) for key, start, end in spans}
+    for keys, lo, hi in _groups(by_key, timedelta(0)):
+        rows = session.execute(
+            select(
+                ConsumptionEventRecord.id,
+                ConsumptionEventRecord.meter_id,
+                ConsumptionEventRecord.quantity,
+                ConsumptionEventRecord.t_start,
+                ConsumptionEventRecord.t_end,
+                ConsumptionEventRecord.energy_kwh,
+                ConsumptionEventRecord.quality,
+                ConsumptionEventRecord.reason,
+            )
+            .where(
+                ConsumptionEventRecord.meter_id.in_({m for m, _ in keys}),
+                ConsumptionEventRecord.quantity.in_({q for _, q in keys}),
+                ConsumptionEventRecord.t_start >= lo,
+                ConsumptionEventRecord.t_start <= hi,
+            )
+            .order_by(ConsumptionEventRecord.id)
+        )
+        for offset, meter_id, quantity, t_start, t_end, energy, quality, reason in rows:
+            key = (meter_id, quantity)
+            if key not in by_key:
+                continue
+            record = IntervalConsumption(
+                str(meter_id),
+                Quantity(quantity),
+                t_start,
+                t_end,
+                _at_resolution(energy, Quantity(quantity)),
+                Quality(quality),
+                reason,
+            )
+            out.setdefault(key, {})[t_start] = (offset, record)
+    return out
+
+
+def _lock_stream(session: Session) -> None:
+    """Make publishers commit in offset order (PostgreSQL; SQLite has one writer anyway).
+
+    A consumer reads "every record after my offset": if a transaction holding offset 10
+    committed after one holding 11, a consumer could read 11, store it, and never see 10.
+    The transaction-scoped advisory lock is held from here to commit, so offsets are
+    handed out and made visible in the same order.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _STREAM_LOCK_KEY})
+
+
+def _storable(value: Decimal, quantity: Quantity) -> Decimal | None:
+    """``value`` at the storage resolution (six places, see READING_VALUE_TYPE), or None
+    when it is too large to store. Non-finite and malformed values are passed on as they
+    are, for validation to reject with its own flag."""
+    if not isinstance(value, Decimal) or not value.is_finite():
+        return value
+    if abs(value) >= _MAX_STORABLE:
+        return None
+    return _at_resolution(READING_VALUE_TYPE.quantize(value), quantity)
+
+
+def _at_resolution(value: Decimal, quantity: Quantity) -> Decimal:
+    """A stored value written with the quantity's decimals, or fewer trailing zeros than
+    storage gives it when it has more: the resolution validation and estimation see must
+    not depend on whether a value came off the wire or out of the database."""
+    places = quantity.info.decimals
+    shown = value.quantize(Decimal(1).scaleb(-places))
+    return shown if shown == value else value.normalize()
+
+
+def _fmt_ts(ts: datetime) -> str:
+    try:
+        return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    except (ValueError, OverflowError):
+        return repr(ts)

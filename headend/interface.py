@@ -7,15 +7,30 @@ query head-end tables themselves.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from headend.models import Meter, MeterEventRecord
+from headend.models import ConsumptionEventRecord, Meter, MeterEventRecord, StreamOffset
 from headend.registry import normalise_meter_number
 from protocols.mqtt import EventKind
+from protocols.quantities import Quantity
 
-__all__ = ["MeterSummary", "find_meter", "normalise_meter_number", "token_accepted"]
+__all__ = [
+    "MAX_CONSUMPTION_BATCH",
+    "ConsumptionEvent",
+    "MeterSummary",
+    "OffsetError",
+    "commit_offset",
+    "find_meter",
+    "latest_consumption",
+    "load_offset",
+    "normalise_meter_number",
+    "read_consumption",
+    "token_accepted",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,3 +86,176 @@ def token_accepted(session: Session, meter_id: int, tid: int) -> bool:
         )
     )
     return any(detail.get("tid") == tid for detail in details)
+
+
+# --- the interval consumption stream --------------------------------------------------------
+
+MAX_CONSUMPTION_BATCH = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumptionEvent:
+    """Energy one meter's register recorded in ``[t_start, t_end)`` (UTC), as published.
+
+    ``offset`` is the record's position in the stream (increasing, gaps possible).
+    Records are keyed by (meter_id, quantity, t_start): a record with a key seen before
+    is a correction of it, and ``supersedes`` is then the offset of the record it
+    replaces (rate the difference; never add both). ``energy_kwh`` is exact, in kWh, at
+    the register's resolution. ``quality`` is "measured", "estimated" (interpolated over
+    a gap; replaced by a correction when the real read arrives) or "flagged" (held for an
+    operator: never charge it silently); ``reason`` says why for the last two.
+    """
+
+    offset: int
+    meter_id: int
+    quantity: str
+    t_start: datetime
+    t_end: datetime
+    energy_kwh: Decimal
+    quality: str
+    reason: str
+    supersedes: int | None
+    created_at: datetime
+
+    @property
+    def key(self) -> tuple[int, str, datetime]:
+        return (self.meter_id, self.quantity, self.t_start)
+
+
+class OffsetError(ValueError):
+    """An offset or consumer name a consumer cannot use; nothing was changed."""
+
+
+def read_consumption(session: Session, *, after_offset: int, limit: int) -> list[ConsumptionEvent]:
+    """Up to ``limit`` records of the stream with offsets above ``after_offset``, in order.
+
+    At-least-once: a consumer calls this with its stored offset (:func:`load_offset`),
+    applies the records, and stores the last one's offset with :func:`commit_offset` in
+    the same transaction as its own effects. After a crash it reads the same records
+    again, so its effects must be keyed by the record (or by meter and interval).
+    Records become visible in offset order (publishers commit in that order), so no
+    record ever appears below an offset a consumer has already passed.
+
+    Raises:
+        OffsetError: ``after_offset`` is negative, or ``limit`` is not in
+            1..MAX_CONSUMPTION_BATCH.
+    """
+    if isinstance(after_offset, bool) or not isinstance(after_offset, int) or after_offset < 0:
+        raise OffsetError(f"after_offset must be an integer >= 0, got {after_offset!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise OffsetError(f"limit must be an integer, got {limit!r}")
+    if not 1 <= limit <= MAX_CONSUMPTION_BATCH:
+        raise OffsetError(f"limit must be 1..{MAX_CONSUMPTION_BATCH}, got {limit}")
+    rows = session.scalars(
+        select(ConsumptionEventRecord)
+        .where(ConsumptionEventRecord.id > after_offset)
+        .order_by(ConsumptionEventRecord.id)
+        .limit(limit)
+    )
+    return [_event(r) for r in rows]
+
+
+def load_offset(session: Session, consumer: str) -> int:
+    """The last offset ``consumer`` committed, 0 if it never did (read from the start).
+
+    Raises:
+        OffsetError: an empty consumer name or one longer than 64 characters.
+    """
+    _check_consumer(consumer)
+    stored = session.get(StreamOffset, consumer)
+    return stored.last_offset if stored is not None else 0
+
+
+def commit_offset(session: Session, consumer: str, offset: int) -> None:
+    """Record that ``consumer`` has applied every record up to ``offset``.
+
+    Call it inside the transaction that holds the consumer's own effects; it takes effect
+    when that transaction commits. Going back is refused (a replay is a new consumer
+    name, or an operator's decision), and so is an offset beyond the stream's end.
+
+    Raises:
+        OffsetError: a bad consumer name, a negative offset, an offset below the stored
+            one, or one above the last published record.
+    """
+    _check_consumer(consumer)
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise OffsetError(f"offset must be an integer >= 0, got {offset!r}")
+    # Locks the consumer's row (PostgreSQL), so two instances of one consumer serialise.
+    stored = session.get(StreamOffset, consumer, with_for_update=True)
+    current = stored.last_offset if stored is not None else 0
+    if offset < current:
+        raise OffsetError(
+            f"consumer {consumer!r} is at offset {current}; it cannot go back to {offset}"
+        )
+    last = session.scalar(select(func.max(ConsumptionEventRecord.id))) or 0
+    if offset > last:
+        raise OffsetError(f"offset {offset} is beyond the last published record ({last})")
+    now = datetime.now(UTC)
+    if stored is None:
+        session.add(StreamOffset(consumer=consumer, last_offset=offset, updated_at=now))
+    else:
+        stored.last_offset = offset
+        stored.updated_at = now
+    session.flush()
+
+
+def latest_consumption(
+    session: Session,
+    meter_id: int,
+    quantity: Quantity = Quantity.ENERGY_IMPORT_KWH,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 1000,
+) -> list[ConsumptionEvent]:
+    """The current record of each interval of one register, by ``t_start`` (ascending),
+    for intervals starting in ``[since, until)``; corrections replace what they supersede.
+
+    Raises:
+        OffsetError: ``limit`` not in 1..MAX_CONSUMPTION_BATCH, or a naive ``since``/``until``.
+    """
+    if not 1 <= limit <= MAX_CONSUMPTION_BATCH:
+        raise OffsetError(f"limit must be 1..{MAX_CONSUMPTION_BATCH}, got {limit}")
+    for bound in (since, until):
+        if bound is not None and bound.utcoffset() is None:
+            raise OffsetError(f"since and until must be timezone-aware, got {bound!r}")
+    record = ConsumptionEventRecord
+    latest = select(func.max(record.id)).where(
+        record.meter_id == meter_id, record.quantity == quantity.value
+    )
+    if since is not None:
+        latest = latest.where(record.t_start >= since)
+    if until is not None:
+        latest = latest.where(record.t_start < until)
+    latest = latest.group_by(record.t_start)
+    rows = session.scalars(
+        select(record).where(record.id.in_(latest)).order_by(record.t_start).limit(limit)
+    )
+    return [_event(r) for r in rows]
+
+
+def _check_consumer(consumer: str) -> None:
+    if not isinstance(consumer, str) or not 1 <= len(consumer) <= 64:
+        raise OffsetError(f"a consumer is named by 1 to 64 characters, got {consumer!r}")
+
+
+def _event(record: ConsumptionEventRecord) -> ConsumptionEvent:
+    energy = record.energy_kwh
+    try:
+        places = Quantity(record.quantity).info.decimals
+        shown = energy.quantize(Decimal(1).scaleb(-places))
+        energy = shown if shown == energy else energy.normalize()
+    except ValueError:
+        pass
+    return ConsumptionEvent(
+        offset=record.id,
+        meter_id=record.meter_id,
+        quantity=record.quantity,
+        t_start=record.t_start,
+        t_end=record.t_end,
+        energy_kwh=energy,
+        quality=record.quality,
+        reason=record.reason,
+        supersedes=record.supersedes,
+        created_at=record.created_at,
+    )

@@ -189,6 +189,13 @@ class Reading(Base):
     value: Mapped[Decimal] = mapped_column(READING_VALUE_TYPE)
     source: Mapped[str] = mapped_column(String(16))
     received_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # Validation's verdict (headend.validation): "measured" or "flagged" (held for an
+    # operator). Rejected reads never take this slot; they are kept in rejected_messages.
+    quality: Mapped[str] = mapped_column(String(16), default="measured", server_default="measured")
+    flags: Mapped[str] = mapped_column(
+        String(255), default="", server_default=""
+    )  # comma-separated
+    reason: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 class MeterEventRecord(Base):
@@ -216,3 +223,57 @@ class RejectedMessage(Base):
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     reason: Mapped[str] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+# --- VEE: estimates, the interval consumption stream and its consumers' offsets -------------
+
+
+class ReadingEstimate(Base):
+    """An estimated read of a cumulative register at a missing interval boundary.
+
+    Always recomputed from the real reads on either side (headend.estimation); replaced
+    when a late real read arrives. (meter, quantity, ts) is unique.
+    """
+
+    __tablename__ = "reading_estimates"
+    __table_args__ = (UniqueConstraint("meter_id", "quantity", "ts"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    meter_id: Mapped[int] = mapped_column(ForeignKey("meters.id"))
+    quantity: Mapped[str] = mapped_column(String(32))
+    ts: Mapped[datetime] = mapped_column(UtcDateTime())
+    value: Mapped[Decimal] = mapped_column(READING_VALUE_TYPE)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class ConsumptionEventRecord(Base):
+    """One record of the append-only interval consumption stream; ``id`` is its offset.
+
+    Never updated or deleted. A record whose (meter, quantity, t_start) was published
+    before is a correction of it; ``supersedes`` is then the offset of the record it
+    replaces. ``energy_kwh`` is exact at the register's resolution.
+    """
+
+    __tablename__ = "consumption_events"
+    __table_args__ = (Index("ix_consumption_events_key", "meter_id", "quantity", "t_start", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    meter_id: Mapped[int] = mapped_column(ForeignKey("meters.id"))
+    quantity: Mapped[str] = mapped_column(String(32))
+    t_start: Mapped[datetime] = mapped_column(UtcDateTime())
+    t_end: Mapped[datetime] = mapped_column(UtcDateTime())
+    energy_kwh: Mapped[Decimal] = mapped_column(READING_VALUE_TYPE)
+    quality: Mapped[str] = mapped_column(String(16))  # measured, estimated, flagged
+    reason: Mapped[str] = mapped_column(Text, default="")
+    supersedes: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class StreamOffset(Base):
+    """How far one consumer has read the consumption stream (the last offset it handled)."""
+
+    __tablename__ = "stream_offsets"
+
+    consumer: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_offset: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -39,6 +39,8 @@ async def test_the_demo_serves_simulated_readings_and_stops_cleanly(tmp_path: Pa
                     break
                 await asyncio.sleep(0.05)
             assert readings
+            rejected = (await client.get("/api/headend/rejected-messages", headers=headers)).json()
+            assert rejected == []  # simulated time is the validation's "now" in the demo
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

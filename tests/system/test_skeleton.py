@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -68,10 +68,14 @@ async def _publish(broker: BrokerEndpoint, topic: str, payload: bytes) -> None:
         await client.publish(topic, payload, qos=1)
 
 
+# Readings of the hour before now, on 15-minute boundaries (never in the future).
+_HOUR_START = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+
+
 def _telemetry(seq: int, kwh: str) -> bytes:
     report = TelemetryReport(
         seq=seq,
-        ts=datetime(2026, 11, 24, 8, 15 * seq, tzinfo=UTC),
+        ts=_HOUR_START + timedelta(minutes=15 * seq),
         values={Quantity.ENERGY_IMPORT_KWH: Decimal(kwh), Quantity.VOLTAGE_V: Decimal("231.4")},
     )
     return report.to_bytes()
