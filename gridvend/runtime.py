@@ -12,12 +12,13 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Coroutine
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
 import uvicorn
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from gridvend.app import create_app
 from gridvend.audit import AuditLog
@@ -34,15 +35,19 @@ from headend.commands.dispatcher import CommandDispatcher
 from headend.connectors.modbus import REGISTRY_FIELDS, ModbusPoller, targets_from_registry
 from headend.connectors.mqtt import MqttIngestWorker
 from headend.ingest import Ingestor
+from headend.interface import ConsumptionEvent, read_consumption
 from headend.models import Meter, MeterProtocol
 from protocols.mqtt import TopicScheme
 from vending.api import CounterConfig
+from vending.balance.engine import BalanceEngine, EngineSettings
+from vending.balance.policy import DisconnectPolicy
 from vending.keystore import KeyEncryptionKey, KeyStore
 from vending.security_module import SoftwareSecurityModule
 
 log = logging.getLogger(__name__)
 
 TARGET_REFRESH_S = 30.0
+BALANCE_ROUND_S = 1.0
 STARTUP_TIMEOUT_S = 15.0
 
 
@@ -52,6 +57,10 @@ def load_key_encryption_key(settings: Settings) -> KeyEncryptionKey:
         return KeyEncryptionKey.from_base64(settings.key_encryption_key.get_secret_value())
     path = settings.key_encryption_key_file or settings.data_dir / "kek.b64"
     return KeyEncryptionKey.load_or_create(path)
+
+
+def _consumption_stream(session: Session, after_offset: int, limit: int) -> list[ConsumptionEvent]:
+    return read_consumption(session, after_offset=after_offset, limit=limit)
 
 
 class System:
@@ -109,6 +118,20 @@ class System:
             worker_id=f"{instance}-{socket.gethostname()}-{os.getpid()}",
         )
         self._poller_stop = asyncio.Event()
+        self.balance_engine = BalanceEngine(
+            self.session_factory,
+            source=_consumption_stream,
+            commands=self.command_queue,
+            audit=self.audit,
+            settings=EngineSettings(
+                policy=DisconnectPolicy(
+                    timezone=settings.utility_timezone,
+                    grace_after_exhaustion=timedelta(minutes=settings.disconnect_grace_minutes),
+                    grace_after_conversion=timedelta(days=settings.conversion_grace_days),
+                )
+            ),
+            clock=clock or (lambda: datetime.now(UTC)),
+        )
         app = create_app(
             self.session_factory,
             security_module=self.security_module,
@@ -142,6 +165,7 @@ class System:
         self._start("commands", self.command_dispatcher.run())
         self._start("modbus-targets", self._refresh_poll_targets())
         self._start("modbus-poll", self.poller.run(self._poller_stop))
+        self._start("balance", self.balance_engine.run(interval_s=BALANCE_ROUND_S))
         self._start("api", self.server.serve())
         try:
             async with asyncio.timeout(STARTUP_TIMEOUT_S):

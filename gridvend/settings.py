@@ -35,6 +35,12 @@ class Settings(BaseSettings):
         default="UTC",
         description="The utility's zone for receipts and reports, e.g. Africa/Nairobi.",
     )
+    disconnect_grace_minutes: Annotated[int, Field(ge=0)] = Field(
+        default=60, description="Central balance: wait this long after the balance runs out."
+    )
+    conversion_grace_days: Annotated[int, Field(ge=0)] = Field(
+        default=30, description="Central balance: no disconnection this long after conversion."
+    )
     api_host: str = "127.0.0.1"
     api_port: Annotated[int, Field(ge=0, le=65535)] = 8000
     secret_key: SecretStr = Field(
