@@ -562,7 +562,8 @@ def transition_meter(
 
 
 def lifecycle_history(session: Session, meter_id: int) -> list[MeterLifecycleChange]:
-    """The meter's lifecycle moves, oldest first.
+    """The meter's lifecycle moves in the order they were made (clocks of the machines
+    that recorded them may disagree, so the record order is the truth).
 
     Raises:
         RegistryError: ``meter_not_found``.
@@ -572,7 +573,7 @@ def lifecycle_history(session: Session, meter_id: int) -> list[MeterLifecycleCha
         session.scalars(
             select(MeterLifecycleChange)
             .where(MeterLifecycleChange.meter_id == meter_id)
-            .order_by(MeterLifecycleChange.changed_at, MeterLifecycleChange.id)
+            .order_by(MeterLifecycleChange.id)
         )
     )
 
