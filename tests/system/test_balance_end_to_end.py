@@ -10,7 +10,7 @@ reconnects it. A protected customer in the same state is listed, not disconnecte
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -27,6 +27,7 @@ from headend.models import MeterLifecycle, PrepaidMode
 from headend.registry import MeterRegistration, register_meter
 from meter_sim.fleet import MqttFleet, describe_fleet
 from meter_sim.model import PrepaidMode as SimPrepaidMode
+from tests.eventually import eventually
 from vending.accounts import (
     NewAccount,
     NewCustomer,
@@ -52,17 +53,6 @@ def _simulated_clock(wall_start: datetime) -> Callable[[], datetime]:
         return START + (datetime.now(UTC) - wall_start) * SPEED
 
     return now
-
-
-async def _eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 90) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        result = await check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.1)
 
 
 def _setup(system: System, configs: list[Any], protected_serial: str) -> dict[str, int]:
@@ -182,7 +172,7 @@ async def test_central_balance_runs_out_is_disconnected_and_reconnected_after_to
                 await asyncio.to_thread(restarted.run_once)
                 return not fleet.models[ordinary.serial].relay_closed
 
-            await _eventually(disconnected)
+            await eventually(disconnected, timeout_s=90)
             decisions = _decisions(factory, accounts[ordinary.serial])
             actions = [d.action for d in decisions]
             assert actions[:1] == ["defer"] and "disconnect" in actions
@@ -213,7 +203,7 @@ async def test_central_balance_runs_out_is_disconnected_and_reconnected_after_to
             async def reconnected() -> bool:
                 return fleet.models[ordinary.serial].relay_closed
 
-            await _eventually(reconnected)
+            await eventually(reconnected, timeout_s=90)
             with factory() as session:
                 assert balance_minor(session, accounts[ordinary.serial]) > 0
             assert _decisions(factory, accounts[ordinary.serial])[-1].action == "reconnect"

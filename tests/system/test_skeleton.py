@@ -3,8 +3,7 @@ stores the reading, and the API returns it."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -21,6 +20,7 @@ from meter_sim.fleet import MqttFleet, describe_fleet
 from protocols.mqtt import MeterChannel, TelemetryReport, TopicScheme
 from protocols.quantities import Quantity
 from tests.conftest import bearer_headers
+from tests.eventually import eventually
 
 
 @pytest.fixture
@@ -44,17 +44,6 @@ async def api(system: System) -> AsyncIterator[httpx.AsyncClient]:
     headers = bearer_headers(system.session_factory, "technician")
     async with httpx.AsyncClient(base_url=system.base_url, timeout=10, headers=headers) as client:
         yield client
-
-
-async def _eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 10) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        result = await check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 async def _register(api: httpx.AsyncClient, serial: str, meter_number: str = "60072712346") -> int:
@@ -95,7 +84,7 @@ async def test_reading_published_by_a_meter_is_served_by_the_api(
         assert response.status_code == 200
         return list(response.json())
 
-    stored = await _eventually(readings)
+    stored = await eventually(readings)
     by_quantity = {r["quantity"]: Decimal(r["value"]) for r in stored}
     assert by_quantity == {"energy_import_kwh": Decimal("1234.567"), "voltage_v": Decimal("231.4")}
 
@@ -112,7 +101,7 @@ async def test_malformed_payload_is_quarantined_and_the_worker_keeps_running(
     async def rejected() -> list[dict[str, Any]]:
         return list((await api.get("/api/headend/rejected-messages")).json())
 
-    [quarantined] = await _eventually(rejected)
+    [quarantined] = await eventually(rejected)
     assert quarantined["topic"] == topic
     assert quarantined["payload"] == '{"v":1,"seq":"x"'
     assert quarantined["reason"].startswith("bad_payload: not JSON")
@@ -124,7 +113,7 @@ async def test_malformed_payload_is_quarantined_and_the_worker_keeps_running(
     async def readings() -> list[Any]:
         return list((await api.get(f"/api/meters/{meter_id}/readings")).json())
 
-    assert await _eventually(readings)
+    assert await eventually(readings)
 
 
 async def test_reading_from_an_unregistered_meter_is_kept_with_its_reason(
@@ -138,7 +127,7 @@ async def test_reading_from_an_unregistered_meter_is_kept_with_its_reason(
     async def rejected() -> list[dict[str, Any]]:
         return list((await api.get("/api/headend/rejected-messages")).json())
 
-    [quarantined] = await _eventually(rejected)
+    [quarantined] = await eventually(rejected)
     assert quarantined["reason"] == "unknown_meter: meter 'GHOST-1' is not in the registry"
 
 
@@ -164,7 +153,7 @@ async def test_simulated_meters_readings_reach_the_api(
                     return False
             return True
 
-        assert await _eventually(every_meter_has_energy)
+        assert await eventually(every_meter_has_energy)
     meters = {m["serial"]: m for m in (await api.get("/api/meters")).json()}
     assert all(meters[c.serial]["last_seen_at"] for c in configs)
 
@@ -191,4 +180,4 @@ async def test_a_disconnect_through_the_api_is_confirmed_by_the_simulated_meter(
             body = (await api.get(f"/api/commands/{command_id}")).json()
             return body["state"] if body["state"] in ("confirmed", "failed", "expired") else None
 
-        assert await _eventually(final_state, timeout_s=30) == "confirmed"
+        assert await eventually(final_state, timeout_s=30) == "confirmed"
