@@ -12,6 +12,9 @@ with C requests in flight. Every vend is the full path: bearer-token check, shif
 account lock, pricing, TID allocation, STS token, audit entry, commit. The meters are
 spread over the clients, so concurrent vends also hit the same meters. Prints a table of
 vends/s and latency percentiles; checks that every answer was 201 and no TID repeats.
+
+``--in-process N`` measures the vend transaction alone instead (N vends through
+``vending.api.counter_vend``, one thread, no HTTP): SQL statements and CPU per vend.
 """
 
 from __future__ import annotations
