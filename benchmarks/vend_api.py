@@ -12,6 +12,9 @@ with C requests in flight. Every vend is the full path: bearer-token check, shif
 account lock, pricing, TID allocation, STS token, audit entry, commit. The meters are
 spread over the clients, so concurrent vends also hit the same meters. Prints a table of
 vends/s and latency percentiles; checks that every answer was 201 and no TID repeats.
+
+``--in-process N`` measures the vend transaction alone instead (N vends through
+``vending.api.counter_vend``, one thread, no HTTP): SQL statements and CPU per vend.
 """
 
 from __future__ import annotations
@@ -173,6 +176,62 @@ def app_factory() -> Any:
     return app
 
 
+def in_process(name: str, url: str, vends: int) -> None:
+    """The vend transaction alone (``vending.api.counter_vend``, no HTTP), one thread:
+    SQL statements (a ``before_cursor_execute`` count, BEGIN included) and CPU per vend."""
+    from sqlalchemy import event
+
+    from gridvend.audit import AuditLog
+    from vending.api import counter_vend
+    from vending.counter import PaymentMethod, VendLimits
+    from vending.keystore import KeyEncryptionKey, KeyStore
+    from vending.security_module import SoftwareSecurityModule
+
+    setup = _setup(url, 50, 1)
+    engine = make_engine(url)
+    factory = make_session_factory(engine)
+    module = SoftwareSecurityModule(KeyStore(KeyEncryptionKey.from_base64(setup.kek_b64)), factory)
+    statements = 0
+
+    def count(*_: Any) -> None:
+        nonlocal statements
+        statements += 1
+
+    event.listen(engine, "before_cursor_execute", count)
+    audit = AuditLog()
+
+    def one(i: int) -> None:
+        counter_vend(
+            factory,
+            clerk="clerk-0",
+            clerk_key="bench",
+            meter_number=setup.meters[i % len(setup.meters)],
+            amount=Decimal(f"{50 + i % 50}.00"),
+            payment_method=PaymentMethod.CASH,
+            reference=f"in-process-{i}",
+            security_module=module,
+            audit=audit,
+            clock=lambda: datetime.now(UTC),
+            limits=VendLimits(),
+        )
+
+    for i in range(len(setup.meters)):  # warm-up: every meter's key cached
+        one(i)
+    statements = 0
+    cpu = time.process_time()
+    wall = time.perf_counter()
+    for i in range(len(setup.meters), len(setup.meters) + vends):
+        one(i)
+    cpu = time.process_time() - cpu
+    wall = time.perf_counter() - wall
+    engine.dispose()
+    print(
+        f"  {name:<10} in-process: {statements / vends:.1f} statements/vend, "
+        f"CPU {cpu / vends * 1000:.2f} ms/vend, wall {wall / vends * 1000:.2f} ms/vend",
+        flush=True,
+    )
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -318,7 +377,16 @@ def main() -> None:
     parser.add_argument("--meters", type=int, default=50)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument(
+        "--in-process",
+        type=int,
+        metavar="N",
+        help="instead: N vends through vending.api.counter_vend (no HTTP), one thread",
+    )
     args = parser.parse_args()
+    if args.in_process:
+        _in_process_runs(args)
+        return
     print(
         f"vends through the REST API: {args.vends} per run, {args.meters} meters, "
         f"Python {platform.python_version()}, {os.cpu_count()} CPUs"
@@ -353,6 +421,28 @@ def main() -> None:
             f"| {r['seconds']:.1f} "
             f"| {r['rate']:.0f} | {r['p50']:.1f} | {r['p95']:.1f} |"
         )
+
+
+def _in_process_runs(args: argparse.Namespace) -> None:
+    print(f"vend transaction in-process: {args.in_process} vends, 50 meters")
+    with tempfile.TemporaryDirectory() as tmp:
+        in_process("sqlite", f"sqlite:///{tmp}/bench.db", args.in_process)
+    pg = None if args.skip_postgres else _postgres_url()
+    if pg is None:
+        return
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = make_engine(pg)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    separator = "&" if "?" in pg else "?"
+    try:
+        in_process(
+            "postgresql", f"{pg}{separator}options=-csearch_path%3D{schema}", args.in_process
+        )
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ __all__ = [
     "load_offset",
     "normalise_meter_number",
     "read_consumption",
+    "summarise_meter",
     "token_accepted",
 ]
 
@@ -56,14 +57,22 @@ def find_meter(
     digit, unknown IIN).
     """
     if meter_number is not None:
-        query = select(Meter).where(Meter.meter_number == normalise_meter_number(meter_number))
+        meter = session.scalar(
+            select(Meter).where(Meter.meter_number == normalise_meter_number(meter_number))
+        )
     elif meter_id is not None:
-        query = select(Meter).where(Meter.id == meter_id)
+        # By primary key: a meter the session already holds costs no query (a select
+        # would return that same object anyway).
+        meter = session.get(Meter, meter_id)
     else:
         raise ValueError("give a meter_number or a meter_id")
-    meter = session.scalar(query)
     if meter is None:
         return None
+    return summarise_meter(meter)
+
+
+def summarise_meter(meter: Meter) -> MeterSummary:
+    """The summary of a meter row loaded by the caller (e.g. joined with its account)."""
     return MeterSummary(
         id=meter.id,
         serial=meter.serial,

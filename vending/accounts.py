@@ -211,9 +211,6 @@ def load_tariff(session: Session, code: str) -> Tariff:
     Tariff versions never change once stored, so a tariff is parsed once per set of
     versions and cached (every vend needs one).
     """
-    record = session.get(TariffRecord, code)
-    if record is None:
-        raise VendingError("tariff_not_found", f"no tariff {code!r}")
     version_ids = tuple(
         session.scalars(
             select(TariffVersionRecord.id)
@@ -223,8 +220,13 @@ def load_tariff(session: Session, code: str) -> Tariff:
     )
     with _tariff_cache_lock:
         cached = _tariff_cache.get(code)
-    if cached is not None and cached[0] == version_ids:
+    if version_ids and cached is not None and cached[0] == version_ids:
+        # Versions exist only under their tariff's row (foreign key), and that row's
+        # fields never change, so the cached tariff stands without reading it.
         return cached[1]
+    record = session.get(TariffRecord, code)
+    if record is None:
+        raise VendingError("tariff_not_found", f"no tariff {code!r}")
     documents = session.scalars(
         select(TariffVersionRecord.document)
         .where(TariffVersionRecord.tariff_code == code)

@@ -39,7 +39,15 @@ from vending.accounts import (
     open_link,
     save_tariff,
 )
-from vending.counter import PaymentMethod, Quote, VendLimits, VendRequest, lookup, vend
+from vending.counter import (
+    PaymentMethod,
+    Quote,
+    VendLimits,
+    VendRequest,
+    lock_for_vend,
+    lookup,
+    vend,
+)
 from vending.errors import VendingError
 from vending.grading import GradingError, GradingPolicy, PaymentRecord, grade_customer
 from vending.keystore import KeyStoreError
@@ -60,7 +68,6 @@ from vending.reversals import (
     AcceptanceCheck,
     account_state,
     get_vend,
-    lock_account_for_meter,
     record_token_accepted,
     reprint,
     reverse_vend,
@@ -449,9 +456,12 @@ def counter_vend(
             select(Vend.id).where(Vend.channel == COUNTER_CHANNEL, Vend.reference == scoped)
         )
         before = None
+        locked = None
         if earlier is None:
-            account = lock_account_for_meter(session, meter_number)
-            before = None if account is None else account_state(account)
+            # Locked once here (the snapshot needs the account as it was) and handed to
+            # the vend, which would otherwise look the meter and account up again.
+            locked = lock_for_vend(session, meter_number)
+            before = account_state(locked.account)
         # The time of sale is read once the account is locked: a request that waited for
         # the lock must not carry a time before the purchase it waited for.
         now = clock()
@@ -470,6 +480,7 @@ def counter_vend(
             audit=audit,
             now=now,
             limits=limits,
+            locked=locked,
         )
         made_now = before is not None and save_snapshot(session, record, before)
         return CounterSale(record, made_now, build_receipt(session, record, utility=utility_name))

@@ -22,11 +22,20 @@ from sqlalchemy.orm import Session
 from headend.audit import AuditSink
 from headend.interface import MeterSummary, find_meter, normalise_meter_number
 from protocols.sts import CreditType, StsError, next_tid
-from vending.accounts import load_tariff, open_link, pricing_state, store_pricing_state
+from vending.accounts import load_tariff, pricing_state, store_pricing_state
 from vending.debt import recover_from_purchase
 from vending.errors import VendingError
 from vending.keystore import KeyStoreError
-from vending.models import Account, Customer, LedgerEntry, MeterTidCursor, Shift, Vend, VendingPoint
+from vending.models import (
+    Account,
+    AccountMeter,
+    Customer,
+    LedgerEntry,
+    MeterTidCursor,
+    Shift,
+    Vend,
+    VendingPoint,
+)
 from vending.money import Currency, Money, MoneyError
 from vending.pricing import (
     AmountBelowMinimum,
@@ -110,12 +119,20 @@ def vend(
     audit: AuditSink,
     now: datetime,
     limits: VendLimits = VendLimits(),
+    locked: LockedAccount | None = None,
 ) -> Vend:
-    """Sell ``request.amount`` of credit for a meter; see the module docstring."""
+    """Sell ``request.amount`` of credit for a meter; see the module docstring.
+
+    ``locked``: the meter and account :func:`lock_for_vend` returned for
+    ``request.meter_number`` earlier in this transaction (a caller that needs the account
+    before the vend, e.g. for a reversal snapshot), so they are not looked up again.
+    """
     earlier = _find_by_reference(session, request.channel, request.reference)
     if earlier is not None:
         return _same_request_or_conflict(session, earlier, request)
-    meter, account = _meter_and_account(session, request.meter_number, lock=True)
+    if locked is None:
+        locked = lock_for_vend(session, request.meter_number)
+    meter, account = locked.meter, locked.account
     if account.last_purchase_at is not None and account.last_purchase_at > now:
         # A concurrent vend committed while this one waited for the account: this sale
         # happens after it.
@@ -182,6 +199,24 @@ def vend(
     return record
 
 
+@dataclass(frozen=True, slots=True)
+class LockedAccount:
+    """A vendable meter and its active account, locked for a vend in this transaction."""
+
+    meter: MeterSummary
+    account: Account
+
+
+def lock_for_vend(session: Session, meter_number: str) -> LockedAccount:
+    """The meter and its account, the account locked (and re-read) for the vend to come.
+
+    VendingError invalid_meter_number, meter_not_found, meter_not_vendable,
+    meter_not_on_account, account_closed (as :func:`vend`).
+    """
+    meter, account = _meter_and_account(session, meter_number, lock=True)
+    return LockedAccount(meter, account)
+
+
 def _find_by_reference(session: Session, channel: str, reference: str) -> Vend | None:
     return session.scalar(select(Vend).where(Vend.channel == channel, Vend.reference == reference))
 
@@ -223,15 +258,22 @@ def _meter_and_account(
             "meter_not_vendable",
             f"meter {meter_number} is {meter.lifecycle}: it cannot be sold credit",
         )
-    link = open_link(session, meter.id)
-    if link is None:
-        raise VendingError("meter_not_on_account", f"meter {meter_number} is on no account")
-    query = select(Account).where(Account.id == link.account_id)
+    # The account through the meter's open link, in one query (a link always has its
+    # account: foreign key).
+    query = select(Account).join(
+        AccountMeter,
+        (AccountMeter.account_id == Account.id)
+        & (AccountMeter.meter_id == meter.id)
+        & AccountMeter.unlinked_at.is_(None),
+    )
     if lock:
-        # Re-read under the lock even if the session already holds the account.
-        query = query.with_for_update().execution_options(populate_existing=True)
+        # Re-read under the lock even if the session already holds the account; only the
+        # account row is locked, as before.
+        query = query.with_for_update(of=Account).execution_options(populate_existing=True)
     account = session.scalar(query)
-    if account is None or account.status != "active":
+    if account is None:
+        raise VendingError("meter_not_on_account", f"meter {meter_number} is on no account")
+    if account.status != "active":
         raise VendingError("account_closed", f"the account of meter {meter_number} is not active")
     return meter, account
 

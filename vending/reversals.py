@@ -29,8 +29,6 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from headend.interface import find_meter
-from vending.accounts import open_link
 from vending.errors import VendingError
 from vending.models import Account, LedgerEntry, Vend, VendingPoint
 from vending.models_counter import TokenAcceptance, VendAccountSnapshot
@@ -39,21 +37,6 @@ REVERSED = "reversed"
 
 # Another source of "the meter accepted the token with this TID": (session, meter id, TID).
 AcceptanceCheck = Callable[[Session, int, int], bool]
-
-
-def lock_account_for_meter(session: Session, meter_number: str) -> Account | None:
-    """The account the meter is on, locked for the vend about to be made (None when the
-    meter or its link is unknown: the vend itself then refuses with the specific error)."""
-    try:
-        meter = find_meter(session, meter_number=meter_number)
-    except ValueError:
-        return None
-    if meter is None:
-        return None
-    link = open_link(session, meter.id)
-    if link is None:
-        return None
-    return session.scalar(select(Account).where(Account.id == link.account_id).with_for_update())
 
 
 def account_state(account: Account) -> dict[str, Any]:
