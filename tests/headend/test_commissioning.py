@@ -107,7 +107,10 @@ def register(
         **overrides,
     }
     with session_factory() as session, session.begin():
-        return register_meter(session, MeterRegistration(**fields), actor="tech").id
+        # Registered before the run's fixed clock, as in the field (the history is by time).
+        return register_meter(
+            session, MeterRegistration(**fields), actor="tech", now=T0 - timedelta(hours=1)
+        ).id
 
 
 def lifecycle(session_factory: sessionmaker[Session], meter_id: int) -> str:
