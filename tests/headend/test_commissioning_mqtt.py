@@ -19,7 +19,7 @@ from gridvend.audit import AuditLog
 from gridvend.broker import BrokerEndpoint
 from headend.commands import CommandQueue
 from headend.commands.models import MeterCommand
-from headend.commissioning import Commissioning, MeterAddress, RunStatus
+from headend.commissioning import Commissioning, MeterAddress, RunStatus, Step, StepStatus
 from headend.meter_link import MeterLinkError
 from headend.meter_link_mqtt import MqttMeterLink, commissioning_link_factory
 from headend.models import Meter, Reading
@@ -28,6 +28,7 @@ from meter_sim import MqttFleet, describe_fleet
 from meter_sim.model import MeterConfig
 from tests.conftest import bearer_headers, make_security_module
 from tests.headend.commands_support import LIVE_POLICY, dispatcher_for, running
+from tests.headend.test_commissioning_keys import StsKeyLoader
 
 
 def register(session_factory: sessionmaker[Session], config: MeterConfig, **overrides: Any) -> int:
@@ -194,3 +195,59 @@ async def test_the_factory_keeps_modbus_meters_on_the_modbus_link(
     mqtt_address = MeterAddress(meter_id=2, serial="MQ-1", comm_id="MQ-1", protocol="mqtt")
     async with factory(mqtt_address) as link:
         assert isinstance(link, MqttMeterLink)
+
+
+async def test_a_token_the_meter_refuses_is_its_answer_not_a_link_failure(
+    session_factory: sessionmaker[Session], mqtt_broker: BrokerEndpoint, topic_prefix: str
+) -> None:
+    (config,) = describe_fleet(1, seed=34)
+    meter_id = register(session_factory, config)
+    queue = CommandQueue(session_factory, audit=AuditLog(), policy=LIVE_POLICY)
+    dispatcher = dispatcher_for(queue, mqtt_broker, topic_prefix, instance())
+    with session_factory() as session:
+        meter = session.get(Meter, meter_id)
+        assert meter is not None
+        link = MqttMeterLink(queue, MeterAddress.of(meter), timeout_s=20, poll_interval_s=0.05)
+    async with running(dispatcher), fleet(mqtt_broker, topic_prefix, [config]) as meters:
+        credit_before = meters.models[config.serial].credit_kwh
+        # Twenty digits that are no token for this meter's key: the CRC does not match.
+        answer = await link.enter_token("1234 5678 9012 3456 7890".replace(" ", ""))
+        assert meters.models[config.serial].credit_kwh <= credit_before
+    assert answer == "reject"
+    with session_factory() as session:
+        command = session.scalars(
+            select(MeterCommand).where(MeterCommand.meter_id == meter_id)
+        ).one()
+        assert (command.name, command.state) == ("push_token", "failed")
+
+
+async def test_key_change_tokens_are_pushed_to_an_mqtt_meter_and_the_run_passes(
+    session_factory: sessionmaker[Session], mqtt_broker: BrokerEndpoint, topic_prefix: str
+) -> None:
+    (config,) = describe_fleet(1, seed=35)
+    meter_id = register(
+        session_factory,
+        config,
+        supply_group_code="654321",
+        tariff_index="01",
+        key_revision=2,
+    )
+    queue = CommandQueue(session_factory, audit=AuditLog(), policy=LIVE_POLICY)
+    dispatcher = dispatcher_for(queue, mqtt_broker, topic_prefix, instance())
+    loader = StsKeyLoader()
+    service = Commissioning(
+        session_factory,
+        audit=AuditLog(),
+        link_factory=commissioning_link_factory(queue, timeout_s=20, poll_interval_s=0.05),
+        key_loader=loader,
+    )
+    async with running(dispatcher), fleet(mqtt_broker, topic_prefix, [config]):
+        view = await service.commission(meter_id, technician="thabo")
+
+    assert view.status is RunStatus.PASSED, view.as_dict()
+    (load_keys,) = [s for s in view.steps if s.step is Step.LOAD_KEYS]
+    assert load_keys.status is StepStatus.PASSED
+    answers = load_keys.detail["answers"]
+    assert answers[-1] == "accept"
+    assert set(answers[:-1]) <= {"key_change_1st"}
+    assert "meter on SGC 654321 KRN 2 TI 01" in load_keys.message
