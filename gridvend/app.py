@@ -17,6 +17,7 @@ from headend.commands import CommandQueue
 from headend.commands.api import make_router as make_command_router
 from headend.ingest import IngestStats
 from headend.interface import token_accepted
+from headend.meter_link_mqtt import commissioning_link_factory
 from vending.api import CounterConfig
 from vending.api import install_error_handler as install_vending_error_handler
 from vending.api import make_router as make_vending_router
@@ -37,7 +38,8 @@ def create_app(
     kek: KeyEncryptionKey | None = None,
 ) -> FastAPI:
     """The API; ``command_queue`` defaults to one on ``session_factory`` (no dispatcher:
-    commands stay queued until a head-end worker runs one). Without ``kek`` (the key that
+    commands stay queued until a head-end worker runs one). Commissioning of MQTT meters
+    goes through that queue. Without ``kek`` (the key that
     encrypts channel secrets) the payment-channel API is not mounted."""
     app = FastAPI(
         title="gridvend",
@@ -49,7 +51,14 @@ def create_app(
     audit = AuditLog()
     queue = command_queue or CommandQueue(session_factory, audit=audit)
     app.include_router(
-        make_headend_router(session_factory, ingest_stats, require=auth.require, audit=audit)
+        make_headend_router(
+            session_factory,
+            ingest_stats,
+            require=auth.require,
+            audit=audit,
+            # MQTT meters are commissioned through the command queue, Modbus ones directly.
+            link_factory=commissioning_link_factory(queue),
+        )
     )
     app.include_router(make_command_router(session_factory, require=auth.require, queue=queue))
 

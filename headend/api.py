@@ -223,7 +223,8 @@ def make_router(
     """The head-end routes; ``require(*roles)`` is the caller-check dependency to use.
 
     ``audit`` receives registry changes and commissioning results; ``link_factory`` opens
-    the link to a meter for commissioning (default: Modbus from the registry's address);
+    the link to a meter for commissioning (default: Modbus from the registry's address;
+    ``headend.meter_link_mqtt.commissioning_link_factory(queue)`` adds MQTT meters);
     ``key_loader`` issues key change tokens for commissioning's load-keys step.
     """
     router = APIRouter(prefix="/api", tags=["head-end"])

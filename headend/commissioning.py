@@ -182,8 +182,8 @@ async def open_meter_link(address: MeterAddress) -> AsyncIterator[MeterLink]:
     """The default link: Modbus TCP or RTU from the registry's address.
 
     Raises:
-        MeterLinkError: the meter cannot be reached, or its protocol has no link yet
-            (MQTT meters: commissioning over MQTT needs the command channel).
+        MeterLinkError: the meter cannot be reached, or it is an MQTT meter (those need
+            ``headend.meter_link_mqtt.commissioning_link_factory`` and the command queue).
     """
     protocol = MeterProtocol(address.protocol)
     if protocol is MeterProtocol.MODBUS_TCP:
@@ -207,8 +207,9 @@ async def open_meter_link(address: MeterAddress) -> AsyncIterator[MeterLink]:
             yield link
     else:
         raise MeterLinkError(
-            f"meter {address.serial} speaks {protocol.value}; commissioning over MQTT is not "
-            "available yet"
+            f"meter {address.serial} speaks {protocol.value}; this link opens Modbus only "
+            "(MQTT meters are commissioned through the command queue: "
+            "headend.meter_link_mqtt.commissioning_link_factory, as the API does)"
         )
 
 

@@ -1,7 +1,7 @@
 """Talking to one meter during commissioning: the ``MeterLink`` interface and its Modbus form.
 
 The commissioning workflow is written against ``MeterLink`` only, so it runs unchanged
-over Modbus TCP, Modbus RTU or (once the command channel exists) MQTT. A link raises
+over Modbus TCP, Modbus RTU or MQTT (``headend.meter_link_mqtt``). A link raises
 ``MeterLinkError`` when the meter does not answer or answers with an error, and
 ``NotSupported`` when the meter has no such function (no relay, no clock register).
 """

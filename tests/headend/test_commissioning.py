@@ -107,7 +107,10 @@ def register(
         **overrides,
     }
     with session_factory() as session, session.begin():
-        return register_meter(session, MeterRegistration(**fields), actor="tech").id
+        # Registered before the run's fixed clock, as in the field (the history is by time).
+        return register_meter(
+            session, MeterRegistration(**fields), actor="tech", now=T0 - timedelta(hours=1)
+        ).id
 
 
 def lifecycle(session_factory: sessionmaker[Session], meter_id: int) -> str:
@@ -357,7 +360,7 @@ async def test_a_second_run_at_the_same_instant_keeps_one_install_reading(
         assert len(session.scalars(select(Reading)).all()) == 1
 
 
-async def test_an_mqtt_meter_cannot_be_commissioned_yet_and_says_why(
+async def test_the_modbus_only_default_link_refuses_an_mqtt_meter_and_says_why(
     session_factory: sessionmaker[Session], service: Commissioning
 ) -> None:
     with session_factory() as session, session.begin():
@@ -368,5 +371,5 @@ async def test_an_mqtt_meter_cannot_be_commissioned_yet_and_says_why(
         ).id
     view = await service.commission(meter_id, technician="thabo")
     assert view.failed_step == "verify_communication"
-    assert "commissioning over MQTT is not available yet" in view.failure_reason
+    assert "this link opens Modbus only" in view.failure_reason
     assert lifecycle(session_factory, meter_id) == "installed"
