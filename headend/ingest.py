@@ -230,9 +230,7 @@ class Ingestor:
             for poll in polls:
                 if poll.meter_id not in known:
                     continue  # quarantined as an unknown meter
-                last_seen[poll.meter_id] = max(
-                    poll.received_at, last_seen.get(poll.meter_id, poll.received_at)
-                )
+                _keep_latest(last_seen, poll.meter_id, poll.received_at)
             if last_seen:
                 # One executemany (bulk UPDATE by primary key), not a statement per meter:
                 # per-meter round trips made this the poller's bottleneck on PostgreSQL.

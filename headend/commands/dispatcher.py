@@ -23,7 +23,6 @@ import contextlib
 import functools
 import logging
 import math
-import random
 import socket
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -33,6 +32,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from headend.commands.service import CommandQueue, InboundReply, Outbound
+from headend.connectors.reconnect import run_reconnecting
 from protocols.mqtt import Command, MeterChannel, TopicScheme
 
 log = logging.getLogger(__name__)
@@ -98,18 +98,12 @@ class CommandDispatcher:
     async def run(self) -> None:
         """Run until cancelled, reconnecting with backoff after any broker failure."""
         self._loop = asyncio.get_running_loop()
-        backoff = 0.5
-        while True:
-            try:
-                await self._run_connected()
-            except aiomqtt.MqttError as exc:
-                self.connected.clear()
-                delay = min(backoff, self._max_backoff_s) * random.uniform(0.8, 1.2)
-                log.warning("command dispatcher lost MQTT (%s); reconnecting in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-                backoff *= 2
-            else:
-                backoff = 0.5
+        await run_reconnecting(
+            self._run_connected,
+            self.connected,
+            name="command dispatcher",
+            max_backoff_s=self._max_backoff_s,
+        )
 
     async def _run_connected(self) -> None:
         client = self._make_client()

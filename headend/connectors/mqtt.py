@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +19,7 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from headend.connectors.reconnect import run_reconnecting
 from headend.ingest import InboundMessage
 from protocols.mqtt import MeterChannel, TopicScheme
 
@@ -70,18 +70,12 @@ class MqttIngestWorker:
 
     async def run(self) -> None:
         """Run until cancelled, reconnecting with backoff after any broker failure."""
-        backoff = 0.5
-        while True:
-            try:
-                await self._run_connected()
-            except aiomqtt.MqttError as exc:
-                self.connected.clear()
-                delay = min(backoff, self._max_backoff_s) * random.uniform(0.8, 1.2)
-                log.warning("MQTT connection lost (%s); reconnecting in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-                backoff *= 2
-            else:
-                backoff = 0.5
+        await run_reconnecting(
+            self._run_connected,
+            self.connected,
+            name="MQTT ingest worker",
+            max_backoff_s=self._max_backoff_s,
+        )
 
     async def _run_connected(self) -> None:
         client = self._make_client()
