@@ -623,6 +623,34 @@ _WINDOW_INTERVALS = 3
 _MAX_BULK_SPAN = timedelta(days=2)
 # Rows per fallback query when a register's neighbours lie outside the loaded window.
 _PAGE = 16
+
+# What ``unchanged_since`` walks over: flagged and rejected reads are stepped over.
+_RUN_EVIDENCE = frozenset({Quality.MEASURED, Quality.ESTIMATED})
+
+# Built once: the zero-consumption look-up runs for every register that keeps its value
+# (an export register at zero on most meters), and building a select costs more than
+# running it. Ordered by the (meter, quantity, ts) key, so the scan stops at the first match.
+_EARLIEST_MEASURED_WITH_VALUE = (
+    select(Reading.ts)
+    .where(
+        Reading.meter_id == bindparam("meter_id"),
+        Reading.quantity == bindparam("quantity"),
+        Reading.value == bindparam("value"),
+        Reading.quality == Quality.MEASURED.value,
+    )
+    .order_by(Reading.ts)
+    .limit(1)
+)
+_EARLIEST_ESTIMATE_WITH_VALUE = (
+    select(ReadingEstimate.ts)
+    .where(
+        ReadingEstimate.meter_id == bindparam("meter_id"),
+        ReadingEstimate.quantity == bindparam("quantity"),
+        ReadingEstimate.value == bindparam("value"),
+    )
+    .order_by(ReadingEstimate.ts)
+    .limit(1)
+)
 # The key of the PostgreSQL advisory lock that orders publishers (see _lock_stream).
 _STREAM_LOCK_KEY = 0x67765F636F6E73  # "gv_cons"
 
@@ -724,7 +752,7 @@ class _StoredReads:
         if model is Reading:
             columns.append(Reading.quality)
         rows: list[Any] = list(
-            self._session.execute(
+            self._session.connection().execute(
                 select(*columns).where(
                     model.meter_id.in_(meters),
                     model.quantity.in_(quantities),
@@ -794,7 +822,7 @@ class _StoredReads:
             )
             found = {
                 (meter_id, quantity)
-                for meter_id, quantity in self._session.execute(
+                for meter_id, quantity in self._session.connection().execute(
                     select(Reading.meter_id, Reading.quantity)
                     .where(
                         Reading.meter_id.in_({m for m, _ in open_keys}),
@@ -815,31 +843,44 @@ class _StoredReads:
         self, spans: dict[_Key, tuple[datetime, datetime]], incoming: dict[int, list[_Incoming]]
     ) -> None:
         """For zero-consumption: where a batch read repeats a stored value, the earliest
-        measured read or estimate with that value (one query each, only then)."""
+        measured read or estimate with that value (one query each, only then).
+
+        A run of unchanged values is walked back read by read (``unchanged_since``), so the
+        earliest read is needed only when the run reaches the loaded window's lower edge:
+        a loaded real read with another value before the batch read ends the walk first.
+        """
         wanted: set[tuple[_Key, Decimal]] = set()
         for meter_id, items in incoming.items():
             for item in items:
                 key = (meter_id, item.read.quantity.value)
                 history = self._histories.get(key)
-                if key not in spans or history is None:
-                    continue
-                if any(
-                    r.value == item.read.value and r.quality is Quality.MEASURED
-                    for r in history.reads
+                if key not in spans or history is None or history.low is None:
+                    continue  # not a loaded register, or its whole history is loaded
+                value = item.read.value
+                if not any(
+                    r.value == value and r.quality is Quality.MEASURED for r in history.reads
                 ):
-                    wanted.add((key, item.read.value))
+                    continue
+                ts = item.read.timestamp
+                if any(
+                    r.value != value and r.timestamp < ts and r.quality in _RUN_EVIDENCE
+                    for r in (*history.reads, *history.estimates)
+                ):
+                    continue
+                wanted.add((key, value))
         for (meter_id, quantity), value in sorted(wanted, key=lambda w: (w[0], str(w[1]))):
             history = self._histories[(meter_id, quantity)]
-            for model, quality in (
-                (Reading, Quality.MEASURED),
-                (ReadingEstimate, Quality.ESTIMATED),
+            for statement, quality in (
+                (_EARLIEST_MEASURED_WITH_VALUE, Quality.MEASURED),
+                (_EARLIEST_ESTIMATE_WITH_VALUE, Quality.ESTIMATED),
             ):
-                query = select(func.min(model.ts)).where(
-                    model.meter_id == meter_id, model.quantity == quantity, model.value == value
+                earliest = (
+                    self._session.connection()
+                    .execute(
+                        statement, {"meter_id": meter_id, "quantity": quantity, "value": value}
+                    )
+                    .scalar()
                 )
-                if model is Reading:
-                    query = query.where(Reading.quality == Quality.MEASURED.value)
-                earliest = self._session.scalar(query)
                 if earliest is None or self._covers(history, earliest):
                     continue
                 read = self._stored((meter_id, quantity), earliest, value, quality)
@@ -920,7 +961,7 @@ class _StoredReads:
         else:
             assert history.high is not None
             query = query.where(Reading.ts > history.high).order_by(Reading.ts)
-        rows = self._session.execute(query.limit(_PAGE)).all()
+        rows = self._session.connection().execute(query.limit(_PAGE)).all()
         for ts, value, quality in rows:
             read = self._stored(key, ts, value, Quality(quality))
             if read is not None:

@@ -390,3 +390,44 @@ def test_a_poll_with_a_naive_timestamp_is_quarantined_and_the_rest_stored(
     good = PolledReading(meter_id, T0, {ENERGY: Decimal(4)}, NOW)
     outcome = Ingestor(session_factory, SCHEME).ingest_polled([naive, good])
     assert (outcome.readings_stored, outcome.rejected) == (1, {"invalid_reading": 1})
+
+
+def _flags_by_minute(session_factory: sessionmaker[Session], meter_id: int) -> dict[int, str]:
+    with session_factory() as session:
+        rows = session.execute(
+            select(Reading.ts, Reading.flags).where(Reading.meter_id == meter_id)
+        ).all()
+    return {int((ts - T0).total_seconds()) // 60: flags for ts, flags in rows}
+
+
+def test_a_register_unchanged_since_before_the_loaded_window_is_zero_consumption(
+    session_factory: sessionmaker[Session],
+) -> None:
+    # One read per batch: from the third batch on, the run's first read lies outside the
+    # few intervals loaded around a batch, and only the look-up of the run's start finds it.
+    meter_id, serial = _meter(session_factory)
+    ingestor = Ingestor(
+        session_factory, SCHEME, settings=replace(VEE, zero_consumption_after=timedelta(hours=2))
+    )
+    for minutes in range(0, 16 * 15, 15):
+        ingestor.ingest([_message(serial, _read(minutes, "42.000"))])
+    flags = _flags_by_minute(session_factory, meter_id)
+    assert {m for m, f in flags.items() if f == "zero_consumption"} == set(range(120, 240, 15))
+    assert all(flags[m] == "" for m in range(0, 120, 15))
+
+
+def test_a_run_that_starts_inside_the_loaded_window_needs_no_look_up_and_is_not_flagged(
+    session_factory: sessionmaker[Session],
+) -> None:
+    meter_id, serial = _meter(session_factory)
+    ingestor = Ingestor(
+        session_factory, SCHEME, settings=replace(VEE, zero_consumption_after=timedelta(hours=2))
+    )
+    # 42.000 once long ago, then consumption, then 42.500 held for an hour only: the old
+    # read of another value ends the run, whatever was stored with the new value.
+    ingestor.ingest([_message(serial, _read(0, "42.000"))])
+    for minutes in range(15, 12 * 15, 15):
+        value = "42.500" if minutes >= 120 else f"{42 + minutes / 1000:.3f}"
+        ingestor.ingest([_message(serial, _read(minutes, value))])
+    flags = _flags_by_minute(session_factory, meter_id)
+    assert set(flags.values()) == {""}
