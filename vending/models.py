@@ -268,6 +268,9 @@ class CentralAccountState(Base):
     # What the engine last asked of the supply: "connected" or "disconnected".
     supply_requested: Mapped[str] = mapped_column(String(16), default="connected")
     last_decision_id: Mapped[int | None] = mapped_column(BigInteger)
+    # The last payment (ledger id) taken into account: payments commit in id order per
+    # account (under the account's lock), not across accounts.
+    payments_taken_through: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class RatedInterval(Base):
@@ -319,6 +322,8 @@ class BalanceDecision(Base):
     balance_minor: Mapped[int] = mapped_column(BigInteger)
     not_before: Mapped[datetime | None] = mapped_column(UtcDateTime())
     command_id: Mapped[int | None] = mapped_column(BigInteger)
+    # Why the head-end refused the command (e.g. a meter it cannot command): for an operator.
+    command_error: Mapped[str | None] = mapped_column(Text)
 
 
 class Notification(Base):

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from headend.audit import AuditSink
 from headend.interface import find_meter
+from protocols.quantities import Quantity
 from vending import localtime
 from vending.accounts import load_tariff
 from vending.balance.alerts import DEFAULT_THRESHOLDS_PERCENT, thresholds_crossed
@@ -55,6 +56,10 @@ log = logging.getLogger(__name__)
 CONSUMPTION_CURSOR = "balance-engine:consumption"
 LEDGER_CURSOR = "balance-engine:ledger"
 ENGINE_ACTOR = "balance-engine"
+# The register that is sold: the stream carries every cumulative register (export too).
+RATED_QUANTITY = Quantity.ENERGY_IMPORT_KWH.value
+# Longer than any vend transaction stays open between inserting its payment and committing.
+PAYMENT_SETTLE = timedelta(minutes=5)
 
 
 class ConsumptionRecord(Protocol):
@@ -95,7 +100,10 @@ class CommandRequester(Protocol):
         requested_by: str,
         reason: str,
         idempotency_key: str | None = None,
-    ) -> int: ...
+    ) -> int:
+        """The queued command's id. Raises ValueError (with a ``code`` where the
+        requester has one) for a command it refuses for good."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,8 +185,13 @@ class BalanceEngine:
         self, session: Session, record: ConsumptionRecord, report: RoundReport, now: datetime
     ) -> int | None:
         meter = find_meter(session, meter_id=record.meter_id)
-        if meter is None or meter.prepaid_mode != "central":
-            report.skipped += 1  # token meters keep their credit in the meter
+        if meter is None:
+            self._hold(session, record, report, now, "meter not in the registry")
+            return None
+        if meter.prepaid_mode != "central" or record.quantity != RATED_QUANTITY:
+            # Token meters keep their credit in the meter; export and other registers are
+            # published too, but only imported energy is sold.
+            report.skipped += 1
             return None
         link = _link_at(session, record.meter_id, record.t_start)
         if link is None:
@@ -186,10 +199,10 @@ class BalanceEngine:
             return None
         if record.quality == "flagged":
             self._hold(session, record, report, now, f"flagged reading: {record.reason}")
-            return None
+            return self._reverse_rated(session, record, now)
         if record.energy_kwh < 0:
             self._hold(session, record, report, now, "negative consumption")
-            return None
+            return self._reverse_rated(session, record, now)
         account = session.get_one(Account, link.account_id)
         try:
             tariff = load_tariff(session, account.tariff_code)
@@ -207,13 +220,7 @@ class BalanceEngine:
             self._hold(session, record, report, now, f"cannot rate: {exc}")
             return None
         charge = charged.total.minor
-        rated = session.scalar(
-            select(RatedInterval).where(
-                RatedInterval.meter_id == record.meter_id,
-                RatedInterval.quantity == record.quantity,
-                RatedInterval.t_start == record.t_start,
-            )
-        )
+        rated = _rated(session, record)
         if rated is None:
             rated = RatedInterval(
                 account_id=account.id,
@@ -252,6 +259,28 @@ class BalanceEngine:
             rated.source_offset, rated.rated_at = record.offset, now
         report.rated += 1
         return account.id
+
+    def _reverse_rated(
+        self, session: Session, record: ConsumptionRecord, now: datetime
+    ) -> int | None:
+        """A held correction of an interval charged before: give the charge back, so the
+        customer never pays for consumption an operator has not confirmed. Returns the
+        account whose balance changed, or None."""
+        rated = _rated(session, record)
+        if rated is None or (rated.charge_minor == 0 and rated.energy_kwh == 0):
+            return None
+        _book(
+            session,
+            rated.account_id,
+            "adjustment",
+            rated.charge_minor,
+            f"rerate:{rated.id}:{record.offset}",
+            now,
+            {"kwh_before": str(rated.energy_kwh), "kwh_after": "0", "held": True},
+        )
+        rated.energy_kwh, rated.charge_minor = Decimal(0), 0
+        rated.source_offset, rated.rated_at = record.offset, now
+        return rated.account_id
 
     def _post_fixed_charges(
         self, session: Session, account: Account, tariff: Tariff, up_to: datetime, now: datetime
@@ -302,16 +331,29 @@ class BalanceEngine:
     # --- step 2: payments, alerts, decisions -----------------------------------------
 
     def _take_new_payments(self, session: Session, now: datetime) -> set[int]:
+        """Payments not yet taken into account, each exactly once (per-account cursor).
+
+        Ledger ids are handed out when a payment is inserted and commits follow in any
+        order across accounts (PostgreSQL), so a payment may become visible after one
+        with a higher id. The shared cursor therefore only passes payments older than
+        ``PAYMENT_SETTLE``; younger ones are read again and skipped by the account's own
+        cursor, which is exact because one account's payments commit under its lock.
+        """
         cursor = _cursor(session, LEDGER_CURSOR)
-        payments = session.scalars(
-            select(LedgerEntry)
+        rows = session.execute(
+            select(LedgerEntry, CentralAccountState.payments_taken_through)
+            .outerjoin(
+                CentralAccountState, CentralAccountState.account_id == LedgerEntry.account_id
+            )
             .where(LedgerEntry.id > cursor.position, LedgerEntry.kind == "payment")
             .order_by(LedgerEntry.id)
         ).all()
-        last_id = session.scalar(select(func.max(LedgerEntry.id))) or cursor.position
         touched = set()
-        for payment in payments:
+        for payment, taken_through in rows:
+            if taken_through is not None and payment.id <= taken_through:
+                continue
             state = _state(session, payment.account_id)
+            state.payments_taken_through = payment.id
             state.last_top_up_minor = payment.amount_minor
             state.last_top_up_at = payment.created_at
             state.alerts_sent = []
@@ -328,7 +370,9 @@ class BalanceEngine:
                 )
                 state.emergency_credit_outstanding_minor -= repay
             touched.add(payment.account_id)
-        cursor.position = max(cursor.position, last_id)
+        settled = [p.id for p, _ in rows if p.created_at <= now - PAYMENT_SETTLE]
+        if settled:
+            cursor.position = max(cursor.position, max(settled))
         return touched
 
     def _accounts_waiting(self, session: Session) -> set[int]:
@@ -433,6 +477,7 @@ class BalanceEngine:
                 select(BalanceDecision).where(
                     BalanceDecision.action.in_((Action.DISCONNECT.value, Action.RECONNECT.value)),
                     BalanceDecision.command_id.is_(None),
+                    BalanceDecision.command_error.is_(None),
                     BalanceDecision.meter_id != 0,
                 )
             ).all()
@@ -440,13 +485,26 @@ class BalanceEngine:
         requested = []
         for decision_id, meter_id, action, reason in wanted:
             name = "disconnect" if action == Action.DISCONNECT.value else "connect"
-            command_id = self._commands.request(
-                meter_id,
-                name,
-                requested_by=ENGINE_ACTOR,
-                reason=reason,
-                idempotency_key=f"balance-decision:{decision_id}",
-            )
+            try:
+                command_id = self._commands.request(
+                    meter_id,
+                    name,
+                    requested_by=ENGINE_ACTOR,
+                    reason=reason,
+                    idempotency_key=f"balance-decision:{decision_id}",
+                )
+            except ValueError as exc:
+                # Refused for good (a meter the head-end cannot command, say): kept on the
+                # decision for an operator; the other accounts' commands still go out.
+                code = getattr(exc, "code", "refused")
+                log.warning("command for balance decision %s refused: %s", decision_id, exc)
+                with self._session_factory() as session, session.begin():
+                    decision = session.get_one(BalanceDecision, decision_id)
+                    decision.command_error = f"{code}: {exc}"
+                continue
+            except Exception:
+                log.exception("command for balance decision %s failed; retried", decision_id)
+                continue
             with self._session_factory() as session, session.begin():
                 session.get_one(BalanceDecision, decision_id).command_id = command_id
             requested.append(command_id)
@@ -533,9 +591,16 @@ def _state(session: Session, account_id: int) -> CentralAccountState:
     state = session.get(CentralAccountState, account_id)
     if state is None:
         account = session.get_one(Account, account_id)
+        # Converted to central prepaid when its meter was linked (or, for an account
+        # without a meter now, when the account was opened).
+        linked_at = session.scalar(
+            select(func.max(AccountMeter.linked_at)).where(
+                AccountMeter.account_id == account_id, AccountMeter.unlinked_at.is_(None)
+            )
+        )
         state = CentralAccountState(
             account_id=account_id,
-            converted_at=account.created_at,
+            converted_at=linked_at or account.created_at,
             last_top_up_minor=0,
             alerts_sent=[],
             emergency_credit_outstanding_minor=0,
@@ -544,6 +609,16 @@ def _state(session: Session, account_id: int) -> CentralAccountState:
         session.add(state)
         session.flush()
     return state
+
+
+def _rated(session: Session, record: ConsumptionRecord) -> RatedInterval | None:
+    return session.scalar(
+        select(RatedInterval).where(
+            RatedInterval.meter_id == record.meter_id,
+            RatedInterval.quantity == record.quantity,
+            RatedInterval.t_start == record.t_start,
+        )
+    )
 
 
 def _link_at(session: Session, meter_id: int, at: datetime) -> AccountMeter | None:

@@ -7,17 +7,18 @@ would receive them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from headend.models import PrepaidMode
+from tests.vending.factories import residential_stepped
 from tests.vending.world import VendingWorld, add_metered_customer, build_world, drn
-from vending.accounts import open_link
+from vending.accounts import open_link, save_tariff
 from vending.balance.engine import (
     BalanceEngine,
     EngineSettings,
@@ -29,12 +30,14 @@ from vending.counter import PaymentMethod, VendRequest, vend
 from vending.models import (
     Account,
     BalanceDecision,
+    CentralAccountState,
     Customer,
     HeldConsumption,
     LedgerEntry,
     Notification,
     Vend,
 )
+from vending.tariff_documents import TariffDocument
 
 # Tuesday 24 November 2026, 10:00 in Johannesburg (UTC+2): outside friendly hours.
 MORNING = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
@@ -61,12 +64,19 @@ class Interval:
 class Stream:
     records: list[Interval] = field(default_factory=list)
 
-    def add(self, meter_id: int, start: datetime, kwh: str, quality: str = "measured") -> None:
+    def add(
+        self,
+        meter_id: int,
+        start: datetime,
+        kwh: str,
+        quality: str = "measured",
+        quantity: str = "energy_import_kwh",
+    ) -> None:
         self.records.append(
             Interval(
                 offset=len(self.records) + 1,
                 meter_id=meter_id,
-                quantity="energy_import_kwh",
+                quantity=quantity,
                 t_start=start,
                 t_end=start + timedelta(minutes=15),
                 energy_kwh=Decimal(kwh),
@@ -193,6 +203,8 @@ def test_a_re_read_interval_books_only_the_difference(world: VendingWorld) -> No
         ("flagged", "flagged reading"),
         ("negative", "negative consumption"),
         ("unlinked", "not on any account"),
+        ("unregistered", "not in the registry"),
+        ("tariff gap", "no version in force"),
     ],
 )
 def test_what_cannot_be_charged_is_held_with_its_reason(
@@ -205,6 +217,18 @@ def test_what_cannot_be_charged_is_held_with_its_reason(
         stream.add(meter_id, start, "9.0", quality="flagged")
     elif setup == "negative":
         stream.add(meter_id, start, "-1.0")
+    elif setup == "unregistered":
+        stream.add(meter_id + 1000, start, "1.0")
+    elif setup == "tariff gap":
+        later = replace(
+            residential_stepped(),
+            code="RES-LATER",
+            versions=(replace(residential_stepped().versions[0], effective_from=date(2027, 1, 1)),),
+        )
+        with world.session_factory() as session, session.begin():
+            save_tariff(session, TariffDocument.from_tariff(later), actor="test", now=MORNING)
+            session.get_one(Account, account_id).tariff_code = later.code
+        stream.add(meter_id, start, "1.0")
     else:
         stream.add(meter_id, start - timedelta(days=10), "1.0")  # before the meter was linked
     report = _engine(world, stream, Commands(), Clock(MORNING)).run_once()
@@ -295,3 +319,131 @@ def test_emergency_credit_is_repaid_first_from_the_next_top_up(world: VendingWor
             select(LedgerEntry.amount_minor).where(LedgerEntry.kind == "emergency_repayment")
         ).all()
     assert repaid == [-5_000]
+
+
+def test_exported_energy_is_not_charged(world: VendingWorld) -> None:
+    account_id, meter_id = _central_customer(world, 8, "100.00")
+    stream = Stream()
+    stream.add(meter_id, MORNING - timedelta(hours=1), "3.0", quantity="energy_export_kwh")
+    report = _engine(world, stream, Commands(), Clock(MORNING)).run_once()
+    assert (report.rated, report.held, report.skipped) == (0, 0, 1)
+    assert _balance(world, account_id) == 10_000
+
+
+def test_a_held_correction_of_a_charged_interval_gives_the_charge_back(
+    world: VendingWorld,
+) -> None:
+    account_id, meter_id = _central_customer(world, 9, "100.00")
+    stream, clock = Stream(), Clock(MORNING)
+    start = MORNING - timedelta(hours=1)
+    stream.add(meter_id, start, "2.0")
+    engine = _engine(world, stream, Commands(), clock)
+    engine.run_once()
+    assert _balance(world, account_id) < 10_000
+    stream.add(meter_id, start, "0.0", quality="flagged")  # the head-end withdrew it
+    assert engine.run_once().held == 1
+    assert _balance(world, account_id) == 10_000
+    stream.add(meter_id, start, "1.0")  # confirmed later at another value: charged again
+    engine.run_once()
+    with world.session_factory() as session:
+        kinds = session.scalars(select(LedgerEntry.kind).order_by(LedgerEntry.id)).all()
+    assert kinds[-3:] == ["consumption", "adjustment", "adjustment"]
+    assert 10_000 - _balance(world, account_id) > 0
+
+
+@dataclass
+class RefusingCommands(Commands):
+    """The head-end's queue refusing one meter for good (it cannot command it)."""
+
+    refused_meter: int = 0
+
+    def request(
+        self,
+        meter_id: int,
+        name: str,
+        params: object = None,
+        *,
+        requested_by: str,
+        reason: str,
+        idempotency_key: str | None = None,
+    ) -> int:
+        if meter_id == self.refused_meter:
+            error = ValueError("meter 1 is on Modbus; commands go over MQTT")
+            error.code = "unsupported_transport"  # type: ignore[attr-defined]
+            raise error
+        return super().request(
+            meter_id,
+            name,
+            params,
+            requested_by=requested_by,
+            reason=reason,
+            idempotency_key=idempotency_key,
+        )
+
+
+def test_a_refused_command_is_kept_on_its_decision_and_the_others_still_go_out(
+    world: VendingWorld,
+) -> None:
+    first_account, first_meter, stream = _exhaust(world, 10)
+    second_account, second_meter, second = _exhaust(world, 11)
+    stream.records += [replace(r, offset=r.offset + 1) for r in second.records]
+    commands, clock = RefusingCommands(refused_meter=first_meter), Clock(MORNING)
+    engine = _engine(world, stream, commands, clock)
+    engine.run_once()  # both exhausted: the grace period starts
+    clock.now += timedelta(minutes=31)
+    engine.run_once()
+    assert list(commands.requested.values()) == [(second_meter, "disconnect")]
+    engine.run_once()  # the refusal is not retried every round
+    with world.session_factory() as session:
+        decisions = {
+            d.account_id: d
+            for d in session.scalars(select(BalanceDecision).order_by(BalanceDecision.id))
+        }
+    assert decisions[first_account].command_id is None
+    assert decisions[first_account].command_error == (
+        "unsupported_transport: meter 1 is on Modbus; commands go over MQTT"
+    )
+    assert decisions[second_account].command_id is not None
+
+
+def test_a_payment_that_commits_after_a_later_one_is_still_taken_into_account(
+    world: VendingWorld,
+) -> None:
+    # Ids are handed out at insert, commits come in any order (PostgreSQL): a payment may
+    # become visible after one with a higher id was already taken into account.
+    early_account, _ = _central_customer(world, 12, "10.00")
+    late_account, _ = _central_customer(world, 13, "10.00")
+    engine = _engine(world, Stream(), Commands(), Clock(MORNING))
+    engine.run_once()
+    with world.session_factory() as session, session.begin():
+        high = session.scalar(select(func.max(LedgerEntry.id))) or 0
+        session.add(
+            LedgerEntry(
+                id=high + 100,
+                account_id=early_account,
+                kind="payment",
+                amount_minor=2_000,
+                reference="vend:late-high",
+                detail={},
+                created_at=MORNING,
+            )
+        )
+    engine.run_once()
+    with world.session_factory() as session, session.begin():
+        session.add(
+            LedgerEntry(
+                id=high + 50,
+                account_id=late_account,
+                kind="payment",
+                amount_minor=3_000,
+                reference="vend:late-low",
+                detail={},
+                created_at=MORNING,
+            )
+        )
+    engine.run_once()
+    with world.session_factory() as session:
+        early = session.get_one(CentralAccountState, early_account)
+        late = session.get_one(CentralAccountState, late_account)
+    assert (early.last_top_up_minor, early.payments_taken_through) == (2_000, high + 100)
+    assert (late.last_top_up_minor, late.payments_taken_through) == (3_000, high + 50)
