@@ -10,16 +10,19 @@ reconnects it. A protected customer in the same state is listed, not disconnecte
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gridvend.broker import BrokerEndpoint
+from gridvend.channel_cli import ChannelClient
 from gridvend.demo_data import DEMO_TARIFF
 from gridvend.runtime import System
 from gridvend.settings import Settings
@@ -37,10 +40,10 @@ from vending.accounts import (
     open_account,
     save_tariff,
 )
-from vending.balance.engine import BalanceEngine, EngineSettings, balance_minor
-from vending.balance.policy import DisconnectPolicy
+from vending.balance.engine import BalanceEngine, balance_minor
+from vending.channels.service import NewChannelTerms, create_channel
 from vending.counter import PaymentMethod, VendRequest, vend
-from vending.models import BalanceDecision, LedgerEntry, Notification, RatedInterval
+from vending.models import BalanceDecision, LedgerEntry, Notification, RatedInterval, Vend
 
 SPEED = 3600.0  # one simulated hour per second
 # Tuesday 17 November 2026, 09:00 in Johannesburg (UTC+2).
@@ -158,27 +161,49 @@ async def test_central_balance_runs_out_is_disconnected_and_reconnected_after_to
             mqtt_v5=mqtt_broker.supports_v5,
             start=START,
         ) as fleet:
-            # A second engine on the same database, as after a restart, rates nothing twice.
+
+            def checked() -> None:
+                for account_id in accounts.values():
+                    _check_ledger(factory, account_id)
+
+            async def some_consumption_rated() -> bool:
+                return await asyncio.to_thread(_rated_count, factory) > 0
+
+            await eventually(some_consumption_rated, timeout_s=60)
+            # The engine stops mid-way, as in a crash; a new one takes over from the stored
+            # stream position and rates nothing twice.
+            system._tasks["balance"].cancel()
+            await asyncio.gather(system._tasks["balance"], return_exceptions=True)
+            await asyncio.to_thread(checked)
             restarted = BalanceEngine(
                 factory,
                 source=system.balance_engine._source,
                 commands=system.command_queue,
                 audit=system.audit,
-                settings=EngineSettings(policy=DisconnectPolicy(timezone=ZONE)),
+                settings=system.balance_engine._settings,
                 clock=clock,
             )
+            system._tasks["balance"] = asyncio.create_task(restarted.run(interval_s=0.2))
 
             async def disconnected() -> bool:
-                await asyncio.to_thread(restarted.run_once)
                 return not fleet.models[ordinary.serial].relay_closed
 
             await eventually(disconnected, timeout_s=90)
+            await asyncio.to_thread(checked)
             decisions = _decisions(factory, accounts[ordinary.serial])
             actions = [d.action for d in decisions]
             assert actions[:1] == ["defer"] and "disconnect" in actions
             disconnect = next(d for d in decisions if d.action == "disconnect")
             local_hour = (disconnect.decided_at + timedelta(hours=2)).hour
             assert 8 <= local_hour < 18, "disconnected inside friendly hours"
+            assert disconnect.command_id is not None
+
+            async def disconnect_confirmed() -> bool:
+                assert disconnect.command_id is not None
+                status = await asyncio.to_thread(system.command_queue.status, disconnect.command_id)
+                return status.state.value == "confirmed"
+
+            await eventually(disconnect_confirmed, timeout_s=30)
             with factory() as session:
                 kinds = set(
                     session.scalars(
@@ -193,17 +218,67 @@ async def test_central_balance_runs_out_is_disconnected_and_reconnected_after_to
             assert [d.action for d in protected_decisions] == ["operator_list"]
             assert fleet.models[protected.serial].relay_closed
 
-            for serial in accounts:
-                assert _ledger_matches_rating(factory, accounts[serial])
-
-            await asyncio.to_thread(
-                _top_up, system, ordinary.meter_number, "50.00", "second", clock()
-            )
+            # The customer pays R50 at the bank: a signed purchase over the channel API.
+            answer = await _pay_through_bank(system, ordinary.meter_number, "50.00")
+            assert answer["status"] == 200, answer
+            receipt = json.loads(answer["body"])
+            # A central meter gets credit on its account, not a token.
+            assert (receipt["status"], receipt["token"]) == ("completed", None)
 
             async def reconnected() -> bool:
                 return fleet.models[ordinary.serial].relay_closed
 
             await eventually(reconnected, timeout_s=90)
+            await asyncio.to_thread(checked)
             with factory() as session:
                 assert balance_minor(session, accounts[ordinary.serial]) > 0
             assert _decisions(factory, accounts[ordinary.serial])[-1].action == "reconnect"
+
+
+def _rated_count(factory: sessionmaker[Session]) -> int:
+    with factory() as session:
+        return int(session.scalar(select(func.count()).select_from(RatedInterval)) or 0)
+
+
+def _check_ledger(factory: sessionmaker[Session], account_id: int) -> None:
+    """The ledger explains the balance: consumption and adjustments are exactly the rated
+    charges (nothing rated twice), and every payment is one vend's."""
+    assert _ledger_matches_rating(factory, account_id)
+    with factory() as session:
+        consumption_entries = session.scalar(
+            select(func.count()).where(
+                LedgerEntry.account_id == account_id, LedgerEntry.kind == "consumption"
+            )
+        )
+        rated = session.scalar(select(func.count()).where(RatedInterval.account_id == account_id))
+        payments = session.scalars(
+            select(LedgerEntry.reference).where(
+                LedgerEntry.account_id == account_id, LedgerEntry.kind == "payment"
+            )
+        ).all()
+        vends = session.scalars(select(Vend.id).where(Vend.account_id == account_id)).all()
+    assert consumption_entries == rated
+    assert sorted(payments) == sorted(f"vend:{vend_id}" for vend_id in vends)
+
+
+async def _pay_through_bank(system: System, meter_number: str, amount: str) -> dict[str, Any]:
+    with system.session_factory() as session, session.begin():
+        channel, secret = create_channel(
+            session,
+            NewChannelTerms(code="test-bank", name="Test Bank", currency="ZAR"),
+            kek=system.kek,
+            audit=system.audit,
+            actor="test",
+            now=datetime.now(UTC),
+        )
+        key_id = channel.key_id
+    async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as http:
+        outcome = await ChannelClient(http, key_id, secret).purchase(
+            {
+                "reference": "BANK-1",
+                "amount": amount,
+                "currency": "ZAR",
+                "meter_number": meter_number,
+            }
+        )
+    return {"status": outcome.status, "body": outcome.body}
