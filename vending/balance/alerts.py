@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from datetime import timedelta
 from decimal import Decimal
 
 DEFAULT_THRESHOLDS_PERCENT: tuple[Decimal, ...] = (Decimal(30), Decimal(10), Decimal(0))
+SECONDS_PER_DAY = Decimal(86_400)
 
 
 def thresholds_crossed(
@@ -29,3 +31,34 @@ def thresholds_crossed(
         if Decimal(balance_minor) <= limit:
             crossed.append(percent)
     return crossed
+
+
+def days_left(balance_minor: int, spent_minor: int, over: timedelta) -> Decimal | None:
+    """Days the balance lasts at the rate ``spent_minor`` was used during ``over``, or None
+    when nothing was spent (no estimate). An exhausted balance has zero days left.
+
+    Raises:
+        ValueError: ``over`` is not positive.
+    """
+    if over <= timedelta(0):
+        raise ValueError("over must be positive")
+    if spent_minor <= 0:
+        return None
+    if balance_minor <= 0:
+        return Decimal(0)
+    over_days = Decimal(over.total_seconds()) / SECONDS_PER_DAY
+    return Decimal(balance_minor) * over_days / spent_minor
+
+
+def days_left_crossed(
+    estimate: Decimal | None, already_sent: Collection[int], thresholds_days: Sequence[int]
+) -> list[int]:
+    """Day thresholds the estimate is now at or below and not yet announced since the last
+    top-up, highest first (the same once-per-crossing rule as the percentages)."""
+    if estimate is None:
+        return []
+    return [
+        days
+        for days in sorted(thresholds_days, reverse=True)
+        if days not in already_sent and estimate <= days
+    ]

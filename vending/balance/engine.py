@@ -33,7 +33,12 @@ from headend.interface import find_meter
 from protocols.quantities import Quantity
 from vending import localtime
 from vending.accounts import load_tariff
-from vending.balance.alerts import DEFAULT_THRESHOLDS_PERCENT, thresholds_crossed
+from vending.balance.alerts import (
+    DEFAULT_THRESHOLDS_PERCENT,
+    days_left,
+    days_left_crossed,
+    thresholds_crossed,
+)
 from vending.balance.policy import AccountSituation, Action, DisconnectPolicy, decide
 from vending.errors import VendingError
 from vending.models import (
@@ -60,6 +65,11 @@ ENGINE_ACTOR = "balance-engine"
 RATED_QUANTITY = Quantity.ENERGY_IMPORT_KWH.value
 # Longer than any vend transaction stays open between inserting its payment and committing.
 PAYMENT_SETTLE = timedelta(minutes=5)
+# Days-left alerts sent are kept beside the percentages in ``alerts_sent`` ("days:3").
+DAYS_PREFIX = "days:"
+# What the customer's money is spent on, for the days-left estimate.
+SPENDING_KINDS = ("consumption", "adjustment", "fixed_charge")
+MIN_SPENDING_SPAN = timedelta(hours=6)
 
 
 class ConsumptionRecord(Protocol):
@@ -110,6 +120,10 @@ class CommandRequester(Protocol):
 class EngineSettings:
     policy: DisconnectPolicy
     thresholds_percent: tuple[Decimal, ...] = DEFAULT_THRESHOLDS_PERCENT
+    # Alert when the balance lasts this many days or fewer at the recent spending rate
+    # (consumption and fixed charges over ``spending_window``); empty: no such alerts.
+    thresholds_days_left: tuple[int, ...] = ()
+    spending_window: timedelta = timedelta(days=7)
     emergency_credit_minor: int = 0
     batch_size: int = 500
 
@@ -454,10 +468,45 @@ class BalanceEngine:
     def _announce_thresholds(
         self, session: Session, state: CentralAccountState, balance: int, now: datetime
     ) -> None:
-        sent = {Decimal(p) for p in state.alerts_sent or []}
+        sent_days = {
+            int(a.removeprefix(DAYS_PREFIX))
+            for a in state.alerts_sent or []
+            if a.startswith(DAYS_PREFIX)
+        }
+        sent = {Decimal(p) for p in state.alerts_sent or [] if not p.startswith(DAYS_PREFIX)}
         crossed = thresholds_crossed(
             balance, state.last_top_up_minor, sent, self._settings.thresholds_percent
         )
+        crossed_days: list[int] = []
+        if self._settings.thresholds_days_left:
+            spent, first = session.execute(
+                select(
+                    func.coalesce(func.sum(LedgerEntry.amount_minor), 0),
+                    func.min(LedgerEntry.created_at),
+                ).where(
+                    LedgerEntry.account_id == state.account_id,
+                    LedgerEntry.kind.in_(SPENDING_KINDS),
+                    LedgerEntry.created_at > now - self._settings.spending_window,
+                )
+            ).one()
+            # The rate over the time actually covered: a new account's first day is not
+            # spread over the whole window (that would promise too many days).
+            covered = (
+                max(now - first, MIN_SPENDING_SPAN) if first is not None else MIN_SPENDING_SPAN
+            )
+            estimate = days_left(balance, -int(spent or 0), covered)
+            crossed_days = days_left_crossed(
+                estimate, sent_days, self._settings.thresholds_days_left
+            )
+            for days in crossed_days:
+                _notify(
+                    session,
+                    state.account_id,
+                    f"low_balance_{days}_days",
+                    f"At your recent use your balance lasts about {estimate:.1f} days or "
+                    f"less ({days} days alert). Top up soon.",
+                    now,
+                )
         for percent in crossed:
             _notify(
                 session,
@@ -466,8 +515,11 @@ class BalanceEngine:
                 f"Your balance is at or below {percent}% of your last top-up.",
                 now,
             )
-        if crossed:
-            state.alerts_sent = sorted({str(p) for p in sent | set(crossed)})
+        if crossed or crossed_days:
+            state.alerts_sent = sorted(
+                {str(p) for p in sent | set(crossed)}
+                | {f"{DAYS_PREFIX}{d}" for d in sent_days | set(crossed_days)}
+            )
 
     # --- step 3: commands --------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from headend.models import PrepaidMode
 from tests.vending.factories import residential_stepped
 from tests.vending.world import VendingWorld, add_metered_customer, build_world, drn
 from vending.accounts import open_link, save_tariff
+from vending.balance.alerts import days_left, days_left_crossed
 from vending.balance.engine import (
     BalanceEngine,
     EngineSettings,
@@ -447,3 +448,43 @@ def test_a_payment_that_commits_after_a_later_one_is_still_taken_into_account(
         late = session.get_one(CentralAccountState, late_account)
     assert (early.last_top_up_minor, early.payments_taken_through) == (2_000, high + 100)
     assert (late.last_top_up_minor, late.payments_taken_through) == (3_000, high + 50)
+
+
+def test_a_days_left_alert_is_sent_once_when_recent_use_would_exhaust_the_balance_soon(
+    world: VendingWorld,
+) -> None:
+    account_id, meter_id = _central_customer(world, 14, "100.00")
+    stream, clock = Stream(), Clock(MORNING)
+    stream.add(meter_id, MORNING - timedelta(hours=1), "2.0")
+    engine = BalanceEngine(
+        world.session_factory,
+        source=stream,
+        commands=Commands(),
+        audit=world.audit,
+        settings=EngineSettings(policy=POLICY, thresholds_percent=(), thresholds_days_left=(7, 3)),
+        clock=clock,
+    )
+    engine.run_once()
+    spent = 10_000 - _balance(world, account_id)
+    # R100 less one charge, spent at that charge per 6 hours (the shortest span counted).
+    expected = days_left(_balance(world, account_id), spent, timedelta(hours=6))
+    assert expected is not None and 3 < expected <= 7
+    stream.add(meter_id, MORNING - timedelta(minutes=45), "0.1")
+    clock.now += timedelta(minutes=15)
+    engine.run_once()
+    with world.session_factory() as session:
+        sent = session.scalars(
+            select(Notification.kind).where(Notification.account_id == account_id)
+        ).all()
+    assert sent == ["low_balance_7_days"]
+
+
+def test_days_left_is_the_balance_over_the_recent_spending_rate() -> None:
+    assert days_left(10_000, 2_000, timedelta(days=1)) == 5
+    assert days_left(10_000, 2_000, timedelta(hours=12)) == Decimal("2.5")
+    assert days_left(-5, 2_000, timedelta(days=1)) == 0
+    assert days_left(10_000, 0, timedelta(days=1)) is None
+    assert days_left_crossed(Decimal("2.5"), {7}, (7, 3, 1)) == [3]
+    assert days_left_crossed(None, set(), (7,)) == []
+    with pytest.raises(ValueError, match="positive"):
+        days_left(1, 1, timedelta(0))
