@@ -21,12 +21,13 @@ import asyncio
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gridvend.broker import provide_broker
@@ -39,6 +40,7 @@ from gridvend.db import (
 from gridvend.demo_data import DEMO_TARIFF
 from gridvend.runtime import System
 from gridvend.settings import Settings
+from headend.commands.models import MeterCommand
 from headend.models import MeterLifecycle, PrepaidMode
 from headend.registry import MeterRegistration, register_meter
 from meter_sim.fleet import MqttFleet, describe_fleet
@@ -51,15 +53,16 @@ from vending.accounts import (
     open_account,
     save_tariff,
 )
-from vending.balance.engine import BalanceEngine, EngineSettings, balance_minor
+from vending.balance.engine import BalanceEngine, EngineSettings
 from vending.balance.policy import DisconnectPolicy
 from vending.counter import PaymentMethod, VendRequest, vend
 from vending.keystore import KeyEncryptionKey, KeyStore
-from vending.models import BalanceDecision
+from vending.models import BalanceDecision, LedgerEntry
 from vending.security_module import SoftwareSecurityModule
 
 START = datetime(2026, 11, 17, 7, 0, tzinfo=UTC)  # Tuesday 09:00 in Johannesburg
 ZONE = "Africa/Johannesburg"
+SPEED = 3600
 ALWAYS = DisconnectPolicy(
     timezone=ZONE,
     friendly_from=datetime.min.time(),
@@ -181,7 +184,10 @@ async def latency(url: str, meters: int, data_dir: Path) -> None:
     wall_start = datetime.now(UTC)
 
     def clock() -> datetime:
-        return START + (datetime.now(UTC) - wall_start) * 3600
+        return START + (datetime.now(UTC) - wall_start) * SPEED
+
+    def wall(simulated: datetime) -> datetime:
+        return wall_start + (simulated - START) / SPEED
 
     with provide_broker(None) as broker:
         settings = Settings(
@@ -200,57 +206,93 @@ async def latency(url: str, meters: int, data_dir: Path) -> None:
                 _customers, system.session_factory, configs, "0.50", system.security_module
             )
             reader = make_read_only_session_factory(system.engine)
-            exhausted: dict[int, float] = {}
-            confirmed: dict[int, float] = {}
             async with MqttFleet(
                 broker.host,
                 broker.port,
                 configs,
-                speed=3600,
+                speed=SPEED,
                 mqtt_v5=broker.supports_v5,
                 start=START,
             ):
                 deadline = time.perf_counter() + 120
-                while len(confirmed) < meters and time.perf_counter() < deadline:
-                    await asyncio.to_thread(_observe, reader, system, meters, exhausted, confirmed)
-                    await asyncio.sleep(0.02)
-    delays = sorted(confirmed[a] - exhausted[a] for a in confirmed if a in exhausted)
-    if not delays:
+                while time.perf_counter() < deadline:
+                    if await asyncio.to_thread(_confirmed_count, reader) >= meters:
+                        break
+                    await asyncio.sleep(0.1)
+            stages = await asyncio.to_thread(_stages, reader, wall)
+    if not stages:
         print("latency: no disconnect confirmed")
         return
-    p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
-    print(
-        f"exhausted -> relay open confirmed: {len(delays)} meters, "
-        f"p50 {statistics.median(delays) * 1000:,.0f} ms, p99 {p99 * 1000:,.0f} ms, "
-        f"max {delays[-1] * 1000:,.0f} ms"
-    )
+    print(f"exhausted -> relay open confirmed, {len(stages)} meters exhausting together:")
+    for name, index in (
+        ("exhausted -> command requested", 0),
+        ("requested -> sent to the meter", 1),
+        ("sent -> relay open confirmed by read-back", 2),
+        ("total", 3),
+    ):
+        values = sorted(stage[index] for stage in stages)
+        p99 = values[min(len(values) - 1, int(len(values) * 0.99))]
+        print(
+            f"  {name:44s} p50 {statistics.median(values) * 1000:8,.0f} ms"
+            f"  p99 {p99 * 1000:8,.0f} ms  max {values[-1] * 1000:8,.0f} ms"
+        )
 
 
-def _observe(
-    reader: sessionmaker[Session],
-    system: System,
-    accounts: int,
-    exhausted: dict[int, float],
-    confirmed: dict[int, float],
-) -> None:
-    now = time.perf_counter()
+def _confirmed_count(reader: sessionmaker[Session]) -> int:
     with reader() as session:
-        account_ids = range(1, accounts + 1)
-        for account_id in account_ids:
-            if account_id not in exhausted and balance_minor(session, account_id) <= 0:
-                exhausted[account_id] = now
-        pending = [
-            (d.account_id, d.command_id)
-            for d in session.scalars(
-                select(BalanceDecision).where(
-                    BalanceDecision.action == "disconnect", BalanceDecision.command_id.is_not(None)
+        return int(
+            session.scalar(
+                select(func.count())
+                .select_from(MeterCommand)
+                .where(MeterCommand.name == "disconnect", MeterCommand.state == "confirmed")
+            )
+            or 0
+        )
+
+
+def _stages(
+    reader: sessionmaker[Session], wall: Callable[[datetime], datetime]
+) -> list[tuple[float, float, float, float]]:
+    """Per disconnect, from the stored timestamps: the engine's clock (simulated) mapped
+    back to the wall clock, the command queue's (wall) as stored."""
+    out = []
+    with reader() as session:
+        rows = session.execute(
+            select(BalanceDecision, MeterCommand)
+            .join(MeterCommand, MeterCommand.id == BalanceDecision.command_id)
+            .where(BalanceDecision.action == "disconnect", MeterCommand.state == "confirmed")
+        ).all()
+        for decision, command in rows:
+            # The balance is exhausted by the ledger entry that took it to zero, booked in
+            # the decision's round.
+            exhausted = wall(_exhausted_at(session, decision.account_id) or decision.decided_at)
+            requested, sent, done = (
+                command.requested_at,
+                command.first_sent_at or command.requested_at,
+                command.finished_at or command.requested_at,
+            )
+            out.append(
+                (
+                    (requested - exhausted).total_seconds(),
+                    (sent - requested).total_seconds(),
+                    (done - sent).total_seconds(),
+                    (done - exhausted).total_seconds(),
                 )
             )
-            if d.account_id not in confirmed
-        ]
-    for account_id, command_id in pending:
-        if system.command_queue.status(command_id or 0).state.value == "confirmed":
-            confirmed[account_id] = now
+    return out
+
+
+def _exhausted_at(session: Session, account_id: int) -> datetime | None:
+    running = 0
+    for amount, created_at in session.execute(
+        select(LedgerEntry.amount_minor, LedgerEntry.created_at)
+        .where(LedgerEntry.account_id == account_id)
+        .order_by(LedgerEntry.id)
+    ):
+        running += amount
+        if running <= 0 and amount < 0:
+            return created_at
+    return None
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from headend.audit import AuditSink
-from headend.interface import find_meter
+from headend.interface import MeterSummary, find_meter
 from protocols.quantities import Quantity
 from vending import localtime
 from vending.accounts import load_tariff
@@ -133,6 +133,7 @@ class RoundReport:
     rated: int = 0
     held: int = 0
     skipped: int = 0
+    records: int = 0  # stream records read this round
     decisions: list[int] = field(default_factory=list)
     commands: list[int] = field(default_factory=list)
 
@@ -158,13 +159,18 @@ class BalanceEngine:
     async def run(self, interval_s: float = 1.0) -> None:
         """Run rounds until cancelled; a failing round is logged and retried."""
         while True:
+            behind = False
             try:
                 report = await asyncio.to_thread(self.run_once)
                 if report.rated or report.decisions:
                     log.info("balance round: %s", report)
+                # A full batch means more is waiting: go on at once, so a backlog (after a
+                # restart, or a burst) does not hold the decisions behind it back.
+                behind = report.records >= self._settings.batch_size
             except Exception:
                 log.exception("balance engine round failed; retrying")
-            await asyncio.sleep(interval_s)
+            if not behind:
+                await asyncio.sleep(interval_s)
 
     def run_once(self) -> RoundReport:
         report = RoundReport()
@@ -188,17 +194,24 @@ class BalanceEngine:
         cursor = _cursor(session, CONSUMPTION_CURSOR)
         records = self._source(session, cursor.position, self._settings.batch_size)
         touched: set[int] = set()
+        known = _RoundLookups(session, records)
+        report.records = len(records)
         for record in records:
-            account_id = self._rate_one(session, record, report, now)
+            account_id = self._rate_one(session, record, report, now, known)
             if account_id is not None:
                 touched.add(account_id)
             cursor.position = record.offset
         return touched
 
     def _rate_one(
-        self, session: Session, record: ConsumptionRecord, report: RoundReport, now: datetime
+        self,
+        session: Session,
+        record: ConsumptionRecord,
+        report: RoundReport,
+        now: datetime,
+        known: _RoundLookups,
     ) -> int | None:
-        meter = find_meter(session, meter_id=record.meter_id)
+        meter = known.meter(record.meter_id)
         if meter is None:
             self._hold(session, record, report, now, "meter not in the registry")
             return None
@@ -207,19 +220,19 @@ class BalanceEngine:
             # published too, but only imported energy is sold.
             report.skipped += 1
             return None
-        link = _link_at(session, record.meter_id, record.t_start)
+        link = known.link_at(record.meter_id, record.t_start)
         if link is None:
             self._hold(session, record, report, now, "meter not on any account then")
             return None
         if record.quality == "flagged":
             self._hold(session, record, report, now, f"flagged reading: {record.reason}")
-            return self._reverse_rated(session, record, now)
+            return self._reverse_rated(session, record, now, known)
         if record.energy_kwh < 0:
             self._hold(session, record, report, now, "negative consumption")
-            return self._reverse_rated(session, record, now)
-        account = session.get_one(Account, link.account_id)
+            return self._reverse_rated(session, record, now, known)
+        account = known.account(link.account_id)
         try:
-            tariff = load_tariff(session, account.tariff_code)
+            tariff = known.tariff(account.tariff_code)
             charged = rate_interval(
                 tariff,
                 record.t_start,
@@ -234,7 +247,7 @@ class BalanceEngine:
             self._hold(session, record, report, now, f"cannot rate: {exc}")
             return None
         charge = charged.total.minor
-        rated = _rated(session, record)
+        rated = known.rated(record)
         if rated is None:
             rated = RatedInterval(
                 account_id=account.id,
@@ -249,6 +262,7 @@ class BalanceEngine:
             )
             session.add(rated)
             session.flush()
+            known.remember(rated)
             _book(
                 session,
                 account.id,
@@ -275,12 +289,12 @@ class BalanceEngine:
         return account.id
 
     def _reverse_rated(
-        self, session: Session, record: ConsumptionRecord, now: datetime
+        self, session: Session, record: ConsumptionRecord, now: datetime, known: _RoundLookups
     ) -> int | None:
         """A held correction of an interval charged before: give the charge back, so the
         customer never pays for consumption an operator has not confirmed. Returns the
         account whose balance changed, or None."""
-        rated = _rated(session, record)
+        rated = known.rated(record)
         if rated is None or (rated.charge_minor == 0 and rated.energy_kwh == 0):
             return None
         _book(
@@ -663,24 +677,64 @@ def _state(session: Session, account_id: int) -> CentralAccountState:
     return state
 
 
-def _rated(session: Session, record: ConsumptionRecord) -> RatedInterval | None:
-    return session.scalar(
-        select(RatedInterval).where(
-            RatedInterval.meter_id == record.meter_id,
-            RatedInterval.quantity == record.quantity,
-            RatedInterval.t_start == record.t_start,
-        )
-    )
+class _RoundLookups:
+    """What rating one round's records looks up, read once per round in bulk and held.
 
+    Meters, their account links, the rated intervals of the round's keys, accounts and
+    tariffs; everything rated in the round is added as it is booked, so a record that
+    corrects an earlier one of the same round finds it.
+    """
 
-def _link_at(session: Session, meter_id: int, at: datetime) -> AccountMeter | None:
-    return session.scalar(
-        select(AccountMeter).where(
-            AccountMeter.meter_id == meter_id,
-            AccountMeter.linked_at <= at,
-            (AccountMeter.unlinked_at.is_(None)) | (AccountMeter.unlinked_at > at),
-        )
-    )
+    def __init__(self, session: Session, records: Sequence[ConsumptionRecord]) -> None:
+        self._session = session
+        meter_ids = {r.meter_id for r in records}
+        self._meters: dict[int, MeterSummary | None] = {}
+        self._links: dict[int, list[AccountMeter]] = {m: [] for m in meter_ids}
+        self._accounts: dict[int, Account] = {}
+        self._tariffs: dict[str, Tariff] = {}
+        self._rated: dict[tuple[int, str, datetime], RatedInterval] = {}
+        if not records:
+            return
+        for link in session.scalars(
+            select(AccountMeter).where(AccountMeter.meter_id.in_(meter_ids))
+        ):
+            self._links[link.meter_id].append(link)
+        starts = {r.t_start for r in records}
+        for rated in session.scalars(
+            select(RatedInterval).where(
+                RatedInterval.meter_id.in_(meter_ids),
+                RatedInterval.t_start >= min(starts),
+                RatedInterval.t_start <= max(starts),
+            )
+        ):
+            self.remember(rated)
+
+    def meter(self, meter_id: int) -> MeterSummary | None:
+        if meter_id not in self._meters:
+            self._meters[meter_id] = find_meter(self._session, meter_id=meter_id)
+        return self._meters[meter_id]
+
+    def link_at(self, meter_id: int, at: datetime) -> AccountMeter | None:
+        for link in self._links.get(meter_id, ()):
+            if link.linked_at <= at and (link.unlinked_at is None or link.unlinked_at > at):
+                return link
+        return None
+
+    def account(self, account_id: int) -> Account:
+        if account_id not in self._accounts:
+            self._accounts[account_id] = self._session.get_one(Account, account_id)
+        return self._accounts[account_id]
+
+    def tariff(self, code: str) -> Tariff:
+        if code not in self._tariffs:
+            self._tariffs[code] = load_tariff(self._session, code)
+        return self._tariffs[code]
+
+    def rated(self, record: ConsumptionRecord) -> RatedInterval | None:
+        return self._rated.get((record.meter_id, record.quantity, record.t_start))
+
+    def remember(self, rated: RatedInterval) -> None:
+        self._rated[(rated.meter_id, rated.quantity, rated.t_start)] = rated
 
 
 def _open_meter(session: Session, account_id: int) -> int | None:

@@ -488,3 +488,25 @@ def test_days_left_is_the_balance_over_the_recent_spending_rate() -> None:
     assert days_left_crossed(None, set(), (7,)) == []
     with pytest.raises(ValueError, match="positive"):
         days_left(1, 1, timedelta(0))
+
+
+def test_a_correction_in_the_same_round_as_its_interval_books_only_the_difference(
+    world: VendingWorld,
+) -> None:
+    account_id, meter_id = _central_customer(world, 15, "100.00")
+    stream = Stream()
+    stream.add(meter_id, MORNING - timedelta(hours=1), "1.0")
+    stream.add(meter_id, MORNING - timedelta(hours=1), "2.0")
+    assert _engine(world, stream, Commands(), Clock(MORNING)).run_once().rated == 2
+    with world.session_factory() as session:
+        entries = session.scalars(
+            select(LedgerEntry.kind)
+            .where(LedgerEntry.account_id == account_id)
+            .order_by(LedgerEntry.id)
+        ).all()
+    assert entries == ["payment", "consumption", "adjustment"]
+    charged_in_one_round = 10_000 - _balance(world, account_id)
+    other_account, other_meter = _central_customer(world, 16, "100.00")
+    stream.add(other_meter, MORNING - timedelta(hours=1), "2.0")  # rated once, directly
+    _engine(world, stream, Commands(), Clock(MORNING)).run_once()
+    assert 10_000 - _balance(world, other_account) == charged_in_one_round
