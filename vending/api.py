@@ -464,6 +464,7 @@ def counter_vend(
     inside the transaction. VendingError as ``vending.counter.vend``
     plus ``no_open_shift``; nothing is stored when it is raised. The flag is False
     when the answer is a vend an earlier request with this reference made.
+    ``key_change_acknowledged``: hand out the meter's pending key change with this vend.
     """
     bind = session_factory.kw.get("bind")
     if bind is None or bind.dialect.name == "sqlite":
@@ -1007,7 +1008,8 @@ def make_router(
         account: Annotated[str | None, Query(min_length=1, max_length=20)] = None,
     ) -> dict[str, Any]:
         """Who and what a vend would be for: one quote per meter (an account may have
-        several), each with the customer, tariff, arrears and minimum/maximum amount."""
+        several), each with the customer, tariff, arrears, minimum/maximum amount and the
+        meter's pending key change (without its tokens)."""
         with reading() as session:
             now = clock()
             quotes = [

@@ -127,6 +127,10 @@ def vend(
 ) -> Vend:
     """Sell ``request.amount`` of credit for a meter; see the module docstring.
 
+    A token meter with a pending key change answers VendingError key_change_required
+    (with its tokens) unless ``request.key_change_acknowledged``; then the vend completes
+    the key change and its breakdown carries ``key_change_tokens`` (vending.key_changes).
+
     ``locked``: the meter and account :func:`lock_for_vend` returned for
     ``request.meter_number`` earlier in this transaction (a caller that needs the account
     before the vend, e.g. for a reversal snapshot), so they are not looked up again.
