@@ -313,3 +313,28 @@ def test_a_technician_reports_the_tokens_entered_and_vends_use_the_new_key(world
     vend = world.vend("50.00")
     assert vend.status_code == 201 and vend.json()["key_change_tokens"] == []
     assert simulated_meter(world, new).enter_token(vend.json()["token"], NOW).accepted
+
+
+def test_moving_a_meter_to_a_new_tariff_index_needs_no_new_vending_key(world: World) -> None:
+    meter = simulated_meter(world, world.config)
+    change = request_change(world, tariff_index="02", reason="moved to the business tariff")
+    assert change.status_code == 201, change.text
+    vend = world.vend("80.00", key_change_acknowledged=True).json()
+    for token in vend["key_change_tokens"]:
+        assert meter.enter_token(token, NOW).accepted
+    assert meter.enter_token(vend["token"], NOW).status is TokenStatus.ACCEPT
+    assert registry_key(world) == (world.config.supply_group_code, "02", 1)
+
+
+def test_a_technician_prints_the_tokens_in_entry_order(world: World) -> None:
+    revision_2(world)
+    change = request_change(world, key_revision=2).json()
+    printed = world.client.post(
+        f"/api/vending/key-changes/{change['id']}/print",
+        params={"format": "text"},
+        headers=world.as_("technician"),
+    )
+    assert printed.status_code == 200
+    first, second = change["tokens_grouped"]
+    assert f"1. {first}" in printed.text and f"2. {second}" in printed.text
+    assert printed.text.index(first) < printed.text.index(second)
