@@ -89,6 +89,7 @@ def _set_up(url: str, kek: KeyEncryptionKey, meters: int) -> tuple[list[str], st
         security_module=SoftwareSecurityModule(store, make_read_only_session_factory(engine)),
         audit=AuditLog(),
         tariff_code=tariff.code,
+        keystore=store,
     )
     numbers = [add_metered_customer(world, serial) for serial in range(meters)]
     engine.dispose()

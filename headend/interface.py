@@ -27,6 +27,7 @@ __all__ = [
     "find_meter",
     "latest_consumption",
     "load_offset",
+    "move_meter_key",
     "normalise_meter_number",
     "read_consumption",
     "summarise_meter",
@@ -83,6 +84,34 @@ def summarise_meter(meter: Meter) -> MeterSummary:
         tariff_index=meter.tariff_index,
         key_revision=meter.key_revision,
     )
+
+
+def move_meter_key(
+    session: Session,
+    meter_id: int,
+    *,
+    supply_group_code: str,
+    tariff_index: str,
+    key_revision: int,
+    base_date: int,
+    key_expiry_number: int,
+) -> MeterSummary:
+    """Record that the meter now holds the decoder key named by these fields (its key
+    change tokens were handed out or entered); returns the updated summary.
+
+    The caller has checked the values (a key it issued key change tokens for) and is
+    responsible for auditing the act. Raises LookupError for an unknown meter.
+    """
+    meter = session.get(Meter, meter_id, with_for_update=True)
+    if meter is None:
+        raise LookupError(f"no meter {meter_id}")
+    meter.supply_group_code = supply_group_code
+    meter.tariff_index = tariff_index
+    meter.key_revision = key_revision
+    meter.base_date = base_date
+    meter.key_expiry_number = key_expiry_number
+    session.flush()
+    return summarise_meter(meter)
 
 
 def token_accepted(session: Session, meter_id: int, tid: int) -> bool:

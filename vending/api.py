@@ -50,6 +50,7 @@ from vending.counter import (
 )
 from vending.errors import VendingError
 from vending.grading import GradingError, GradingPolicy, PaymentRecord, grade_customer
+from vending.key_change_views import pending_key_change_json
 from vending.keystore import KeyStoreError
 from vending.models import (
     Account,
@@ -107,6 +108,7 @@ _NOT_FOUND = {
     "vend_not_found",
     "vending_point_not_found",
     "shift_not_found",
+    "key_change_not_found",
 }
 _UNPROCESSABLE = {
     "invalid_request",
@@ -123,6 +125,13 @@ _UNPROCESSABLE = {
     "pricing_refused",
     "reason_required",
     "meter_or_account_required",
+    "invalid_key_change",
+    "no_key_change",
+    "key_revision_required",
+    "target_key_not_found",
+    "target_key_retired",
+    "base_date_mismatch",
+    "key_change_refused",
 }
 _FORBIDDEN = {"not_your_shift"}
 _UNAVAILABLE = {"database_busy"}
@@ -146,7 +155,10 @@ def http_status(code: str) -> int:
 def _http(exc: VendingError) -> HTTPException:
     detail: dict[str, Any] = {"code": exc.code, "message": str(exc)}
     if exc.detail:
-        detail["detail"] = {k: str(v) for k, v in exc.detail.items()}
+        # Lists (a key change's tokens) stay lists; everything else is shown as text.
+        detail["detail"] = {
+            k: [str(i) for i in v] if isinstance(v, list) else str(v) for k, v in exc.detail.items()
+        }
     return HTTPException(http_status(exc.code), detail=detail)
 
 
@@ -216,6 +228,12 @@ class VendBody(_Body):
             "reference answers the vend already made instead of making a second.",
         ),
     ]
+    key_change_acknowledged: bool = Field(
+        default=False,
+        description="The meter has a pending key change and the customer gets its tokens "
+        "with this vend (printed before the credit token); without it such a vend is "
+        "refused with key_change_required.",
+    )
 
 
 class ReversalBody(_Body):
@@ -321,6 +339,7 @@ def _receipt_json(r: Receipt) -> dict[str, Any]:
         "copy_number": r.copy_number,
         "reversed": r.reversed,
         "token": r.token_grouped,
+        "key_change_tokens": list(r.key_change_tokens),
         "text": render_text(r),
     }
 
@@ -339,6 +358,7 @@ def _vend_json(record: Vend, receipt: Receipt) -> dict[str, Any]:
         "units_kwh": str(record.units_kwh.quantize(Decimal("0.1"))),
         "token": None if voided else record.token_digits,
         "token_grouped": receipt.token_grouped,
+        "key_change_tokens": list(record.breakdown.get("key_change_tokens", [])),
         "tid": record.tid,
         "breakdown": record.breakdown,
         "created_at": record.created_at.isoformat(),
@@ -436,6 +456,7 @@ def counter_vend(
     clock: Callable[[], datetime],
     limits: VendLimits,
     utility_name: str = "gridvend utility",
+    key_change_acknowledged: bool = False,
 ) -> CounterSale:
     """Sell credit at the counter: the clerk's open shift, the vend, and the snapshot a
     reversal needs, in one transaction. ``clerk_key`` scopes ``reference`` to the clerk
@@ -443,6 +464,7 @@ def counter_vend(
     inside the transaction. VendingError as ``vending.counter.vend``
     plus ``no_open_shift``; nothing is stored when it is raised. The flag is False
     when the answer is a vend an earlier request with this reference made.
+    ``key_change_acknowledged``: hand out the meter's pending key change with this vend.
     """
     bind = session_factory.kw.get("bind")
     if bind is None or bind.dialect.name == "sqlite":
@@ -475,6 +497,7 @@ def counter_vend(
                 reference=scoped,
                 operator=clerk,
                 shift_id=shift.id,
+                key_change_acknowledged=key_change_acknowledged,
             ),
             security_module=security_module,
             audit=audit,
@@ -985,13 +1008,21 @@ def make_router(
         account: Annotated[str | None, Query(min_length=1, max_length=20)] = None,
     ) -> dict[str, Any]:
         """Who and what a vend would be for: one quote per meter (an account may have
-        several), each with the customer, tariff, arrears and minimum/maximum amount."""
+        several), each with the customer, tariff, arrears, minimum/maximum amount and the
+        meter's pending key change (without its tokens)."""
         with reading() as session:
             now = clock()
+            quotes = [
+                lookup(session, number, now, limits)
+                for number in meters_to_quote(session, meter, account)
+            ]
             return {
                 "quotes": [
-                    _quote_json(lookup(session, number, now, limits))
-                    for number in meters_to_quote(session, meter, account)
+                    {
+                        **_quote_json(quote),
+                        "key_change": pending_key_change_json(session, quote.meter.id),
+                    }
+                    for quote in quotes
                 ]
             }
 
@@ -1024,6 +1055,7 @@ def make_router(
                 clock=clock,
                 limits=limits,
                 utility_name=config.utility_name,
+                key_change_acknowledged=request.key_change_acknowledged,
             )
         except VendingError as exc:
             raise _http(exc) from None

@@ -25,6 +25,7 @@ from protocols.sts import CreditType, StsError, next_tid
 from vending.accounts import load_tariff, pricing_state, store_pricing_state
 from vending.debt import recover_from_purchase
 from vending.errors import VendingError
+from vending.key_changes import hand_out_with_vend
 from vending.keystore import KeyStoreError
 from vending.models import (
     Account,
@@ -75,6 +76,9 @@ class VendRequest:
     operator: str
     shift_id: int | None = None
     vending_point_id: int | None = None
+    # The seller has handed out (will print) a pending key change's tokens: see
+    # vending.key_changes. Without it a vend to such a meter is refused.
+    key_change_acknowledged: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +127,10 @@ def vend(
 ) -> Vend:
     """Sell ``request.amount`` of credit for a meter; see the module docstring.
 
+    A token meter with a pending key change answers VendingError key_change_required
+    (with its tokens) unless ``request.key_change_acknowledged``; then the vend completes
+    the key change and its breakdown carries ``key_change_tokens`` (vending.key_changes).
+
     ``locked``: the meter and account :func:`lock_for_vend` returned for
     ``request.meter_number`` earlier in this transaction (a caller that needs the account
     before the vend, e.g. for a reversal snapshot), so they are not looked up again.
@@ -144,7 +152,20 @@ def vend(
     if meter.prepaid_mode == "central":
         sale = _central_top_up(tendered, state)
     else:
+        meter, key_change_tokens = hand_out_with_vend(
+            session,
+            meter,
+            acknowledged=request.key_change_acknowledged,
+            operator=request.operator,
+            channel=request.channel,
+            reference=request.reference,
+            audit=audit,
+            now=now,
+        )
         sale = _token_sale(session, meter, tariff, tendered, state, security_module, now)
+        if key_change_tokens:
+            # Printed before the credit token, which is made under the new key.
+            sale = replace(sale, document={**sale.document, "key_change_tokens": key_change_tokens})
     token = sale.token
     record = Vend(
         receipt_number=f"pending-{request.channel}-{request.reference}"[:32],

@@ -2,8 +2,10 @@
 
 A receipt shows the utility, vending point, clerk, receipt number, the date in the
 utility's local time, the meter, the customer, every breakdown line, the units and the
-token in groups of four digits. A reprint is marked COPY (with its copy number); a
-reversed vend is marked REVERSED and its token is not shown.
+token in groups of four digits, after the key change tokens when the vend handed out a
+key change (vending.key_changes: they must be entered first). A reprint is marked COPY
+(with its copy number); a reversed vend is marked REVERSED and its token is not shown
+(its key change tokens still are: the key change stands).
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class Receipt:
     payment_method: str
     copy_number: int = 0
     reversed: bool = False
+    # Grouped, in entry order; shown even on a reversed vend: the key change stands.
+    key_change_tokens: tuple[str, ...] = ()
 
     @property
     def is_copy(self) -> bool:
@@ -96,6 +100,7 @@ def build_receipt(session: Session, vend: Vend, *, utility: str, copy_number: in
         payment_method=vend.payment_method,
         copy_number=copy_number,
         reversed=reversed_,
+        key_change_tokens=tuple(group_digits(t) for t in breakdown.get("key_change_tokens", ())),
     )
 
 
@@ -146,6 +151,14 @@ def render_text(receipt: Receipt) -> str:
         "-" * WIDTH,
         _row("Units", f"{receipt.units_kwh} kWh"),
     ]
+    if receipt.key_change_tokens:
+        out += [
+            "KEY CHANGE - ENTER THESE FIRST".center(WIDTH).rstrip(),
+            *(
+                f"{index}. {token}".center(WIDTH).rstrip()
+                for index, token in enumerate(receipt.key_change_tokens, start=1)
+            ),
+        ]
     if receipt.token_grouped is not None:
         out += ["TOKEN".center(WIDTH).rstrip(), receipt.token_grouped.center(WIDTH).rstrip()]
     out.append("-" * WIDTH)
@@ -189,6 +202,11 @@ td.n { text-align: right; }
 <tr><td>Change carried to next purchase</td><td class="n">{{ r.change_carried }}</td></tr>
 <tr><td><b>Units</b></td><td class="n"><b>{{ r.units_kwh }} kWh</b></td></tr>
 </table>
+{% if r.key_change_tokens %}<hr><p style="text-align:center">KEY CHANGE - ENTER THESE FIRST</p>
+<ol class="kct">
+{% for token in r.key_change_tokens %}<li class="token">{{ token }}</li>
+{% endfor %}
+</ol>{% endif %}
 {% if r.token_grouped %}<hr><p style="text-align:center">TOKEN</p>
 <p class="token">{{ r.token_grouped }}</p>{% endif %}
 </body></html>

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gridvend.audit import AuditEntry, AuditLog
 from gridvend.auth import AccessToken, Auth, User
 from gridvend.auth import make_router as make_auth_router
+from gridvend.db import make_read_only_session_factory
 from headend.models import MeterLifecycle, PrepaidMode
 from headend.registry import MeterRegistration, register_meter
 from meter_sim.fleet import sts_meter_pan
@@ -42,6 +43,7 @@ from tests.conftest import TEST_PASSWORD
 from tests.vending.factories import residential_stepped
 from vending.api import CounterConfig, install_error_handler, make_router
 from vending.counter import VendLimits
+from vending.key_change_api import make_key_change_router
 from vending.keystore import KeyEncryptionKey, KeyStore
 from vending.models import (
     Account,
@@ -131,6 +133,7 @@ class World:
     clock: Clock
     security_module: SoftwareSecurityModule
     config: KeyConfig
+    keystore: KeyStore
     headers: dict[str, dict[str, str]] = field(default_factory=dict)
     meters: list[str] = field(default_factory=list)
     account_number: str = ""
@@ -175,11 +178,11 @@ class World:
                     meter_number=pan,
                     prepaid_mode=mode,
                     lifecycle=MeterLifecycle.INSTALLED,
-                    supply_group_code=SGC,
-                    tariff_index="01",
-                    key_revision=1,
+                    supply_group_code=self.config.supply_group_code,
+                    tariff_index=self.config.tariff_index,
+                    key_revision=self.config.key_revision,
                     key_type=2,
-                    base_date=2014,
+                    base_date=int(self.config.base_date),
                     encryption_algorithm="EA07",
                     dkga="DKGA02",
                 ),
@@ -246,6 +249,15 @@ def build_app(
             token_acceptance=token_acceptance,
         )
     )
+    app.include_router(
+        make_key_change_router(
+            session_factory,
+            require=auth.require,
+            security_module=security_module,
+            audit=AuditLog(),
+            clock=clock,
+        )
+    )
     return app
 
 
@@ -258,16 +270,22 @@ def make_world(
     open_shift: bool = True,
     mode: PrepaidMode = PrepaidMode.TOKEN,
     token_acceptance: AcceptanceCheck | None = None,
+    config: KeyConfig | None = None,
 ) -> Iterator[World]:
     kek = KeyEncryptionKey.generate()
-    config = key_config()
+    config = config or key_config()
+    keystore = KeyStore(kek)
     with session_factory() as session, session.begin():
-        KeyStore(kek).add_key(session, config)
-    module = SoftwareSecurityModule(KeyStore(kek), session_factory)
+        keystore.add_key(session, config)
+    # Read-only key sessions, as gridvend.runtime gives the module: a key change asks
+    # for keys in the middle of its transaction.
+    module = SoftwareSecurityModule(
+        keystore, make_read_only_session_factory(session_factory.kw["bind"])
+    )
     clock = Clock()
     app = build_app(session_factory, module, clock, token_acceptance=token_acceptance)
     with TestClient(app) as client:
-        world = World(session_factory, client, clock, module, config)
+        world = World(session_factory, client, clock, module, config, keystore)
         for role in ("admin", "supervisor", "clerk", "technician"):
             world.headers[role] = quick_bearer_headers(session_factory, role)
         world.add_meter(1, mode=mode)

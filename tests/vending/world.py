@@ -41,6 +41,7 @@ class VendingWorld:
     security_module: SoftwareSecurityModule
     audit: AuditLog
     tariff_code: str
+    keystore: KeyStore
 
     def meter_pan(self, meter_number: str) -> MeterPan:
         return parse_meter_number(meter_number)
@@ -72,6 +73,7 @@ def build_world(session_factory: sessionmaker[Session]) -> VendingWorld:
         ),
         audit=AuditLog(),
         tariff_code=tariff.code,
+        keystore=store,
     )
 
 

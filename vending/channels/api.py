@@ -286,6 +286,7 @@ def make_router(
                     currency=body.currency,
                     meter_number=body.meter_number,
                     account_number=body.account_number,
+                    key_change_acknowledged=body.key_change_acknowledged,
                 ),
                 security_module=security_module,
                 audit=audit,

@@ -53,6 +53,11 @@ class LookupAnswer(BaseModel):
     minimum_amount: str
     maximum_amount: str
     arrears: str
+    key_change_pending: bool = Field(
+        default=False,
+        description="A purchase must acknowledge the meter's pending key change "
+        "(key_change_acknowledged) and print its tokens before the credit token.",
+    )
 
 
 class PurchaseRequest(BaseModel):
@@ -75,6 +80,12 @@ class PurchaseRequest(BaseModel):
     currency: str = Field(pattern=r"^[A-Z]{3}$")
     meter_number: str | None = Field(default=None, max_length=20)
     account_number: str | None = Field(default=None, max_length=20)
+    key_change_acknowledged: bool = Field(
+        default=False,
+        description="The meter has a pending key change (a purchase was refused with "
+        "key_change_required) and the customer's receipt will show its tokens before the "
+        "credit token: the purchase then completes the key change.",
+    )
 
 
 class Receipt(BaseModel):

@@ -37,6 +37,7 @@ from vending.channels.models import Channel, ChannelAdvice, ChannelNonce, Channe
 from vending.channels.signing import WINDOW_S, SignatureError, SignedHeaders, verify
 from vending.counter import PaymentMethod, VendLimits, VendRequest, lookup, vend
 from vending.errors import VendingError
+from vending.key_changes import pending_key_change
 from vending.keystore import KeyEncryptionKey, KeyStoreError
 from vending.models import Account, AccountMeter, Customer, LedgerEntry, Vend
 from vending.money import Currency, Money, MoneyError
@@ -370,6 +371,7 @@ def lookup_customer(
         "minimum_amount": str(Money(minimum, currency).to_decimal()),
         "maximum_amount": str(Money(channel.max_amount_minor, currency).to_decimal()),
         "arrears": str(quote.debt.to_decimal()),
+        "key_change_pending": pending_key_change(session, quote.meter.id) is not None,
     }
 
 
@@ -385,6 +387,7 @@ class PurchaseOrder:
     currency: str
     meter_number: str | None = None
     account_number: str | None = None
+    key_change_acknowledged: bool = False
 
     def content_sha256(self) -> str:
         """The identity of the request's content: the same for the same order, whatever
@@ -393,12 +396,15 @@ class PurchaseOrder:
             amount = str(Decimal(self.amount).normalize())
         except ArithmeticError:
             amount = self.amount
-        content = {
+        content: dict[str, object] = {
             "amount": amount,
             "currency": self.currency,
             "meter_number": self.meter_number,
             "account_number": self.account_number,
         }
+        if self.key_change_acknowledged:
+            # Only when set, so orders stored before the field existed keep their identity.
+            content["key_change_acknowledged"] = True
         return hashlib.sha256(canonical_json(content)).hexdigest()
 
 
@@ -485,6 +491,7 @@ def purchase(
                 channel=vend_channel_name(channel),
                 reference=order.reference,
                 operator=f"channel:{channel.code}",
+                key_change_acknowledged=order.key_change_acknowledged,
             ),
             security_module=security_module,
             audit=audit,
