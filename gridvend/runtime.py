@@ -32,6 +32,7 @@ from gridvend.db import (
 from gridvend.settings import Settings
 from headend.commands import CommandQueue
 from headend.commands.dispatcher import CommandDispatcher
+from headend.commands.modbus_worker import ModbusCommandWorker
 from headend.connectors.modbus import REGISTRY_FIELDS, ModbusPoller, targets_from_registry
 from headend.connectors.mqtt import MqttIngestWorker
 from headend.ingest import Ingestor
@@ -110,13 +111,17 @@ class System:
             instance=instance,
             mqtt_v5=broker.supports_v5,
         )
-        self.command_queue.set_notify(self.command_dispatcher.wake)
         self.poller = ModbusPoller(
             self.session_factory,
             self.ingestor,
             [],
             worker_id=f"{instance}-{socket.gethostname()}-{os.getpid()}",
         )
+        # Modbus meters' commands go through the poller, which owns their lines.
+        self.modbus_commands = ModbusCommandWorker(
+            self.command_queue, self.poller, instance=instance
+        )
+        self.command_queue.set_notify(self._wake_command_workers)
         self._poller_stop = asyncio.Event()
         self.balance_engine = BalanceEngine(
             self.session_factory,
@@ -163,6 +168,7 @@ class System:
         await asyncio.to_thread(upgrade, self.engine)
         self._start("mqtt-ingest", self.ingest_worker.run())
         self._start("commands", self.command_dispatcher.run())
+        self._start("modbus-commands", self.modbus_commands.run())
         self._start("modbus-targets", self._refresh_poll_targets())
         self._start("modbus-poll", self.poller.run(self._poller_stop))
         self._start("balance", self.balance_engine.run(interval_s=BALANCE_ROUND_S))
@@ -178,6 +184,10 @@ class System:
             await self.__aexit__(None, None, None)
             raise
         return self
+
+    def _wake_command_workers(self) -> None:
+        self.command_dispatcher.wake()
+        self.modbus_commands.wake()
 
     def _start(self, name: str, work: Coroutine[Any, Any, None]) -> None:
         self._tasks[name] = asyncio.create_task(work, name=name)

@@ -34,6 +34,7 @@ from protocols.modbus import (
     get_profile,
     meter_time,
     plan_reads,
+    power_limit_write,
     relay_write,
     token_write,
 )
@@ -42,6 +43,10 @@ from protocols.quantities import Quantity
 
 class MeterLinkError(Exception):
     """The meter did not answer, or answered with an error; the message says which."""
+
+
+class MeterRefused(MeterLinkError):
+    """The meter answered with a Modbus exception: it heard the request and said no."""
 
 
 class NotSupported(MeterLinkError):
@@ -150,7 +155,7 @@ class ModbusMeterLink:
             raise MeterLinkError(f"no answer from unit {unit}: {exc}") from None
         if reply.isError():
             code = getattr(reply, "exception_code", "?")
-            raise MeterLinkError(
+            raise MeterRefused(
                 f"unit {unit} answered FC{request.function_code} at {request.address} "
                 f"with Modbus exception {code}"
             )
@@ -169,7 +174,7 @@ class ModbusMeterLink:
             raise MeterLinkError(f"no answer from unit {unit}: {exc}") from None
         if reply.isError():
             code = getattr(reply, "exception_code", "?")
-            raise MeterLinkError(
+            raise MeterRefused(
                 f"unit {unit} refused FC{request.function_code} at {request.address} "
                 f"with Modbus exception {code}"
             )
@@ -228,6 +233,23 @@ class ModbusMeterLink:
                 values = await self._points([point])
                 return bool(values[point])
         raise NotSupported(f"profile {self._profile.name} has no relay state")
+
+    async def set_power_limit(self, watts: int) -> None:
+        """Limit the supply to ``watts`` (0 removes the limit)."""
+        try:
+            request = power_limit_write(self._profile, Decimal(watts))
+        except ProfileError:
+            raise NotSupported(f"profile {self._profile.name} has no power limit") from None
+        except CodecError as exc:
+            raise MeterLinkError(str(exc)) from None
+        await self._write(request)
+
+    async def read_power_limit(self) -> int | None:
+        """The power limit in W, None when there is none (or the meter has no limit)."""
+        if self._profile.find(Prepaid.POWER_LIMIT_W) is None:
+            return None
+        value = (await self._points([Prepaid.POWER_LIMIT_W]))[Prepaid.POWER_LIMIT_W]
+        return int(value) or None
 
     async def read_clock(self) -> datetime:
         if self._profile.find(Prepaid.METER_TIME) is None:

@@ -72,6 +72,10 @@ MAX_REASON_CHARS = 1000
 REJECT_SOURCE = "mqtt"
 
 
+COMMANDABLE_PROTOCOLS = frozenset(p.value for p in MeterProtocol)
+MODBUS_PROTOCOLS = (MeterProtocol.MODBUS_TCP, MeterProtocol.MODBUS_RTU)
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -108,10 +112,11 @@ class CommandStatus:
 
 @dataclass(frozen=True, slots=True)
 class Outbound:
-    """A message the dispatcher must publish to the meter with transport id ``comm_id``."""
+    """A message to send to meter ``meter_id`` (transport id ``comm_id``)."""
 
     comm_id: str
     message: machine.WireMessage
+    meter_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,17 +287,25 @@ class CommandQueue:
 
     # --- used by the dispatcher ------------------------------------------------------
 
-    def claim_due(self, *, instance: str, limit: int = 100) -> list[Outbound]:
-        """Act on up to ``limit`` meter heads whose time has come; return what to publish.
+    def claim_due(
+        self,
+        *,
+        instance: str,
+        limit: int = 100,
+        protocols: Collection[MeterProtocol] = (MeterProtocol.MQTT,),
+    ) -> list[Outbound]:
+        """Act on up to ``limit`` meter heads whose time has come; return what to send.
 
-        The returned messages are already recorded as sent (committed) under ``instance``.
+        Only meters reached over ``protocols`` are looked at: the MQTT dispatcher and the
+        Modbus command worker each carry their own meters' messages. The returned
+        messages are already recorded as sent (committed) under ``instance``.
         """
         now = self._clock()
         try:
             with self._session_factory() as session, session.begin():
                 _take_write_lock(session)
                 self._expire_waiting(session, now, limit)
-                rows = session.execute(_due_heads(now, limit)).all()
+                rows = session.execute(_due_heads(now, limit, protocols)).all()
                 if not rows:
                     return []
                 known = _known_states(session, [command.meter_id for command, _ in rows])
@@ -307,7 +320,7 @@ class CommandQueue:
                     )
                     if message is not None:
                         command.sent_by = instance
-                        outbound.append(Outbound(comm_id, message))
+                        outbound.append(Outbound(comm_id, message, command.meter_id))
                     self._audit_if_final(session, command)
                 return outbound
         except StaleDataError:
@@ -378,15 +391,18 @@ class CommandQueue:
                 raise CommandError("meter_not_found", f"no meter {meter_id}")
             if meter.lifecycle == MeterLifecycle.DECOMMISSIONED.value:
                 raise CommandError("meter_decommissioned", f"meter {meter_id} is decommissioned")
-            if meter.protocol != MeterProtocol.MQTT.value:
+            if meter.protocol not in COMMANDABLE_PROTOCOLS:
                 raise CommandError(
                     "unsupported_transport",
-                    f"meter {meter_id} speaks {meter.protocol}; commands go over MQTT only",
+                    f"meter {meter_id} speaks {meter.protocol!r}; commands go over MQTT or Modbus",
                 )
-            try:
-                check_meter_id(meter.comm_id)
-            except TopicError as exc:
-                raise CommandError("unsupported_transport", f"meter {meter_id}: {exc}") from None
+            if meter.protocol == MeterProtocol.MQTT.value:
+                try:
+                    check_meter_id(meter.comm_id)
+                except TopicError as exc:
+                    raise CommandError(
+                        "unsupported_transport", f"meter {meter_id}: {exc}"
+                    ) from None
             command = MeterCommand(
                 meter_id=meter_id,
                 name=name.value,
@@ -459,7 +475,7 @@ class CommandQueue:
                     continue
                 message = self._apply_reply(session, inbound, now, reply, *found, readback_number)
                 if message is not None:
-                    outbound.append(Outbound(found[1], message))
+                    outbound.append(Outbound(found[1], message, found[0].meter_id))
             return outbound
 
     def _apply_reply(
@@ -536,7 +552,7 @@ def _take_write_lock(session: Session) -> None:
         session.execute(text("UPDATE meter_commands SET id = id WHERE 0 = 1"))
 
 
-def _due_heads(now: datetime, limit: int) -> Any:
+def _due_heads(now: datetime, limit: int, protocols: Collection[MeterProtocol]) -> Any:
     earlier = aliased(MeterCommand)
     is_head = ~exists().where(
         earlier.meter_id == MeterCommand.meter_id,
@@ -549,6 +565,7 @@ def _due_heads(now: datetime, limit: int) -> Any:
         .where(
             MeterCommand.state.in_(OPEN_STATES),
             MeterCommand.next_action_at <= now,
+            Meter.protocol.in_([p.value for p in protocols]),
             is_head,
             # A command waits while its meter is known to be offline, instead of spending
             # its attempts on a meter that cannot answer; it expires if it stays so.

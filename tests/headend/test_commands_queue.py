@@ -19,7 +19,7 @@ from headend.commands import (
     RetryPolicy,
 )
 from headend.commands.models import MeterCommand
-from headend.commands.service import InboundReply
+from headend.commands.service import MODBUS_PROTOCOLS, InboundReply
 from headend.models import Meter, MeterLifecycle, MeterProtocol
 from protocols.mqtt import CommandName, ReplyStatus
 from tests.headend.commands_support import (
@@ -108,20 +108,27 @@ def test_command_for_an_unknown_decommissioned_or_unreachable_meter_is_refused(
     queue: CommandQueue, session_factory: sessionmaker[Session]
 ) -> None:
     retired = add_meter(session_factory, "M-OLD", lifecycle=MeterLifecycle.DECOMMISSIONED)
-    modbus = add_meter(session_factory, "M-MB", protocol=MeterProtocol.MODBUS_TCP)
     no_topic = add_meter(session_factory, "site/7")  # cannot be one MQTT topic level
     codes = []
-    for meter in (999_999, retired, modbus, no_topic):
+    for meter in (999_999, retired, no_topic):
         with pytest.raises(CommandError) as raised:
             _disconnect(queue, meter)
         codes.append(raised.value.code)
-    assert codes == [
-        "meter_not_found",
-        "meter_decommissioned",
-        "unsupported_transport",
-        "unsupported_transport",
-    ]
+    assert codes == ["meter_not_found", "meter_decommissioned", "unsupported_transport"]
     assert count(session_factory, MeterCommand) == 0
+
+
+def test_each_transport_claims_only_its_own_meters_commands(
+    queue: CommandQueue, session_factory: sessionmaker[Session]
+) -> None:
+    mqtt = add_meter(session_factory, "M-MQ")
+    modbus = add_meter(session_factory, "M-MB", protocol=MeterProtocol.MODBUS_TCP)
+    _disconnect(queue, mqtt)
+    _disconnect(queue, modbus)
+    [over_mqtt] = queue.claim_due(instance="dispatcher")
+    [over_modbus] = queue.claim_due(instance="modbus", protocols=MODBUS_PROTOCOLS)
+    assert (over_mqtt.comm_id, over_modbus.comm_id) == ("M-MQ", "M-MB")
+    assert queue.claim_due(instance="dispatcher", protocols=MODBUS_PROTOCOLS) == []
 
 
 def test_token_is_normalised_and_masked_when_shown(

@@ -119,6 +119,13 @@ class ModbusLink:
             FailureReason.CONNECT_FAILED, f"{transport.host}:{transport.port}: connect failed"
         )
 
+    async def connected_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+        """The connected client, for exchanges that are not reads (the caller holds the
+        channel's lock). Raises PollFailure as :meth:`open`."""
+        await self.open()
+        assert self._client is not None
+        return self._client
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()

@@ -14,13 +14,15 @@ Concurrency rules (see docs/modbus-polling.md):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -47,6 +49,7 @@ from headend.connectors.modbus_poll.schedule import (
 )
 from headend.connectors.modbus_poll.targets import PollTarget, TargetError, Transport
 from headend.ingest import Ingestor, PolledReading
+from headend.meter_link import ModbusMeterLink
 from protocols.modbus import CodecError, ReadRequest, decode_readings, meter_totals, plan_reads
 
 __all__ = [
@@ -57,6 +60,7 @@ __all__ = [
     "UnknownMeterError",
 ]
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 WallClock = Callable[[], datetime]
@@ -612,6 +616,42 @@ class ModbusPoller:
             raise PollFailure(
                 FailureReason.BAD_REPLY, f"profile {target.profile} has no {group} quantities"
             )
+        async with self._holding(target) as channel:
+            result = await self._poll_meter(
+                channel, target, poll_group, self._clock.now(), None, on_demand=True
+            )
+            result = await self._recorder.write_now(result)
+        if result.failure is not None:
+            raise result.failure
+        assert result.reading is not None
+        return result.reading
+
+    async def with_meter_link(
+        self, meter_id: int, action: Callable[[ModbusMeterLink], Awaitable[T]]
+    ) -> T:
+        """Run ``action`` on the meter over this worker's connection to its channel, holding
+        the channel (one request in flight on the line, between two meters of a running
+        pass) and the meter's lock, as :meth:`read_now` does. For commands and other
+        exchanges that are not readings.
+
+        Raises:
+            UnknownMeterError: no target for ``meter_id``.
+            ChannelBusyError: another worker holds the channel or the meter.
+            PollFailure: the channel cannot be opened.
+            Whatever ``action`` raises (``MeterLinkError`` for the meter's own errors).
+        """
+        target = self._targets.get(meter_id)
+        if target is None:
+            raise UnknownMeterError(f"meter {meter_id} is not polled over Modbus by this worker")
+        async with self._holding(target) as channel, channel.lock:
+            client = await channel.link.connected_client()
+            return await action(ModbusMeterLink(client, target.modbus_profile, target.unit_id))
+
+    @contextlib.asynccontextmanager
+    async def _holding(self, target: PollTarget) -> AsyncIterator[_Channel]:
+        """The channel's and the meter's leases for an on-demand exchange (the meter's is
+        already held while a pass of this worker covers it)."""
+        meter_id = target.meter_id
         channel = self._channels[target.channel]
         held_by_pass = self._pass_locked[meter_id] > 0
         resources = [channel_resource(channel.key)]
@@ -624,17 +664,10 @@ class ModbusPoller:
                 await asyncio.to_thread(self._release, [meter_resource(meter_id)])
             raise ChannelBusyError(f"meter {meter_id}: held by {holders}")
         try:
-            result = await self._poll_meter(
-                channel, target, poll_group, self._clock.now(), None, on_demand=True
-            )
-            result = await self._recorder.write_now(result)
+            yield channel
         finally:
             if not held_by_pass:
                 await asyncio.to_thread(self._release, [meter_resource(meter_id)])
-        if result.failure is not None:
-            raise result.failure
-        assert result.reading is not None
-        return result.reading
 
     def _claim(self, resources: list[str]) -> set[str]:
         with self._session_factory() as session, session.begin():
