@@ -3,16 +3,24 @@ in a thread) that answers a scripted series of status codes and keeps every requ
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 
 @dataclass
@@ -55,6 +63,84 @@ def smtp_server() -> Iterator[SmtpServer]:
     controller.start()
     try:
         yield SmtpServer("127.0.0.1", controller.port, inbox)
+    finally:
+        controller.stop()
+
+
+SMTP_USER, SMTP_PASSWORD = "gridvend", "relay-password-42"
+
+
+@dataclass
+class SecureSmtpServer(SmtpServer):
+    """Demands STARTTLS and a login; ``client_tls`` trusts its self-signed certificate."""
+
+    client_tls: ssl.SSLContext = field(default_factory=ssl.create_default_context)
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "smtp.crt", directory / "smtp.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def _check_login(
+    server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+) -> AuthResult:
+    ok = isinstance(auth_data, LoginPassword) and (
+        auth_data.login.decode(),
+        auth_data.password.decode(),
+    ) == (SMTP_USER, SMTP_PASSWORD)
+    return AuthResult(success=ok, handled=False)
+
+
+@pytest.fixture
+def secure_smtp_server(tmp_path: Path) -> Iterator[SecureSmtpServer]:
+    cert_path, key_path = _self_signed(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert_path, key_path)
+    inbox = SmtpInbox()
+    controller = Controller(
+        inbox,
+        hostname="127.0.0.1",
+        port=_free_port(),
+        tls_context=server_tls,
+        require_starttls=True,
+        auth_required=True,
+        authenticator=_check_login,
+    )
+    controller.start()
+    try:
+        yield SecureSmtpServer(
+            "127.0.0.1",
+            controller.port,
+            inbox,
+            client_tls=ssl.create_default_context(cafile=str(cert_path)),
+        )
     finally:
         controller.stop()
 

@@ -13,7 +13,13 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests.vending.notifications.conftest import HttpReceiver, SmtpServer
+from tests.vending.notifications.conftest import (
+    SMTP_PASSWORD,
+    SMTP_USER,
+    HttpReceiver,
+    SecureSmtpServer,
+    SmtpServer,
+)
 from tests.vending.world import VendingWorld, add_metered_customer, build_world
 from vending.models import Account, Customer, Notification
 from vending.notifications import (
@@ -130,6 +136,48 @@ def test_an_smtp_refusal_with_a_5xx_fails_the_row_at_once_with_the_reason(
     row = _row(world, notification_id)
     assert (row.status, row.attempts) == ("failed", 1)
     assert "550" in (row.last_error or "")
+
+
+def test_email_goes_over_starttls_with_a_login(
+    world: VendingWorld, secure_smtp_server: SecureSmtpServer
+) -> None:
+    account_id = _account(world, 13, email="thandi@example.org")
+    [notification_id] = _outbox(world, account_id, "email")
+    settings = SmtpSettings(
+        host=secure_smtp_server.host,
+        port=secure_smtp_server.port,
+        starttls=True,
+        username=SMTP_USER,
+        password=SMTP_PASSWORD,
+    )
+    adapter = SmtpAdapter(settings, tls_context=secure_smtp_server.client_tls)
+    assert _dispatcher(world, adapter, clock=Clock(NOW)).run_once().delivered == [notification_id]
+    assert [m.rcpt_tos for m in secure_smtp_server.inbox.messages] == [["thandi@example.org"]]
+
+
+def test_a_refused_login_is_retried_and_the_password_is_never_recorded(
+    world: VendingWorld, secure_smtp_server: SecureSmtpServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    account_id = _account(world, 14, email="thandi@example.org")
+    [notification_id] = _outbox(world, account_id, "email")
+    wrong = "not-the-relay-password"
+    settings = SmtpSettings(
+        host=secure_smtp_server.host,
+        port=secure_smtp_server.port,
+        starttls=True,
+        username=SMTP_USER,
+        password=wrong,
+    )
+    adapter = SmtpAdapter(settings, tls_context=secure_smtp_server.client_tls)
+    with caplog.at_level("DEBUG"):
+        report = _dispatcher(world, adapter, clock=Clock(NOW)).run_once()
+
+    # A relay's credentials get fixed by an operator: worth retrying, not failing now.
+    assert report.retrying == [notification_id]
+    row = _row(world, notification_id)
+    assert row.last_error == "SMTP login refused (535)"
+    assert wrong not in caplog.text and wrong not in repr(settings)
+    assert secure_smtp_server.inbox.messages == []
 
 
 def test_an_unreachable_smtp_server_is_retried_later(world: VendingWorld) -> None:
