@@ -9,8 +9,10 @@ reached, so a restart repeats nothing and misses nothing:
    cannot be charged (no account, a tariff gap, flagged or negative consumption) with the
    reason; post each complete local day's fixed charges once;
 2. take new payments into account (top-up amount for alerts, emergency credit repaid
-   first), announce low-balance thresholds once per crossing, and decide on the supply
-   with :mod:`vending.balance.policy`, recording every decision with its reason;
+   first), book the weekly debt instalments that fell due, announce low-balance
+   thresholds once per crossing (into the notification outbox, once per channel), and
+   decide on the supply with :mod:`vending.balance.policy`, recording every decision
+   with its reason;
 3. after the commit, ask the head-end for the disconnects and reconnects decided, with an
    idempotency key per decision, so a crash between deciding and asking re-asks safely.
 """
