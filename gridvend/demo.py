@@ -85,6 +85,8 @@ async def run_demo(
                 f"a reading every 15 simulated minutes; meter numbers: "
                 f"{', '.join(c.meter_number for c in configs[:3])}"
                 f"{' ...' if len(configs) > 3 else ''}\n"
+                f"  customer alerts: {settings.notification_channels} "
+                "(record: written to the log)\n"
                 f"  sign in: username {DEMO_ADMIN!r}, password {password!r}; "
                 f"clerk {DEMO_CLERK!r}, password {clerk_password!r} (POST /api/auth/token)\n"
                 "  Ctrl-C stops everything."

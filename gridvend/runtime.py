@@ -1,7 +1,8 @@
 """Runs the system in one event loop: migrations, the head-end's workers and the API.
 
 Workers: the MQTT ingest subscriber, the command dispatcher, the Modbus poller (its
-targets re-read from the registry every ``TARGET_REFRESH_S``) and the API server.
+targets re-read from the registry every ``TARGET_REFRESH_S``), the balance engine, the
+notification dispatcher and the API server.
 """
 
 from __future__ import annotations
@@ -43,12 +44,23 @@ from vending.api import CounterConfig
 from vending.balance.engine import BalanceEngine, EngineSettings
 from vending.balance.policy import DisconnectPolicy
 from vending.keystore import KeyEncryptionKey, KeyStore
+from vending.notifications import (
+    DispatchSettings,
+    HttpSmsAdapter,
+    NotificationAdapter,
+    NotificationDispatcher,
+    RecordingAdapter,
+    SmtpAdapter,
+    SmtpSettings,
+    WebhookAdapter,
+)
 from vending.security_module import SoftwareSecurityModule
 
 log = logging.getLogger(__name__)
 
 TARGET_REFRESH_S = 30.0
 BALANCE_ROUND_S = 1.0
+NOTIFICATION_ROUND_S = 1.0
 STARTUP_TIMEOUT_S = 15.0
 
 
@@ -58,6 +70,38 @@ def load_key_encryption_key(settings: Settings) -> KeyEncryptionKey:
         return KeyEncryptionKey.from_base64(settings.key_encryption_key.get_secret_value())
     path = settings.key_encryption_key_file or settings.data_dir / "kek.b64"
     return KeyEncryptionKey.load_or_create(path)
+
+
+def notification_adapters(settings: Settings) -> list[NotificationAdapter]:
+    """One adapter per configured channel (Settings has checked each is configured)."""
+    adapters: list[NotificationAdapter] = []
+    for channel in settings.notification_channel_list:
+        if channel == "email" and settings.smtp_host:
+            password = settings.smtp_password
+            adapters.append(
+                SmtpAdapter(
+                    SmtpSettings(
+                        host=settings.smtp_host,
+                        port=settings.smtp_port,
+                        sender=settings.smtp_from,
+                        starttls=settings.smtp_starttls,
+                        username=settings.smtp_username,
+                        password=password.get_secret_value() if password else None,
+                    )
+                )
+            )
+        elif channel == "sms" and settings.sms_gateway_url and settings.sms_gateway_token:
+            adapters.append(
+                HttpSmsAdapter(
+                    settings.sms_gateway_url, settings.sms_gateway_token.get_secret_value()
+                )
+            )
+        elif channel == "webhook" and settings.webhook_url and settings.webhook_secret:
+            secret = settings.webhook_secret.get_secret_value().encode()
+            adapters.append(WebhookAdapter(settings.webhook_url, secret))
+        elif channel == "record":
+            adapters.append(RecordingAdapter())
+    return adapters
 
 
 def _consumption_stream(session: Session, after_offset: int, limit: int) -> list[ConsumptionEvent]:
@@ -123,6 +167,7 @@ class System:
         )
         self.command_queue.set_notify(self._wake_command_workers)
         self._poller_stop = asyncio.Event()
+        now = clock or (lambda: datetime.now(UTC))
         self.balance_engine = BalanceEngine(
             self.session_factory,
             source=_consumption_stream,
@@ -133,9 +178,21 @@ class System:
                     timezone=settings.utility_timezone,
                     grace_after_exhaustion=timedelta(minutes=settings.disconnect_grace_minutes),
                     grace_after_conversion=timedelta(days=settings.conversion_grace_days),
-                )
+                ),
+                notification_channels=settings.notification_channel_list,
             ),
-            clock=clock or (lambda: datetime.now(UTC)),
+            clock=now,
+        )
+        # Same clock as the engine: retries are timed against the rows' own times.
+        self.notification_dispatcher = NotificationDispatcher(
+            self.session_factory,
+            notification_adapters(settings),
+            worker_id=f"{instance}-{socket.gethostname()}-{os.getpid()}",
+            settings=DispatchSettings(
+                max_attempts=settings.notification_max_attempts,
+                backoff_s=settings.notification_backoff_seconds,
+            ),
+            clock=now,
         )
         app = create_app(
             self.session_factory,
@@ -172,6 +229,9 @@ class System:
         self._start("modbus-targets", self._refresh_poll_targets())
         self._start("modbus-poll", self.poller.run(self._poller_stop))
         self._start("balance", self.balance_engine.run(interval_s=BALANCE_ROUND_S))
+        self._start(
+            "notifications", self.notification_dispatcher.run(interval_s=NOTIFICATION_ROUND_S)
+        )
         self._start("api", self.server.serve())
         try:
             async with asyncio.timeout(STARTUP_TIMEOUT_S):

@@ -7,8 +7,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+NOTIFICATION_CHANNELS = ("record", "email", "sms", "webhook")
 
 
 class Settings(BaseSettings):
@@ -41,6 +43,23 @@ class Settings(BaseSettings):
     conversion_grace_days: Annotated[int, Field(ge=0)] = Field(
         default=30, description="Central balance: no disconnection this long after conversion."
     )
+    notification_channels: str = Field(
+        default="record",
+        description="Comma-separated channels every customer alert is sent on: record (the "
+        "log), email, sms, webhook.",
+    )
+    notification_max_attempts: Annotated[int, Field(ge=1)] = 8
+    notification_backoff_seconds: Annotated[float, Field(ge=0)] = 30.0
+    smtp_host: str | None = None
+    smtp_port: Annotated[int, Field(ge=1, le=65535)] = 25
+    smtp_from: str = "gridvend@localhost"
+    smtp_starttls: bool = False
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    sms_gateway_url: str | None = None
+    sms_gateway_token: SecretStr | None = None
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
     api_host: str = "127.0.0.1"
     api_port: Annotated[int, Field(ge=0, le=65535)] = 8000
     secret_key: SecretStr = Field(
@@ -57,6 +76,37 @@ class Settings(BaseSettings):
         description="File holding that key instead; default: data_dir/kek.b64, created "
         "with mode 0600 when absent.",
     )
+
+    @field_validator("notification_channels")
+    @classmethod
+    def _known_channels(cls, value: str) -> str:
+        channels = [c.strip() for c in value.split(",") if c.strip()]
+        unknown = sorted(set(channels) - set(NOTIFICATION_CHANNELS))
+        if not channels or unknown:
+            raise ValueError(
+                f"channels must be some of {', '.join(NOTIFICATION_CHANNELS)}; got {value!r}"
+            )
+        return ",".join(dict.fromkeys(channels))
+
+    @model_validator(mode="after")
+    def _channels_configured(self) -> Settings:
+        missing = {
+            "email": None if self.smtp_host else "GRIDVEND_SMTP_HOST",
+            "sms": None
+            if self.sms_gateway_url and self.sms_gateway_token
+            else "GRIDVEND_SMS_GATEWAY_URL and GRIDVEND_SMS_GATEWAY_TOKEN",
+            "webhook": None
+            if self.webhook_url and self.webhook_secret
+            else "GRIDVEND_WEBHOOK_URL and GRIDVEND_WEBHOOK_SECRET",
+        }
+        for channel in self.notification_channel_list:
+            if missing.get(channel):
+                raise ValueError(f"notification channel {channel!r} needs {missing[channel]}")
+        return self
+
+    @property
+    def notification_channel_list(self) -> tuple[str, ...]:
+        return tuple(self.notification_channels.split(","))
 
     @cached_property
     def effective_database_url(self) -> str:

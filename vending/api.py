@@ -57,6 +57,7 @@ from vending.models import (
     AccountMeter,
     Customer,
     LedgerEntry,
+    Notification,
     Shift,
     TariffRecord,
     TariffVersionRecord,
@@ -322,6 +323,24 @@ def _account_json(account: Account) -> dict[str, Any]:
         "capacity_kva": None if account.capacity_kva is None else str(account.capacity_kva),
         "free_units_eligible": account.free_units_eligible,
         "created_at": account.created_at.isoformat(),
+    }
+
+
+def _notification_json(n: Notification) -> dict[str, Any]:
+    def when(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    return {
+        "id": n.id,
+        "kind": n.kind,
+        "channel": n.channel,
+        "message": n.message,
+        "created_at": n.created_at.isoformat(),
+        "status": n.status,
+        "attempts": n.attempts,
+        "last_error": n.last_error,
+        "next_attempt_at": when(n.next_attempt_at),
+        "delivered_at": when(n.delivered_at),
     }
 
 
@@ -775,6 +794,25 @@ def make_router(
                     for v in vends
                 ],
             }
+
+    @router.get("/accounts/{account_number}/notifications")
+    def list_notifications(
+        account_number: str,
+        _: Any = require(*SUPERVISORS),
+        state: Annotated[
+            Literal["pending", "delivered", "failed"] | None, Query(alias="status")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> list[dict[str, Any]]:
+        """The account's customer notifications, newest first, with their delivery state
+        (``status``, ``attempts``, ``last_error``, ``next_attempt_at``)."""
+        with reading() as session:
+            account = account_by_number(session, account_number)
+            query = select(Notification).where(Notification.account_id == account.id)
+            if state is not None:
+                query = query.where(Notification.status == state)
+            rows = session.scalars(query.order_by(Notification.id.desc()).limit(limit))
+            return [_notification_json(n) for n in rows]
 
     @router.post("/accounts/{account_number}/meters", status_code=status.HTTP_201_CREATED)
     def link_account_meter(

@@ -271,6 +271,10 @@ class CentralAccountState(Base):
     # The last payment (ledger id) taken into account: payments commit in id order per
     # account (under the account's lock), not across accounts.
     payments_taken_through: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Weekly debt instalments: week 1 ends 7 days after ``debt_instalments_from`` (when
+    # the engine first saw a weekly rule); weeks up to ``debt_weeks_booked`` are settled.
+    debt_instalments_from: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    debt_weeks_booked: Mapped[int] = mapped_column(Integer, server_default="0")
 
 
 class RatedInterval(Base):
@@ -327,15 +331,30 @@ class BalanceDecision(Base):
 
 
 class Notification(Base):
-    """The notification outbox: written with the event, delivered by an adapter later."""
+    """The notification outbox: one row per message and channel, written with the event
+    and delivered later by vending.notifications.NotificationDispatcher.
+
+    ``status``: pending (to be sent, at or after ``next_attempt_at``), delivered, or
+    failed (gave up after the last attempt or a permanent refusal; ``last_error`` says
+    why). A dispatcher holds a row while it sends (``claimed_by`` until
+    ``claimed_until``); a lease that runs out is taken over, so a crashed dispatcher's
+    messages are sent again (at least once; receivers de-duplicate on the row's key).
+    """
 
     __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_due", "status", "next_attempt_at"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
     kind: Mapped[str] = mapped_column(String(32))
+    # email, sms, webhook or record (the recording/log adapter).
+    channel: Mapped[str] = mapped_column(String(16), server_default="record")
     message: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    status: Mapped[str] = mapped_column(String(16), server_default="pending")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
     delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)

@@ -9,8 +9,10 @@ reached, so a restart repeats nothing and misses nothing:
    cannot be charged (no account, a tariff gap, flagged or negative consumption) with the
    reason; post each complete local day's fixed charges once;
 2. take new payments into account (top-up amount for alerts, emergency credit repaid
-   first), announce low-balance thresholds once per crossing, and decide on the supply
-   with :mod:`vending.balance.policy`, recording every decision with its reason;
+   first), book the weekly debt instalments that fell due, announce low-balance
+   thresholds once per crossing (into the notification outbox, once per channel), and
+   decide on the supply with :mod:`vending.balance.policy`, recording every decision
+   with its reason;
 3. after the commit, ask the head-end for the disconnects and reconnects decided, with an
    idempotency key per decision, so a crash between deciding and asking re-asks safely.
 """
@@ -40,6 +42,7 @@ from vending.balance.alerts import (
     thresholds_crossed,
 )
 from vending.balance.policy import AccountSituation, Action, DisconnectPolicy, decide
+from vending.debt import DebtRecoveryRule, DebtRuleError, weekly_instalments_due
 from vending.errors import VendingError
 from vending.models import (
     Account,
@@ -53,6 +56,7 @@ from vending.models import (
     Notification,
     RatedInterval,
 )
+from vending.money import Currency, Money
 from vending.rating import rate_interval
 from vending.tariffs import AccountTerms, Tariff, TariffError
 
@@ -70,6 +74,7 @@ DAYS_PREFIX = "days:"
 # What the customer's money is spent on, for the days-left estimate.
 SPENDING_KINDS = ("consumption", "adjustment", "fixed_charge")
 MIN_SPENDING_SPAN = timedelta(hours=6)
+WEEK = timedelta(days=7)
 
 
 class ConsumptionRecord(Protocol):
@@ -126,6 +131,8 @@ class EngineSettings:
     spending_window: timedelta = timedelta(days=7)
     emergency_credit_minor: int = 0
     batch_size: int = 500
+    # Every announcement is written once per channel (email, sms, webhook, record).
+    notification_channels: tuple[str, ...] = ("record",)
 
 
 @dataclass
@@ -178,6 +185,7 @@ class BalanceEngine:
         with self._session_factory() as session, session.begin():
             touched = self._rate_new_consumption(session, report, now)
             touched |= self._take_new_payments(session, now)
+            touched |= self._book_debt_instalments(session, now)
             touched |= self._accounts_waiting(session)
             for account_id in sorted(touched):
                 decision_id = self._evaluate(session, account_id, now)
@@ -460,16 +468,26 @@ class BalanceEngine:
         state.last_decision_id = record.id
         if decision.action is Action.DISCONNECT:
             state.supply_requested = "disconnected"
-            _notify(
+            meter, money = _customer_facts(session, account_id, balance)
+            self._notify(
                 session,
                 account_id,
                 "disconnect",
-                "Your supply is being disconnected: your balance is used up. Top up to reconnect.",
+                f"Meter {meter}: your balance ({money}) is used up and your supply is being "
+                "disconnected. Top up to reconnect.",
                 now,
             )
         elif decision.action is Action.RECONNECT:
             state.supply_requested = "connected"
-            _notify(session, account_id, "reconnect", "Your supply is being reconnected.", now)
+            meter, money = _customer_facts(session, account_id, balance)
+            self._notify(
+                session,
+                account_id,
+                "reconnect",
+                f"Meter {meter}: thank you for your top-up; balance {money}. "
+                "Your supply is being reconnected.",
+                now,
+            )
         self._audit.record(
             session,
             actor=ENGINE_ACTOR,
@@ -513,20 +531,23 @@ class BalanceEngine:
                 estimate, sent_days, self._settings.thresholds_days_left
             )
             for days in crossed_days:
-                _notify(
+                meter, money = _customer_facts(session, state.account_id, balance)
+                self._notify(
                     session,
                     state.account_id,
                     f"low_balance_{days}_days",
-                    f"At your recent use your balance lasts about {estimate:.1f} days or "
-                    f"less ({days} days alert). Top up soon.",
+                    f"Meter {meter}: balance {money}, about {estimate:.1f} days at your "
+                    "recent use. Please top up soon.",
                     now,
                 )
         for percent in crossed:
-            _notify(
+            meter, money = _customer_facts(session, state.account_id, balance)
+            self._notify(
                 session,
                 state.account_id,
                 f"low_balance_{percent}",
-                f"Your balance is at or below {percent}% of your last top-up.",
+                f"Meter {meter}: balance {money}, at or below {percent}% of your last "
+                "top-up. Please top up soon.",
                 now,
             )
         if crossed or crossed_days:
@@ -534,6 +555,85 @@ class BalanceEngine:
                 {str(p) for p in sent | set(crossed)}
                 | {f"{DAYS_PREFIX}{d}" for d in sent_days | set(crossed_days)}
             )
+
+    def _notify(
+        self, session: Session, account_id: int, kind: str, message: str, now: datetime
+    ) -> None:
+        """Into the outbox, once per configured channel (each delivered and retried on its
+        own by the dispatcher). Messages say what a customer SMS says: no secrets."""
+        for channel in self._settings.notification_channels:
+            session.add(
+                Notification(
+                    account_id=account_id,
+                    kind=kind,
+                    channel=channel,
+                    message=message,
+                    created_at=now,
+                    status="pending",
+                    attempts=0,
+                )
+            )
+
+    def _book_debt_instalments(self, session: Session, now: datetime) -> set[int]:
+        """Book each full week's debt instalment of central accounts, once.
+
+        A schedule starts when the engine first sees a central account with arrears and
+        a weekly instalment; week n ends n x 7 days later. Each week books one
+        ``debt_recovery`` entry (reference ``debt-week:<schedule start>:<n>``, so a replay
+        books nothing twice) of the instalment, never more than the debt, and lowers the
+        account's debt in the same transaction. The schedule ends when the debt is paid.
+        """
+        scheduled = set(
+            session.scalars(
+                select(CentralAccountState.account_id).where(
+                    CentralAccountState.debt_instalments_from.is_not(None)
+                )
+            )
+        )
+        candidates = session.scalars(
+            select(Account)
+            .where((Account.debt_minor > 0) | Account.id.in_(scheduled))
+            .order_by(Account.id)
+        ).all()
+        touched: set[int] = set()
+        for account in candidates:
+            rule = _weekly_rule(account)
+            if rule is None and account.id not in scheduled:
+                continue  # arrears recovered from purchases only
+            if not _is_central(session, account.id):
+                continue
+            state = _state(session, account.id)
+            if rule is None or account.debt_minor <= 0:
+                state.debt_instalments_from, state.debt_weeks_booked = None, 0
+                continue
+            if state.debt_instalments_from is None:
+                state.debt_instalments_from, state.debt_weeks_booked = now, 0
+                continue
+            full_weeks = (now - state.debt_instalments_from) // WEEK
+            if full_weeks <= state.debt_weeks_booked:
+                continue
+            session.refresh(account, with_for_update=True)  # vends change the debt too
+            start = state.debt_instalments_from
+            currency = Currency.of(account.currency)
+            for week in range(state.debt_weeks_booked + 1, full_weeks + 1):
+                due = weekly_instalments_due(Money(account.debt_minor, currency), rule, 1)
+                if due.minor == 0:
+                    break
+                _book(
+                    session,
+                    account.id,
+                    "debt_recovery",
+                    -due.minor,
+                    f"debt-week:{start:%Y%m%dT%H%M%S}:{week}",
+                    now,
+                    {"week": week, "week_ending": (start + week * WEEK).isoformat()},
+                )
+                account.debt_minor -= due.minor
+            state.debt_weeks_booked = full_weeks
+            if account.debt_minor <= 0:
+                state.debt_instalments_from, state.debt_weeks_booked = None, 0
+            touched.add(account.id)
+        return touched
 
     # --- step 3: commands --------------------------------------------------------------
 
@@ -640,8 +740,30 @@ def _book(
     return entry
 
 
-def _notify(session: Session, account_id: int, kind: str, message: str, now: datetime) -> None:
-    session.add(Notification(account_id=account_id, kind=kind, message=message, created_at=now))
+def _customer_facts(session: Session, account_id: int, balance: int) -> tuple[str, str]:
+    """The meter number and the balance as a customer message shows them."""
+    account = session.get_one(Account, account_id)
+    meter_id = _open_meter(session, account_id)
+    meter = find_meter(session, meter_id=meter_id) if meter_id else None
+    label = (meter.meter_number if meter else None) or account.account_number
+    return label, str(Money(balance, Currency.of(account.currency)))
+
+
+def _is_central(session: Session, account_id: int) -> bool:
+    meter_id = _open_meter(session, account_id)
+    meter = find_meter(session, meter_id=meter_id) if meter_id else None
+    return meter is not None and meter.prepaid_mode == "central"
+
+
+def _weekly_rule(account: Account) -> DebtRecoveryRule | None:
+    """The account's rule if it has a weekly instalment; a broken stored rule is logged
+    and treated as none (the vend path refuses it with its own error)."""
+    try:
+        rule = DebtRecoveryRule.from_document(account.debt_recovery or {})
+    except DebtRuleError as exc:
+        log.warning("account %s: %s", account.account_number, exc)
+        return None
+    return rule if rule.weekly_instalment_minor > 0 else None
 
 
 def _cursor(session: Session, name: str) -> EngineCursor:
