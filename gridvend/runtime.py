@@ -59,7 +59,9 @@ from vending.security_module import SoftwareSecurityModule
 log = logging.getLogger(__name__)
 
 TARGET_REFRESH_S = 30.0
-BALANCE_ROUND_S = 1.0
+# An idle round is a handful of small queries; half a second keeps "balance exhausted ->
+# disconnect requested" well inside the 2 s the disconnect path is given.
+BALANCE_ROUND_S = 0.5
 NOTIFICATION_ROUND_S = 1.0
 STARTUP_TIMEOUT_S = 15.0
 

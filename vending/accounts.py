@@ -218,8 +218,10 @@ def load_tariff(session: Session, code: str) -> Tariff:
             .order_by(TariffVersionRecord.effective_from)
         )
     )
+    # Version ids are the database's own: one process may serve several databases.
+    key = (str(session.get_bind().engine.url), code)
     with _tariff_cache_lock:
-        cached = _tariff_cache.get(code)
+        cached = _tariff_cache.get(key)
     if version_ids and cached is not None and cached[0] == version_ids:
         # Versions exist only under their tariff's row (foreign key), and that row's
         # fields never change, so the cached tariff stands without reading it.
@@ -241,11 +243,11 @@ def load_tariff(session: Session, code: str) -> Tariff:
         versions=[TariffVersionDocument.model_validate(v) for v in documents],
     ).to_tariff()
     with _tariff_cache_lock:
-        _tariff_cache[code] = (version_ids, tariff)
+        _tariff_cache[key] = (version_ids, tariff)
     return tariff
 
 
-_tariff_cache: dict[str, tuple[tuple[int, ...], Tariff]] = {}
+_tariff_cache: dict[tuple[str, str], tuple[tuple[int, ...], Tariff]] = {}
 _tariff_cache_lock = threading.Lock()
 
 
