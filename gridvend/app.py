@@ -24,6 +24,7 @@ from vending.api import make_router as make_vending_router
 from vending.channels import make_admin_router as make_channel_admin_router
 from vending.channels import make_router as make_channel_router
 from vending.keystore import KeyEncryptionKey
+from vending.management_api import make_management_router
 from vending.reversals import token_known_accepted
 from vending.security_module import SecurityModule
 
@@ -71,6 +72,11 @@ def create_app(
             audit=audit,
             config=counter,
             token_acceptance=_token_accepted,
+        )
+    )
+    app.include_router(
+        make_management_router(
+            session_factory, require=auth.require, security_module=security_module, audit=audit
         )
     )
 
