@@ -48,8 +48,8 @@ def create_app(
         description="Prepaid smart-meter head-end and vending API.",
     )
     auth = Auth(session_factory)
-    app.include_router(make_auth_router(session_factory, auth))
     audit = AuditLog()
+    app.include_router(make_auth_router(session_factory, auth, audit))
     queue = command_queue or CommandQueue(session_factory, audit=audit)
     app.include_router(
         make_headend_router(
