@@ -23,6 +23,7 @@ from vending.api import install_error_handler as install_vending_error_handler
 from vending.api import make_router as make_vending_router
 from vending.channels import make_admin_router as make_channel_admin_router
 from vending.channels import make_router as make_channel_router
+from vending.grading import GradingPolicy
 from vending.keystore import KeyEncryptionKey
 from vending.management_api import make_management_router
 from vending.reversals import token_known_accepted
@@ -37,11 +38,13 @@ def create_app(
     command_queue: CommandQueue | None = None,
     counter: CounterConfig = CounterConfig(),
     kek: KeyEncryptionKey | None = None,
+    grading_policy: GradingPolicy | None = None,
 ) -> FastAPI:
     """The API; ``command_queue`` defaults to one on ``session_factory`` (no dispatcher:
     commands stay queued until a head-end worker runs one). Commissioning of MQTT meters
     goes through that queue. Without ``kek`` (the key that
-    encrypts channel secrets) the payment-channel API is not mounted."""
+    encrypts channel secrets) the payment-channel API is not mounted. ``grading_policy``
+    grades customers (default: ``vending.grading``'s thresholds)."""
     app = FastAPI(
         title="gridvend",
         version=gridvend.__version__,
@@ -71,6 +74,7 @@ def create_app(
             security_module=security_module,
             audit=audit,
             config=counter,
+            grading_policy=grading_policy,
             token_acceptance=_token_accepted,
         )
     )
