@@ -91,22 +91,44 @@ def grading_facts(session: Session, customer: Customer, now: datetime) -> Gradin
 def _late_payments(
     session: Session, accounts: ScalarSelect[int], since: datetime, now: datetime
 ) -> int:
-    # The balance just before each entry: the running sum of the account's ledger so far.
+    # Each account's balance when the year began, then the running balance through the
+    # year: only the year's entries are ordered, however long the account's history.
+    opening = (
+        select(
+            LedgerEntry.account_id,
+            func.sum(LedgerEntry.amount_minor).label("balance"),
+        )
+        .where(LedgerEntry.account_id.in_(accounts), LedgerEntry.created_at < since)
+        .group_by(LedgerEntry.account_id)
+        .subquery()
+    )
     running = (
         select(
             LedgerEntry.kind,
-            LedgerEntry.created_at,
             (
-                func.sum(LedgerEntry.amount_minor).over(
+                func.coalesce(opening.c.balance, 0)
+                + func.sum(LedgerEntry.amount_minor).over(
                     partition_by=LedgerEntry.account_id, order_by=LedgerEntry.id
                 )
                 - LedgerEntry.amount_minor
             ).label("balance_before"),
-            func.row_number()
-            .over(partition_by=LedgerEntry.account_id, order_by=LedgerEntry.id)
-            .label("position"),
+            # The account's very first entry is its opening top-up, never late.
+            (
+                opening.c.account_id.is_(None)
+                & (
+                    func.row_number().over(
+                        partition_by=LedgerEntry.account_id, order_by=LedgerEntry.id
+                    )
+                    == 1
+                )
+            ).label("first_ever"),
         )
-        .where(LedgerEntry.account_id.in_(accounts))
+        .outerjoin(opening, opening.c.account_id == LedgerEntry.account_id)
+        .where(
+            LedgerEntry.account_id.in_(accounts),
+            LedgerEntry.created_at >= since,
+            LedgerEntry.created_at <= now,
+        )
         .subquery()
     )
     late = session.scalar(
@@ -114,9 +136,7 @@ def _late_payments(
             and_(
                 running.c.kind == "payment",
                 running.c.balance_before <= 0,
-                running.c.position > 1,
-                running.c.created_at >= since,
-                running.c.created_at <= now,
+                running.c.first_ever.is_(False),
             )
         )
     )
