@@ -66,6 +66,9 @@ def _actor() -> str:
 
 def _read_secret(path: str) -> str:
     if path == "-":
+        if sys.stdin.isatty():
+            # Typed by hand: no echo, so the key is not left on the screen either.
+            return getpass.getpass("vending key (hex): ")
         return sys.stdin.read()
     try:
         return Path(path).read_text()
