@@ -16,15 +16,23 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gridvend.app import create_app
-from gridvend.audit import AuditEntry
+from gridvend.audit import AuditEntry, AuditLog
 from gridvend.db import make_read_only_session_factory
 from headend.models import MeterLifecycle, PrepaidMode
 from headend.registry import MeterRegistration, register_meter
 from meter_sim.fleet import sts_meter_pan
 from meter_sim.model import DecoderSettings, MeterModel, TamperKind, TokenStatus
+from protocols.sts import TokenStatus as StsStatus
+from protocols.sts import process_token
 from tests.meter_sim.factories import T0, config
-from tests.vending.counter_world import SGC, key_config, quick_bearer_headers
+from tests.vending.counter_world import NOW, SGC, key_config, make_world, quick_bearer_headers
 from vending.keystore import KeyEncryptionKey, KeyStore
+from vending.management_tokens import (
+    ManagementKind,
+    ManagementRequest,
+    issue_management_token,
+    token_meter_key,
+)
 from vending.models import MeterTidCursor
 from vending.models_management import ManagementTokenRecord
 from vending.security_module import SoftwareSecurityModule
@@ -269,3 +277,39 @@ def test_a_retired_key_refuses_the_token(site: Site) -> None:
     assert answer.status_code == 409
     assert answer.json()["detail"]["code"] == "key_retired"
     assert site.tokens() == []
+
+
+def test_a_management_token_and_a_vend_never_share_a_tid(
+    session_factory: sessionmaker[Session],
+) -> None:
+    for world in make_world(session_factory):
+        # The world's module reads keys in sessions of its own: load the key before the
+        # SQLite write transaction (as the router does).
+        with session_factory() as session:
+            _, ref = token_meter_key(session, world.meters[0])
+        world.security_module.key_attributes(ref)
+        with session_factory() as session, session.begin():
+            issued = issue_management_token(
+                session,
+                ManagementRequest(
+                    meter_number=world.meters[0],
+                    kind=ManagementKind.SET_POWER_LIMIT,
+                    reference="m1",
+                    reason="fuse",
+                    limit_w=2000,
+                ),
+                issuer="tech",
+                issuer_role="technician",
+                security_module=world.security_module,
+                audit=AuditLog(),
+                now=NOW,
+            )
+            management_tid = issued.record.tid
+            token = issued.record.token_digits
+        vend = world.vend("100.00").json()
+        assert vend["tid"] > management_tid
+        state = world.meter()
+        for digits in (token, vend["token"]):
+            result = process_token(state, digits, NOW)
+            assert result.status is StsStatus.ACCEPT
+            state = result.state
