@@ -23,8 +23,10 @@ from vending.api import install_error_handler as install_vending_error_handler
 from vending.api import make_router as make_vending_router
 from vending.channels import make_admin_router as make_channel_admin_router
 from vending.channels import make_router as make_channel_router
+from vending.grading import GradingPolicy
 from vending.key_change_api import make_key_change_router
 from vending.keystore import KeyEncryptionKey
+from vending.management_api import make_management_router
 from vending.reversals import token_known_accepted
 from vending.security_module import SecurityModule
 
@@ -37,19 +39,21 @@ def create_app(
     command_queue: CommandQueue | None = None,
     counter: CounterConfig = CounterConfig(),
     kek: KeyEncryptionKey | None = None,
+    grading_policy: GradingPolicy | None = None,
 ) -> FastAPI:
     """The API; ``command_queue`` defaults to one on ``session_factory`` (no dispatcher:
     commands stay queued until a head-end worker runs one). Commissioning of MQTT meters
     goes through that queue. Without ``kek`` (the key that
-    encrypts channel secrets) the payment-channel API is not mounted."""
+    encrypts channel secrets) the payment-channel API is not mounted. ``grading_policy``
+    grades customers (default: ``vending.grading``'s thresholds)."""
     app = FastAPI(
         title="gridvend",
         version=gridvend.__version__,
         description="Prepaid smart-meter head-end and vending API.",
     )
     auth = Auth(session_factory)
-    app.include_router(make_auth_router(session_factory, auth))
     audit = AuditLog()
+    app.include_router(make_auth_router(session_factory, auth, audit))
     queue = command_queue or CommandQueue(session_factory, audit=audit)
     app.include_router(
         make_headend_router(
@@ -71,14 +75,16 @@ def create_app(
             security_module=security_module,
             audit=audit,
             config=counter,
+            grading_policy=grading_policy,
             token_acceptance=_token_accepted,
         )
     )
-    app.include_router(
-        make_key_change_router(
-            session_factory, require=auth.require, security_module=security_module, audit=audit
+    for make_router in (make_key_change_router, make_management_router):
+        app.include_router(
+            make_router(
+                session_factory, require=auth.require, security_module=security_module, audit=audit
+            )
         )
-    )
 
     if kek is not None:
         app.include_router(

@@ -16,9 +16,10 @@ from fastapi import APIRouter, Depends, Form, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pwdlib import PasswordHash
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Boolean, ForeignKey, MetaData, String, select
+from sqlalchemy import Boolean, ForeignKey, MetaData, String, func, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from gridvend.audit import AuditLog
 from headend.models import NAMING_CONVENTION, BigId
 from headend.sqltypes import UtcDateTime
 
@@ -102,6 +103,12 @@ class UserOut(BaseModel):
     created_at: datetime
 
 
+class RoleChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role
+
+
 class TokenOut(BaseModel):
     access_token: str
     token_type: str = "bearer"
@@ -134,6 +141,60 @@ def set_password(session: Session, username: str, password: str) -> User:
     user.password_hash = _password_hash.hash(password)
     user.active = True
     return user
+
+
+def change_role(session: Session, username: str, role: Role) -> tuple[User, Role]:
+    """Give a user another role, effective on their next request; returns the user and
+    the old role. AuthError ``user_not_found`` or ``last_admin`` (the only active admin
+    would be demoted: nobody could manage users any more)."""
+    user = _user(session, username)
+    old = Role(user.role)
+    if old is Role.ADMIN and role is not Role.ADMIN and user.active:
+        _keep_an_admin(session, user)
+    user.role = role.value
+    session.flush()
+    return user, old
+
+
+def set_active(session: Session, username: str, *, active: bool, actor: str) -> tuple[User, bool]:
+    """Enable or disable a user; returns the user and whether anything changed.
+
+    Disabling revokes every token of the user, so a token stops working at once and
+    stays dead after a later enable (the user signs in again). AuthError
+    ``user_not_found``, ``cannot_disable_self`` or ``last_admin``.
+    """
+    user = _user(session, username)
+    if user.active == active:
+        return user, False
+    if not active:
+        if user.username == actor:
+            raise AuthError("cannot_disable_self", "an admin cannot disable their own user")
+        if Role(user.role) is Role.ADMIN:
+            _keep_an_admin(session, user)
+        session.execute(
+            update(AccessToken).where(AccessToken.user_id == user.id).values(revoked=True)
+        )
+    user.active = active
+    session.flush()
+    return user, True
+
+
+def _user(session: Session, username: str) -> User:
+    # Locked: two admins changing one user queue instead of losing one change.
+    user = session.scalar(select(User).where(User.username == username).with_for_update())
+    if user is None:
+        raise AuthError("user_not_found", f"no user {username!r}")
+    return user
+
+
+def _keep_an_admin(session: Session, leaving: User) -> None:
+    others = session.scalar(
+        select(func.count())
+        .select_from(User)
+        .where(User.role == Role.ADMIN.value, User.active.is_(True), User.id != leaving.id)
+    )
+    if not others:
+        raise AuthError("last_admin", f"{leaving.username} is the only active admin")
 
 
 def issue_token(session: Session, username: str, password: str, now: datetime) -> TokenOut:
@@ -220,8 +281,21 @@ def _http_error(status_code: int, code: str, message: str) -> HTTPException:
     return HTTPException(status_code, detail={"code": code, "message": message}, headers=headers)
 
 
-def make_router(session_factory: sessionmaker[Session], auth: Auth) -> APIRouter:
+_ERROR_STATUS = {
+    "user_exists": status.HTTP_409_CONFLICT,
+    "user_not_found": status.HTTP_404_NOT_FOUND,
+    "last_admin": status.HTTP_409_CONFLICT,
+    "cannot_disable_self": status.HTTP_409_CONFLICT,
+}
+
+
+def make_router(
+    session_factory: sessionmaker[Session], auth: Auth, audit: AuditLog | None = None
+) -> APIRouter:
+    """The sign-in and user management routes; every change to a user is audited
+    (``user.create``, ``user.role_change``, ``user.disable``, ``user.enable``)."""
     router = APIRouter(prefix="/api/auth", tags=["auth"])
+    audit_log = audit or AuditLog()
 
     def db() -> Iterator[Session]:
         with session_factory() as session:
@@ -248,13 +322,21 @@ def make_router(session_factory: sessionmaker[Session], auth: Auth) -> APIRouter
     def add_user(
         body: NewUser,
         session: Annotated[Session, Depends(db)],
-        _: Principal = auth.require(Role.ADMIN),
+        principal: Principal = auth.require(Role.ADMIN),
     ) -> Any:
         try:
             with session.begin():
-                return create_user(session, body)
+                user = create_user(session, body)
+                audit_log.record(
+                    session,
+                    actor=principal.username,
+                    action="user.create",
+                    subject=f"user:{user.username}",
+                    detail={"role": user.role},
+                )
+                return user
         except AuthError as exc:
-            raise _http_error(status.HTTP_409_CONFLICT, exc.code, str(exc)) from None
+            raise _http_error(_ERROR_STATUS[exc.code], exc.code, str(exc)) from None
 
     @router.get("/users", response_model=list[UserOut])
     def list_users(
@@ -262,5 +344,62 @@ def make_router(session_factory: sessionmaker[Session], auth: Auth) -> APIRouter
         _: Principal = auth.require(Role.ADMIN),
     ) -> Any:
         return session.scalars(select(User).order_by(User.id)).all()
+
+    @router.put("/users/{username}/role", response_model=UserOut)
+    def set_role(
+        username: str,
+        body: RoleChange,
+        session: Annotated[Session, Depends(db)],
+        principal: Principal = auth.require(Role.ADMIN),
+    ) -> Any:
+        """Give the user another role; it applies to their very next request."""
+        try:
+            with session.begin():
+                user, old = change_role(session, username, body.role)
+                if old is not body.role:
+                    audit_log.record(
+                        session,
+                        actor=principal.username,
+                        action="user.role_change",
+                        subject=f"user:{username}",
+                        detail={"from": old.value, "to": body.role.value},
+                    )
+                return user
+        except AuthError as exc:
+            raise _http_error(_ERROR_STATUS[exc.code], exc.code, str(exc)) from None
+
+    def activation(username: str, session: Session, actor: str, active: bool) -> User:
+        try:
+            with session.begin():
+                user, changed = set_active(session, username, active=active, actor=actor)
+                if changed:
+                    audit_log.record(
+                        session,
+                        actor=actor,
+                        action="user.enable" if active else "user.disable",
+                        subject=f"user:{username}",
+                    )
+                return user
+        except AuthError as exc:
+            raise _http_error(_ERROR_STATUS[exc.code], exc.code, str(exc)) from None
+
+    @router.post("/users/{username}/disable", response_model=UserOut)
+    def disable_user(
+        username: str,
+        session: Annotated[Session, Depends(db)],
+        principal: Principal = auth.require(Role.ADMIN),
+    ) -> Any:
+        """Disable the user: their tokens stop working at once and they cannot sign in.
+        Disabling a disabled user changes nothing (and is not audited again)."""
+        return activation(username, session, principal.username, active=False)
+
+    @router.post("/users/{username}/enable", response_model=UserOut)
+    def enable_user(
+        username: str,
+        session: Annotated[Session, Depends(db)],
+        principal: Principal = auth.require(Role.ADMIN),
+    ) -> Any:
+        """Enable the user again; they sign in anew (their old tokens stay revoked)."""
+        return activation(username, session, principal.username, active=True)
 
     return router

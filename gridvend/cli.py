@@ -15,6 +15,7 @@ from gridvend.auth import AuthError, NewUser, Role, create_user
 from gridvend.broker import BrokerError, provide_broker
 from gridvend.channel_cli import app as channel_app
 from gridvend.db import make_engine, make_session_factory, upgrade
+from gridvend.keys_cli import app as keys_app
 from gridvend.meter_cli import app as meter_app
 from gridvend.runtime import System
 from gridvend.settings import Settings
@@ -36,6 +37,7 @@ app.add_typer(sts_app, name="sts", help="STS tokens by hand: keys, encode, decod
 app.add_typer(meter_app, name="meter")
 app.add_typer(sim_app, name="sim")
 app.add_typer(channel_app, name="channel")
+app.add_typer(keys_app, name="keys", no_args_is_help=True)
 
 console = Console()
 

@@ -7,8 +7,9 @@ from sqlalchemy import MetaData
 import headend.commands.models
 import headend.connectors.modbus_models  # noqa: F401 - registers the polling tables
 import vending.channels.models
-import vending.models_counter
-import vending.models_keychange  # noqa: F401 - registers the key change table
+import vending.models_counter  # registers the counter tables
+import vending.models_keychange  # registers the key change table
+import vending.models_management  # noqa: F401 - registers the management token table
 from gridvend.audit import Base as AuditBase
 from gridvend.auth import Base as AuthBase
 from headend.models import Base as HeadendBase

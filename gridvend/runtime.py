@@ -205,6 +205,7 @@ class System:
                 utility_name=settings.utility_name, timezone=settings.utility_timezone
             ),
             kek=self.kek,
+            grading_policy=settings.grading_policy(),
         )
         self.server = uvicorn.Server(
             uvicorn.Config(

@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import secrets
+from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from vending.grading import Grade, GradeThreshold, GradingPolicy
+
 NOTIFICATION_CHANNELS = ("record", "email", "sms", "webhook")
+
+
+class GradeThresholdSetting(BaseModel):
+    """One star grade's thresholds as GRIDVEND_GRADING_THRESHOLDS gives them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_annual_kwh: Annotated[Decimal, Field(ge=0)]
+    min_supply_voltage_v: Annotated[int, Field(ge=0)]
+    max_late_payments_12m: Annotated[int, Field(ge=0)]
+    max_disconnections_12m: Annotated[int, Field(ge=0)] = 0
 
 
 class Settings(BaseSettings):
@@ -108,8 +122,50 @@ class Settings(BaseSettings):
     def notification_channel_list(self) -> tuple[str, ...]:
         return tuple(self.notification_channels.split(","))
 
+    grading_thresholds: dict[int, GradeThresholdSetting] | None = Field(
+        default=None,
+        description="Customer grading thresholds as JSON keyed by stars (1, 2, 3), e.g. "
+        '{"1": {"min_annual_kwh": 50000, "min_supply_voltage_v": 230, '
+        '"max_late_payments_12m": 2, "max_disconnections_12m": 1}, ...}; '
+        "default: vending.grading's.",
+    )
+
+    @field_validator("grading_thresholds")
+    @classmethod
+    def _a_valid_grading_policy(
+        cls, value: dict[int, GradeThresholdSetting] | None
+    ) -> dict[int, GradeThresholdSetting] | None:
+        # Refuse a bad policy when the settings are read, not at the first grading.
+        if value is not None:
+            _policy(value)
+        return value
+
+    def grading_policy(self) -> GradingPolicy:
+        """The customer grading policy these settings give (GradingPolicy's default if unset)."""
+        if self.grading_thresholds is None:
+            return GradingPolicy()
+        return _policy(self.grading_thresholds)
+
     @cached_property
     def effective_database_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'gridvend.db').resolve()}"
+
+
+def _policy(thresholds: dict[int, GradeThresholdSetting]) -> GradingPolicy:
+    try:
+        return GradingPolicy(
+            {
+                Grade(stars): GradeThreshold(
+                    min_annual_kwh=t.min_annual_kwh,
+                    min_supply_voltage_v=t.min_supply_voltage_v,
+                    max_late_payments_12m=t.max_late_payments_12m,
+                    max_disconnections_12m=t.max_disconnections_12m,
+                )
+                for stars, t in thresholds.items()
+            }
+        )
+    except ValueError as exc:
+        # GradingError is one; so is a key that is no grade at all (Grade(7)).
+        raise ValueError(f"grading thresholds: {exc}") from None

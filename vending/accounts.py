@@ -51,6 +51,9 @@ class NewCustomer(BaseModel):
     email: Annotated[str, Field(max_length=128, pattern=r"^$|^[^@\s]+@[^@\s]+\.[^@\s]+$")] = ""
     category: CustomerCategory = CustomerCategory.RESIDENTIAL
     protection: Protection | None = None
+    supply_voltage_v: Annotated[
+        int, Field(ge=1, le=1_000_000, description="Nominal supply voltage, volts.")
+    ] = 230
 
 
 class NewAccount(BaseModel):
@@ -74,6 +77,7 @@ def add_customer(session: Session, new: NewCustomer, now: datetime) -> Customer:
         email=new.email,
         category=new.category.value,
         protection=new.protection.value if new.protection else None,
+        supply_voltage_v=new.supply_voltage_v,
         created_at=now,
     )
     session.add(customer)

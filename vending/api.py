@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -48,8 +48,9 @@ from vending.counter import (
     lookup,
     vend,
 )
+from vending.customer_grades import grade_of_customer
 from vending.errors import VendingError
-from vending.grading import GradingError, GradingPolicy, PaymentRecord, grade_customer
+from vending.grading import GradingPolicy
 from vending.key_change_views import pending_key_change_json
 from vending.keystore import KeyStoreError
 from vending.models import (
@@ -121,6 +122,7 @@ _UNPROCESSABLE = {
     "invalid_period",
     "invalid_timezone",
     "invalid_grading",
+    "invalid_supply_voltage",
     "amount_below_minimum",
     "amount_above_maximum",
     "pricing_refused",
@@ -237,6 +239,10 @@ class VendBody(_Body):
     )
 
 
+class SupplyVoltageBody(_Body):
+    supply_voltage_v: Annotated[int, Field(strict=True, ge=1, le=1_000_000)]
+
+
 class ReversalBody(_Body):
     reason: Annotated[str, Field(min_length=3, max_length=500)]
 
@@ -255,6 +261,7 @@ _FIELD_CODES = {
     "debt": "invalid_amount",
     "meter_number": "invalid_meter_number",
     "reason": "reason_required",
+    "supply_voltage_v": "invalid_supply_voltage",
 }
 
 
@@ -298,6 +305,7 @@ def _customer_json(customer: Customer) -> dict[str, Any]:
         "email": customer.email,
         "category": customer.category,
         "protection": customer.protection,
+        "supply_voltage_v": customer.supply_voltage_v,
         "created_at": customer.created_at.isoformat(),
     }
 
@@ -689,47 +697,40 @@ def make_router(
             }
 
     @router.get("/customers/{customer_id}/grade")
-    def customer_grade(
-        customer_id: int,
-        _: Any = require(*COUNTER_STAFF),
-        supply_voltage_v: Annotated[int, Query(ge=0, le=1_000_000)] = 230,
-        late_payments_12m: Annotated[int, Query(ge=0)] = 0,
-        disconnections_12m: Annotated[int, Query(ge=0)] = 0,
-    ) -> dict[str, Any]:
-        """The customer's grade from the kWh vended to their accounts in the last 365
-        days, the supply voltage and the payment record given."""
+    def customer_grade(customer_id: int, _: Any = require(*COUNTER_STAFF)) -> dict[str, Any]:
+        """The customer's grade and the facts it rests on, all from stored data (see
+        vending.customer_grades): last 365 days' kWh, supply voltage, late payments and
+        disconnections."""
         with reading() as session:
-            if session.get(Customer, customer_id) is None:
+            customer = session.get(Customer, customer_id)
+            if customer is None:
                 raise VendingError("customer_not_found", f"no customer {customer_id}")
-            since = clock() - timedelta(days=365)
-            kwh = session.scalar(
-                select(func.coalesce(func.sum(Vend.units_kwh), 0))
-                .join(Account, Account.id == Vend.account_id)
-                .where(
-                    Account.customer_id == customer_id,
-                    Vend.status != "reversed",
-                    Vend.created_at >= since,
+            graded = grade_of_customer(session, customer, clock(), grading_policy)
+            return {"customer_id": customer_id, **graded.as_json()}
+
+    @router.put("/customers/{customer_id}/supply-voltage")
+    def set_supply_voltage(
+        customer_id: int,
+        principal: Any = require(*SUPERVISORS),
+        change: SupplyVoltageBody = body(SupplyVoltageBody),
+    ) -> dict[str, Any]:
+        """Record the customer's nominal supply voltage (a grading fact; audited)."""
+        with writing() as session:
+            customer = session.get(Customer, customer_id)
+            if customer is None:
+                raise VendingError("customer_not_found", f"no customer {customer_id}")
+            before = customer.supply_voltage_v
+            customer.supply_voltage_v = change.supply_voltage_v
+            if before != change.supply_voltage_v:
+                record(
+                    session,
+                    principal.username,
+                    "customer.supply_voltage",
+                    f"customer:{customer_id}",
+                    before=before,
+                    after=change.supply_voltage_v,
                 )
-            )
-            annual = Decimal(str(kwh or 0))
-            try:
-                grade = grade_customer(
-                    annual,
-                    supply_voltage_v,
-                    PaymentRecord(late_payments_12m, disconnections_12m),
-                    grading_policy,
-                )
-            except GradingError as exc:
-                raise VendingError("invalid_grading", str(exc)) from None
-            return {
-                "customer_id": customer_id,
-                "grade": grade.label,
-                "stars": int(grade),
-                "annual_kwh": str(annual.quantize(Decimal("0.1"))),
-                "supply_voltage_v": supply_voltage_v,
-                "late_payments_12m": late_payments_12m,
-                "disconnections_12m": disconnections_12m,
-            }
+            return _customer_json(customer)
 
     # Accounts ---------------------------------------------------------------------------
 
@@ -778,8 +779,11 @@ def make_router(
             vends = session.scalars(
                 select(Vend).where(Vend.account_id == account.id).order_by(Vend.id.desc()).limit(20)
             )
+            customer = session.get_one(Customer, account.customer_id)
+            graded = grade_of_customer(session, customer, clock(), grading_policy)
             return {
                 **_account_json(account),
+                "customer_grade": graded.as_json(),
                 "balance": _minor(balance or 0, account.currency),
                 "meters": linked_meter_numbers(session, account.id),
                 "meter_history": history,

@@ -192,9 +192,14 @@ class KeyStore:
     def retire_key(
         self, session: Session, supply_group_code: str, key_revision: int, now: datetime
     ) -> None:
+        """Mark a key retired; KeyStoreError("key_not_found") or ("key_retired")."""
         record = _find(session, supply_group_code, key_revision)
         if record is None:
             raise KeyStoreError("key_not_found", f"no key {supply_group_code}/{key_revision}")
+        if record.retired_at is not None:
+            raise KeyStoreError(
+                "key_retired", f"key {supply_group_code}/{key_revision} is already retired"
+            )
         record.retired_at = now
 
     def rotate_kek(self, session: Session, new_kek: KeyEncryptionKey) -> int:

@@ -67,6 +67,8 @@ class Customer(Base):
     category: Mapped[str] = mapped_column(String(16))  # residential, commercial, industrial
     # Why the customer must not be disconnected without an operator (life_support, hospital...).
     protection: Mapped[str | None] = mapped_column(String(32))
+    # Nominal voltage of the customer's supply (230, 400, 11 000...): one of the grading facts.
+    supply_voltage_v: Mapped[int] = mapped_column(Integer, default=230, server_default="230")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 

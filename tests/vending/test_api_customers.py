@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from decimal import Decimal
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
@@ -61,12 +62,14 @@ def test_the_grade_follows_consumption_voltage_and_payment_record(world: World) 
     ordinary = world.get(f"/customers/{world.customer_id}/grade", "clerk").json()
     assert ordinary["grade"] == "ordinary" and ordinary["stars"] == 0
     world.vend("1000.00")
-    graded = world.get(
-        f"/customers/{world.customer_id}/grade",
-        "clerk",
-        params={"supply_voltage_v": 400},
-    ).json()
-    assert float(graded["annual_kwh"]) > 0
+    world.client.put(
+        f"/api/vending/customers/{world.customer_id}/supply-voltage",
+        headers=world.as_("supervisor"),
+        json={"supply_voltage_v": 400},
+    )
+    graded = world.get(f"/customers/{world.customer_id}/grade", "clerk").json()
+    assert Decimal(graded["annual_kwh"]) > 0
+    assert graded["supply_voltage_v"] == 400
     assert graded["grade"] == "ordinary"  # far below the 50 000 kWh of one star
 
 

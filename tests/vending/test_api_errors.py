@@ -262,5 +262,6 @@ def test_bad_query_parameters_answer_the_counters_error_shape(world: World) -> N
         answer = world.get(path, "supervisor")
         assert answer.status_code == 422
         assert answer.json()["detail"]["code"] == "invalid_request", answer.text
-    grade = world.get(f"/customers/{world.customer_id}/grade?supply_voltage_v=-1", "clerk")
+    grade = world.get("/customers/first/grade", "clerk")
+    assert grade.status_code == 422
     assert grade.json()["detail"]["code"] == "invalid_request"
