@@ -15,6 +15,7 @@ from gridvend.auth import make_router as make_auth_router
 from headend.api import make_router as make_headend_router
 from headend.commands import CommandQueue
 from headend.commands.api import make_router as make_command_router
+from headend.events_api import make_router as make_events_router
 from headend.ingest import IngestStats
 from headend.interface import token_accepted
 from headend.meter_link_mqtt import commissioning_link_factory
@@ -61,6 +62,7 @@ def create_app(
         )
     )
     app.include_router(make_command_router(session_factory, require=auth.require, queue=queue))
+    app.include_router(make_events_router(session_factory, require=auth.require, audit=audit))
 
     install_vending_error_handler(app)
     app.include_router(
