@@ -19,6 +19,8 @@ from headend.events_api import make_router as make_events_router
 from headend.ingest import IngestStats
 from headend.interface import token_accepted
 from headend.meter_link_mqtt import commissioning_link_factory
+from headend.read_now_api import OnDemandReader
+from headend.read_now_api import make_router as make_read_now_router
 from vending.api import CounterConfig
 from vending.api import install_error_handler as install_vending_error_handler
 from vending.api import make_router as make_vending_router
@@ -37,11 +39,14 @@ def create_app(
     command_queue: CommandQueue | None = None,
     counter: CounterConfig = CounterConfig(),
     kek: KeyEncryptionKey | None = None,
+    modbus_reader: OnDemandReader | None = None,
 ) -> FastAPI:
     """The API; ``command_queue`` defaults to one on ``session_factory`` (no dispatcher:
     commands stay queued until a head-end worker runs one). Commissioning of MQTT meters
     goes through that queue. Without ``kek`` (the key that
-    encrypts channel secrets) the payment-channel API is not mounted."""
+    encrypts channel secrets) the payment-channel API is not mounted. ``modbus_reader`` (the
+    running Modbus poller) serves ``POST /api/meters/{id}/read-now``; without it that
+    route answers 503."""
     app = FastAPI(
         title="gridvend",
         version=gridvend.__version__,
@@ -63,6 +68,9 @@ def create_app(
     )
     app.include_router(make_command_router(session_factory, require=auth.require, queue=queue))
     app.include_router(make_events_router(session_factory, require=auth.require, audit=audit))
+    app.include_router(
+        make_read_now_router(session_factory, require=auth.require, reader=modbus_reader)
+    )
 
     install_vending_error_handler(app)
     app.include_router(

@@ -32,9 +32,15 @@ from gridvend.db import (
 from gridvend.settings import Settings
 from headend.commands import CommandQueue
 from headend.commands.dispatcher import CommandDispatcher
-from headend.connectors.modbus import REGISTRY_FIELDS, ModbusPoller, targets_from_registry
+from headend.connectors.modbus import (
+    REGISTRY_FIELDS,
+    ModbusPoller,
+    PollTarget,
+    UnknownMeterError,
+    targets_from_registry,
+)
 from headend.connectors.mqtt import MqttIngestWorker
-from headend.ingest import Ingestor
+from headend.ingest import Ingestor, PolledReading
 from headend.interface import ConsumptionEvent, read_consumption
 from headend.models import Meter, MeterProtocol
 from protocols.mqtt import TopicScheme
@@ -61,6 +67,27 @@ def load_key_encryption_key(settings: Settings) -> KeyEncryptionKey:
 
 def _consumption_stream(session: Session, after_offset: int, limit: int) -> list[ConsumptionEvent]:
     return read_consumption(session, after_offset=after_offset, limit=limit)
+
+
+class FreshTargetsReader:
+    """The poller for the API's on-demand reads. A meter registered since the last target
+    refresh (every ``TARGET_REFRESH_S``) is not a target yet: re-read the registry once
+    rather than make the operator wait for the refresh."""
+
+    def __init__(self, poller: ModbusPoller, targets: Callable[[], list[PollTarget]]) -> None:
+        self._poller = poller
+        self._targets = targets
+
+    @property
+    def group_names(self) -> frozenset[str]:
+        return self._poller.group_names
+
+    async def read_now(self, meter_id: int, group: str = "instantaneous") -> PolledReading:
+        try:
+            return await self._poller.read_now(meter_id, group)
+        except UnknownMeterError:
+            self._poller.set_targets(await asyncio.to_thread(self._targets))
+            return await self._poller.read_now(meter_id, group)
 
 
 class System:
@@ -141,6 +168,7 @@ class System:
                 utility_name=settings.utility_name, timezone=settings.utility_timezone
             ),
             kek=self.kek,
+            modbus_reader=FreshTargetsReader(self.poller, self._poll_targets),
         )
         self.server = uvicorn.Server(
             uvicorn.Config(
@@ -197,7 +225,7 @@ class System:
                 log.exception("reading the Modbus poll targets failed; keeping the old ones")
             await asyncio.sleep(TARGET_REFRESH_S)
 
-    def _poll_targets(self) -> list[Any]:
+    def _poll_targets(self) -> list[PollTarget]:
         fields = [getattr(Meter, name) for name in REGISTRY_FIELDS]
         modbus = (MeterProtocol.MODBUS_TCP.value, MeterProtocol.MODBUS_RTU.value)
         with self.session_factory() as session:
