@@ -12,6 +12,7 @@ import gridvend
 from gridvend.audit import AuditLog
 from gridvend.auth import Auth
 from gridvend.auth import make_router as make_auth_router
+from gridvend.key_loading import DeliveryKey, SecurityModuleKeyLoader
 from headend.api import make_router as make_headend_router
 from headend.commands import CommandQueue
 from headend.commands.api import make_router as make_command_router
@@ -40,13 +41,15 @@ def create_app(
     counter: CounterConfig = CounterConfig(),
     kek: KeyEncryptionKey | None = None,
     modbus_reader: OnDemandReader | None = None,
+    delivery_key: DeliveryKey | None = None,
 ) -> FastAPI:
     """The API; ``command_queue`` defaults to one on ``session_factory`` (no dispatcher:
     commands stay queued until a head-end worker runs one). Commissioning of MQTT meters
     goes through that queue. Without ``kek`` (the key that
     encrypts channel secrets) the payment-channel API is not mounted. ``modbus_reader`` (the
     running Modbus poller) serves ``POST /api/meters/{id}/read-now``; without it that
-    route answers 503."""
+    route answers 503. Commissioning loads keys from ``delivery_key`` (the key meters are
+    delivered with) to the registry's key; without it the load-keys step stays pending."""
     app = FastAPI(
         title="gridvend",
         version=gridvend.__version__,
@@ -64,6 +67,9 @@ def create_app(
             audit=audit,
             # MQTT meters are commissioned through the command queue, Modbus ones directly.
             link_factory=commissioning_link_factory(queue),
+            key_loader=SecurityModuleKeyLoader(
+                security_module, delivery_key, session_factory, audit
+            ),
         )
     )
     app.include_router(make_command_router(session_factory, require=auth.require, queue=queue))

@@ -29,6 +29,7 @@ from gridvend.db import (
     make_session_factory,
     upgrade,
 )
+from gridvend.key_loading import DeliveryKey
 from gridvend.settings import Settings
 from headend.commands import CommandQueue
 from headend.commands.dispatcher import CommandDispatcher
@@ -169,6 +170,7 @@ class System:
             ),
             kek=self.kek,
             modbus_reader=FreshTargetsReader(self.poller, self._poll_targets),
+            delivery_key=DeliveryKey.from_settings(settings),
         )
         self.server = uvicorn.Server(
             uvicorn.Config(

@@ -41,6 +41,13 @@ class Settings(BaseSettings):
     conversion_grace_days: Annotated[int, Field(ge=0)] = Field(
         default=30, description="Central balance: no disconnection this long after conversion."
     )
+    commissioning_delivery_key: Annotated[
+        str | None, Field(pattern=r"^[0-9]{6}/[0-9]{2}/[1-9]$")
+    ] = Field(
+        default=None,
+        description="SGC/TI/KRN of the key meters are delivered with, e.g. 600727/01/1 "
+        "(its vending key in the key store); commissioning loads keys from it.",
+    )
     api_host: str = "127.0.0.1"
     api_port: Annotated[int, Field(ge=0, le=65535)] = 8000
     secret_key: SecretStr = Field(
