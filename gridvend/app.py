@@ -129,6 +129,8 @@ _INDEX_PAGE = """<!doctype html>
 <ul>
 <li><a href="/api/meters">/api/meters</a>: registered meters</li>
 <li><a href="/api/headend/stats">/api/headend/stats</a>: ingestion counters</li>
+<li><a href="/api/events?alarms_only=true&amp;unacknowledged=true">/api/events</a>:
+alarms nobody has acknowledged</li>
 <li><a href="/api/headend/rejected-messages">/api/headend/rejected-messages</a>:
 quarantined messages</li>
 <li><a href="/docs">/docs</a>: the API, interactive</li>

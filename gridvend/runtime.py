@@ -37,6 +37,7 @@ from headend.connectors.modbus import (
     REGISTRY_FIELDS,
     ModbusPoller,
     PollTarget,
+    TargetError,
     UnknownMeterError,
     targets_from_registry,
 )
@@ -86,8 +87,11 @@ class FreshTargetsReader:
     async def read_now(self, meter_id: int, group: str = "instantaneous") -> PolledReading:
         try:
             return await self._poller.read_now(meter_id, group)
-        except UnknownMeterError:
-            self._poller.set_targets(await asyncio.to_thread(self._targets))
+        except UnknownMeterError as exc:
+            try:
+                self._poller.set_targets(await asyncio.to_thread(self._targets))
+            except TargetError as problem:
+                raise UnknownMeterError(f"{exc}; the registry's targets: {problem}") from None
             return await self._poller.read_now(meter_id, group)
 
 
