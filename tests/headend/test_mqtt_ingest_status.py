@@ -54,14 +54,15 @@ def _worker(
     name: str,
     seen: Counter[tuple[str, str]] | None = None,
 ) -> MqttIngestWorker:
-    """A worker in the test's share group; ``seen`` counts (worker, topic) it ingested."""
+    """A worker in the test's share group; ``seen`` counts (worker, topic) it stored."""
     scheme = TopicScheme(prefix=prefix)
     ingestor = Ingestor(session_factory, scheme)
 
     def ingest(messages: Sequence[InboundMessage]) -> object:
-        if seen is not None:
+        stats = ingestor.ingest(messages)
+        if seen is not None:  # counted once stored, so a test can read what it did
             seen.update((name, m.topic) for m in messages)
-        return ingestor.ingest(messages)
+        return stats
 
     return MqttIngestWorker(
         broker.host,
