@@ -12,12 +12,16 @@ import gridvend
 from gridvend.audit import AuditLog
 from gridvend.auth import Auth
 from gridvend.auth import make_router as make_auth_router
+from gridvend.key_loading import DeliveryKey, SecurityModuleKeyLoader
 from headend.api import make_router as make_headend_router
 from headend.commands import CommandQueue
 from headend.commands.api import make_router as make_command_router
+from headend.events_api import make_router as make_events_router
 from headend.ingest import IngestStats
 from headend.interface import token_accepted
 from headend.meter_link_mqtt import commissioning_link_factory
+from headend.read_now_api import OnDemandReader
+from headend.read_now_api import make_router as make_read_now_router
 from vending.api import CounterConfig
 from vending.api import install_error_handler as install_vending_error_handler
 from vending.api import make_router as make_vending_router
@@ -40,12 +44,17 @@ def create_app(
     counter: CounterConfig = CounterConfig(),
     kek: KeyEncryptionKey | None = None,
     grading_policy: GradingPolicy | None = None,
+    modbus_reader: OnDemandReader | None = None,
+    delivery_key: DeliveryKey | None = None,
 ) -> FastAPI:
     """The API; ``command_queue`` defaults to one on ``session_factory`` (no dispatcher:
     commands stay queued until a head-end worker runs one). Commissioning of MQTT meters
     goes through that queue. Without ``kek`` (the key that
     encrypts channel secrets) the payment-channel API is not mounted. ``grading_policy``
-    grades customers (default: ``vending.grading``'s thresholds)."""
+    grades customers (default: ``vending.grading``'s thresholds). ``modbus_reader`` (the
+    running Modbus poller) serves ``POST /api/meters/{id}/read-now``; without it that
+    route answers 503. Commissioning loads keys from ``delivery_key`` (the key meters are
+    delivered with) to the registry's key; without it the load-keys step stays pending."""
     app = FastAPI(
         title="gridvend",
         version=gridvend.__version__,
@@ -63,9 +72,16 @@ def create_app(
             audit=audit,
             # MQTT meters are commissioned through the command queue, Modbus ones directly.
             link_factory=commissioning_link_factory(queue),
+            key_loader=SecurityModuleKeyLoader(
+                security_module, delivery_key, session_factory, audit
+            ),
         )
     )
     app.include_router(make_command_router(session_factory, require=auth.require, queue=queue))
+    app.include_router(make_events_router(session_factory, require=auth.require, audit=audit))
+    app.include_router(
+        make_read_now_router(session_factory, require=auth.require, reader=modbus_reader)
+    )
 
     install_vending_error_handler(app)
     app.include_router(
@@ -125,6 +141,8 @@ _INDEX_PAGE = """<!doctype html>
 <ul>
 <li><a href="/api/meters">/api/meters</a>: registered meters</li>
 <li><a href="/api/headend/stats">/api/headend/stats</a>: ingestion counters</li>
+<li><a href="/api/events?alarms_only=true&amp;unacknowledged=true">/api/events</a>:
+alarms nobody has acknowledged</li>
 <li><a href="/api/headend/rejected-messages">/api/headend/rejected-messages</a>:
 quarantined messages</li>
 <li><a href="/docs">/docs</a>: the API, interactive</li>

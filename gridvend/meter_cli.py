@@ -22,9 +22,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gridvend.audit import AuditLog
-from gridvend.db import make_engine, make_session_factory, upgrade
+from gridvend.db import (
+    make_engine,
+    make_read_only_session_factory,
+    make_session_factory,
+    upgrade,
+)
+from gridvend.key_loading import DeliveryKey, SecurityModuleKeyLoader
 from gridvend.settings import Settings
 from headend.bulk_import import ImportFileError, ImportReport, import_meters
+from headend.commands import CommandQueue
 from headend.commissioning import (
     Commissioning,
     CommissioningError,
@@ -34,8 +41,11 @@ from headend.commissioning import (
     StepStatus,
 )
 from headend.health import read_success_rates, silent_meters
+from headend.meter_link_mqtt import commissioning_link_factory
 from headend.models import Meter, MeterLifecycle
 from headend.registry import RegistryError, find_meter
+from vending.keystore import KeyStore
+from vending.security_module import SoftwareSecurityModule
 
 app = typer.Typer(help="Meters: bulk import, commissioning, listing, health.", no_args_is_help=True)
 console = Console()
@@ -132,13 +142,20 @@ def commission(
 ) -> None:
     """Run the commissioning workflow on an installed meter, step by step.
 
+    Modbus meters are talked to directly. MQTT meters get their steps as commands through
+    the command queue: a running `gridvend serve` (on the same database) sends them, or
+    each step fails after 60 s. Keys are loaded from GRIDVEND_COMMISSIONING_DELIVERY_KEY
+    to the registry's key with the server's vending keys (unset: the step stays pending).
+
     Exit status: 0 commissioned, 1 a step failed (the meter stays installed), 2 refused.
     """
+    settings = Settings()
     with _database() as session_factory:
         try:
             with session_factory() as session:
                 meter_id = find_meter(session, meter).id
-            view = asyncio.run(_commission(session_factory, meter_id, technician))
+            service = _commissioning(settings, session_factory)
+            view = asyncio.run(_commission(service, meter_id, technician))
         except (RegistryError, CommissioningError) as exc:
             console.print(f"[red]{escape(str(exc))}[/red]")
             raise typer.Exit(2) from None
@@ -151,10 +168,35 @@ def commission(
     raise typer.Exit(1)
 
 
-async def _commission(
-    session_factory: sessionmaker[Session], meter_id: int, technician: str
-) -> RunView:
-    service = Commissioning(session_factory, audit=AuditLog())
+def _commissioning(settings: Settings, session_factory: sessionmaker[Session]) -> Commissioning:
+    """Commissioning as `gridvend serve` runs it: MQTT meters through the command queue,
+    keys from the delivery key with this server's vending keys."""
+    audit = AuditLog()
+    delivery = DeliveryKey.from_settings(settings)
+    key_loader = None
+    if delivery is None:
+        # Not even the key-encryption key is needed then (nor created, as a server would).
+        console.print(
+            "[yellow]keys will not be loaded: GRIDVEND_COMMISSIONING_DELIVERY_KEY "
+            "(SGC/TI/KRN of the key meters are delivered with) is not set[/yellow]"
+        )
+    else:
+        from gridvend.runtime import load_key_encryption_key
+
+        engine = session_factory.kw["bind"]
+        security_module = SoftwareSecurityModule(
+            KeyStore(load_key_encryption_key(settings)), make_read_only_session_factory(engine)
+        )
+        key_loader = SecurityModuleKeyLoader(security_module, delivery, session_factory, audit)
+    return Commissioning(
+        session_factory,
+        audit=audit,
+        link_factory=commissioning_link_factory(CommandQueue(session_factory, audit=audit)),
+        key_loader=key_loader,
+    )
+
+
+async def _commission(service: Commissioning, meter_id: int, technician: str) -> RunView:
     run_id = service.start(meter_id, technician=technician)
     view = service.get_run(run_id)
     while view.next_step is not None:

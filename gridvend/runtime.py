@@ -30,13 +30,21 @@ from gridvend.db import (
     make_session_factory,
     upgrade,
 )
+from gridvend.key_loading import DeliveryKey
 from gridvend.settings import Settings
 from headend.commands import CommandQueue
 from headend.commands.dispatcher import CommandDispatcher
 from headend.commands.modbus_worker import ModbusCommandWorker
-from headend.connectors.modbus import REGISTRY_FIELDS, ModbusPoller, targets_from_registry
+from headend.connectors.modbus import (
+    REGISTRY_FIELDS,
+    ModbusPoller,
+    PollTarget,
+    TargetError,
+    UnknownMeterError,
+    targets_from_registry,
+)
 from headend.connectors.mqtt import MqttIngestWorker
-from headend.ingest import Ingestor
+from headend.ingest import Ingestor, PolledReading
 from headend.interface import ConsumptionEvent, read_consumption
 from headend.models import Meter, MeterProtocol
 from protocols.mqtt import TopicScheme
@@ -108,6 +116,30 @@ def notification_adapters(settings: Settings) -> list[NotificationAdapter]:
 
 def _consumption_stream(session: Session, after_offset: int, limit: int) -> list[ConsumptionEvent]:
     return read_consumption(session, after_offset=after_offset, limit=limit)
+
+
+class FreshTargetsReader:
+    """The poller for the API's on-demand reads. A meter registered since the last target
+    refresh (every ``TARGET_REFRESH_S``) is not a target yet: re-read the registry once
+    rather than make the operator wait for the refresh."""
+
+    def __init__(self, poller: ModbusPoller, targets: Callable[[], list[PollTarget]]) -> None:
+        self._poller = poller
+        self._targets = targets
+
+    @property
+    def group_names(self) -> frozenset[str]:
+        return self._poller.group_names
+
+    async def read_now(self, meter_id: int, group: str = "instantaneous") -> PolledReading:
+        try:
+            return await self._poller.read_now(meter_id, group)
+        except UnknownMeterError as exc:
+            try:
+                self._poller.set_targets(await asyncio.to_thread(self._targets))
+            except TargetError as problem:
+                raise UnknownMeterError(f"{exc}; the registry's targets: {problem}") from None
+            return await self._poller.read_now(meter_id, group)
 
 
 class System:
@@ -206,6 +238,8 @@ class System:
             ),
             kek=self.kek,
             grading_policy=settings.grading_policy(),
+            modbus_reader=FreshTargetsReader(self.poller, self._poll_targets),
+            delivery_key=DeliveryKey.from_settings(settings),
         )
         self.server = uvicorn.Server(
             uvicorn.Config(
@@ -270,7 +304,7 @@ class System:
                 log.exception("reading the Modbus poll targets failed; keeping the old ones")
             await asyncio.sleep(TARGET_REFRESH_S)
 
-    def _poll_targets(self) -> list[Any]:
+    def _poll_targets(self) -> list[PollTarget]:
         fields = [getattr(Meter, name) for name in REGISTRY_FIELDS]
         modbus = (MeterProtocol.MODBUS_TCP.value, MeterProtocol.MODBUS_RTU.value)
         with self.session_factory() as session:

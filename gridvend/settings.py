@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     sms_gateway_token: SecretStr | None = None
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
+    commissioning_delivery_key: Annotated[
+        str | None, Field(pattern=r"^[0-9]{6}/[0-9]{2}/[1-9]$")
+    ] = Field(
+        default=None,
+        description="SGC/TI/KRN of the key meters are delivered with, e.g. 600727/01/1 "
+        "(its vending key in the key store); commissioning loads keys from it.",
+    )
     api_host: str = "127.0.0.1"
     api_port: Annotated[int, Field(ge=0, le=65535)] = 8000
     secret_key: SecretStr = Field(

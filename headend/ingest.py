@@ -30,6 +30,7 @@ from headend.consumption import (
     withdrawals,
 )
 from headend.estimation import estimate_gaps
+from headend.events import event_severity
 from headend.models import (
     READING_VALUE_TYPE,
     ConsumptionEventRecord,
@@ -522,6 +523,7 @@ class Ingestor:
                 "kind": item.body.kind.value,
                 "detail": dict(item.body.detail),
                 "received_at": item.message.received_at,
+                "severity": event_severity(item.body.kind, item.body.detail).value,
             }
             for item, meter_id in accepted
             if isinstance(item.body, MeterEvent)

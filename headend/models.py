@@ -199,8 +199,14 @@ class Reading(Base):
 
 
 class MeterEventRecord(Base):
+    """An event a meter reported; ``severity`` other than "info" makes it an alarm, which
+    an operator acknowledges (see headend/events.py)."""
+
     __tablename__ = "meter_events"
-    __table_args__ = (UniqueConstraint("meter_id", "seq", "ts"),)
+    __table_args__ = (
+        UniqueConstraint("meter_id", "seq", "ts"),
+        Index("ix_meter_events_severity", "severity", "acknowledged_at"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     meter_id: Mapped[int] = mapped_column(ForeignKey("meters.id"))
@@ -209,6 +215,10 @@ class MeterEventRecord(Base):
     kind: Mapped[str] = mapped_column(String(32))
     detail: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
     received_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    severity: Mapped[str] = mapped_column(String(16), default="info", server_default="info")
+    acknowledged_by: Mapped[str | None] = mapped_column(String(64))
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    ack_note: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 class RejectedMessage(Base):

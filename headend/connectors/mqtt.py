@@ -4,7 +4,12 @@ Each message is acknowledged to the broker only after its batch is committed (pa
 manual acks), and the session is persistent, so a worker that dies mid-batch gets the
 unacknowledged messages again on reconnect. Ingestion de-duplicates, so a redelivery
 never doubles a reading. With a shared-subscription group, several workers split the
-fleet between them (MQTT 5 brokers only).
+fleet's telemetry and events between them (MQTT 5 brokers only).
+
+Status is subscribed without the group: MQTT 5 brokers do not hand retained messages to
+shared subscriptions, so a fresh worker would never learn which meters are offline (the
+retained status and the last will). Every worker applies every status message; that is
+harmless because applying "online" or "offline" sets the same value however often it runs.
 """
 
 from __future__ import annotations
@@ -63,10 +68,12 @@ class MqttIngestWorker:
         self.connected = asyncio.Event()
 
     def subscriptions(self) -> list[str]:
-        filters = [self._scheme.all_meters(channel) for channel in _CONSUMED]
+        """Topic filters this worker subscribes to: the shared channels through the share
+        group when there is one, status always directly (retained messages, see above)."""
+        shared = [self._scheme.all_meters(channel) for channel in _SHARED]
         if self._share_group:
-            return [self._scheme.shared(self._share_group, f) for f in filters]
-        return filters
+            shared = [self._scheme.shared(self._share_group, f) for f in shared]
+        return [*shared, self._scheme.all_meters(MeterChannel.STATUS)]
 
     async def run(self) -> None:
         """Run until cancelled, reconnecting with backoff after any broker failure."""
@@ -153,7 +160,8 @@ class MqttIngestWorker:
                 backoff = min(backoff * 2, self._max_backoff_s)
 
 
-_CONSUMED = (MeterChannel.TELEMETRY, MeterChannel.EVENTS, MeterChannel.STATUS)
+# Channels split between the workers of a share group.
+_SHARED = (MeterChannel.TELEMETRY, MeterChannel.EVENTS)
 
 
 def _payload_bytes(message: aiomqtt.Message) -> bytes:

@@ -6,21 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import subprocess
-import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 
 import aiomqtt
-import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from sqlalchemy.orm import Session, sessionmaker
 
 from gridvend.audit import AuditLog
-from gridvend.broker import BrokerEndpoint, find_mosquitto, free_port, provide_broker
+from gridvend.broker import BrokerEndpoint, free_port
 from headend.commands import (
     CommandQueue,
     CommandState,
@@ -37,6 +33,7 @@ from tests.headend.commands_support import (
     rejected_reasons,
     running,
 )
+from tests.own_broker import own_mosquitto
 
 
 def _queue(session_factory: sessionmaker[Session]) -> CommandQueue:
@@ -358,32 +355,12 @@ async def test_two_dispatchers_on_one_database_share_the_work_without_doubles(
     assert one.published + two.published == 2 * len(ids)
 
 
-@contextlib.contextmanager
-def _own_mosquitto(port: int) -> Iterator[BrokerEndpoint]:
-    """A Mosquitto of this test's own on ``port`` (so it can be stopped and started)."""
-    binary = find_mosquitto()
-    if binary is None:
-        pytest.skip("needs mosquitto to restart a broker")
-    with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "mosquitto.conf"
-        config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-        process = subprocess.Popen(
-            [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            with provide_broker(f"mqtt://127.0.0.1:{port}") as endpoint:
-                yield endpoint
-        finally:
-            process.terminate()
-            process.wait(5)
-
-
 async def test_dispatcher_reconnects_after_the_broker_restarts_and_sends_what_waited(
     session_factory: sessionmaker[Session], topic_prefix: str
 ) -> None:
     port = free_port()
     queue = _queue(session_factory)
-    with _own_mosquitto(port) as broker:
+    with own_mosquitto(port) as broker:
         dispatcher = dispatcher_for(queue, broker, topic_prefix, _instance())
         async with running(dispatcher):
             pass  # connected once; then the broker goes away
@@ -394,7 +371,7 @@ async def test_dispatcher_reconnects_after_the_broker_restarts_and_sends_what_wa
         command_id = queue.request(meter, "disconnect", requested_by="engine", reason="")
         await asyncio.sleep(0.2)  # the dispatcher is failing to connect meanwhile
         assert not dispatcher.connected.is_set()
-        with _own_mosquitto(port) as broker:
+        with own_mosquitto(port) as broker:
             async with MqttFleet(
                 broker.host, broker.port, configs, topic_prefix=topic_prefix, speed=1.0
             ) as fleet:

@@ -14,11 +14,17 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
+from gridvend.audit import AuditLog
+from gridvend.broker import BrokerEndpoint
 from gridvend.meter_cli import app
+from headend.commands import CommandQueue
+from headend.commands.models import MeterCommand
 from headend.models import Meter
 from headend.registry import MeterRegistration, meter_pan, register_meter
+from meter_sim import MqttFleet, describe_fleet
 from meter_sim.modbus_server import serve_modbus_tcp
 from meter_sim.model import MeterConfig, MeterModel
+from tests.headend.commands_support import LIVE_POLICY, dispatcher_for, running
 
 T0 = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
 DRN = "01234567897"
@@ -26,8 +32,9 @@ runner = CliRunner()
 
 
 @pytest.fixture(autouse=True)
-def configured(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def configured(database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("GRIDVEND_DATABASE_URL", database_url)
+    monkeypatch.setenv("GRIDVEND_DATA_DIR", str(tmp_path))
 
 
 @pytest.fixture
@@ -117,3 +124,42 @@ def test_commission_runs_every_step_against_the_meter(
     health = runner.invoke(app, ["health", "--interval-s", "900", "--intervals", "4"])
     assert health.exit_code == 0, health.output
     assert "SIM-000001" in health.output
+
+
+async def test_commission_reaches_an_mqtt_meter_through_a_running_dispatcher(
+    session_factory: sessionmaker[Session], mqtt_broker: BrokerEndpoint, topic_prefix: str
+) -> None:
+    (config,) = describe_fleet(1, seed=31)
+    with session_factory() as session, session.begin():
+        register_meter(
+            session,
+            MeterRegistration(
+                serial=config.serial,
+                meter_number=config.drn,
+                phases=config.phases,
+                protocol="mqtt",  # type: ignore[arg-type]
+                prepaid_mode=config.prepaid_mode.value,  # type: ignore[arg-type]
+                lifecycle="installed",  # type: ignore[arg-type]
+            ),
+        )
+    # What a running `gridvend serve` does: dispatch the queued commands to the meter.
+    queue = CommandQueue(session_factory, audit=AuditLog(), policy=LIVE_POLICY)
+    dispatcher = dispatcher_for(queue, mqtt_broker, topic_prefix, f"he-{config.serial}")
+    async with (
+        running(dispatcher),
+        MqttFleet(
+            mqtt_broker.host,
+            mqtt_broker.port,
+            [config],
+            topic_prefix=topic_prefix,
+            speed=1.0,
+            mqtt_v5=mqtt_broker.supports_v5,
+        ),
+    ):
+        result = await asyncio.to_thread(runner.invoke, app, ["commission", config.serial])
+    assert result.exit_code == 0, result.output
+    assert "keys will not be loaded: GRIDVEND_COMMISSIONING_DELIVERY_KEY" in result.output
+    assert f"meter {config.serial} is commissioned" in result.output
+    with session_factory() as session:
+        commands = session.scalars(select(MeterCommand.requested_by)).all()
+    assert set(commands) == {"commissioning"}

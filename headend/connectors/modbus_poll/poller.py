@@ -222,6 +222,11 @@ class ModbusPoller:
     def targets(self) -> tuple[PollTarget, ...]:
         return tuple(self._targets.values())
 
+    @property
+    def group_names(self) -> frozenset[str]:
+        """The poll groups ``read_now`` accepts."""
+        return frozenset(self._groups)
+
     def breaker_state(self, meter_id: int) -> BreakerState:
         breaker = self._breakers.get(meter_id)
         return BreakerState.CLOSED if breaker is None else breaker.state
