@@ -21,6 +21,7 @@ from headend.meter_link_mqtt import commissioning_link_factory
 from vending.api import CounterConfig
 from vending.api import install_error_handler as install_vending_error_handler
 from vending.api import make_router as make_vending_router
+from vending.balance.api import make_balance_router
 from vending.channels import make_admin_router as make_channel_admin_router
 from vending.channels import make_router as make_channel_router
 from vending.keystore import KeyEncryptionKey
@@ -71,6 +72,13 @@ def create_app(
             audit=audit,
             config=counter,
             token_acceptance=_token_accepted,
+        )
+    )
+    app.include_router(
+        make_balance_router(
+            session_factory,
+            require=auth.require,
+            audit=audit,
         )
     )
 

@@ -7,6 +7,7 @@ from sqlalchemy import MetaData
 import headend.commands.models
 import headend.connectors.modbus_models  # noqa: F401 - registers the polling tables
 import vending.channels.models
+import vending.models_balance
 import vending.models_counter  # noqa: F401 - registers the counter tables
 from gridvend.audit import Base as AuditBase
 from gridvend.auth import Base as AuthBase
