@@ -12,6 +12,7 @@ from rich.markup import escape
 
 from gridvend.audit import AuditLog, verify_chain
 from gridvend.auth import AuthError, NewUser, Role, create_user
+from gridvend.balance_cli import app as balance_app
 from gridvend.broker import BrokerError, provide_broker
 from gridvend.channel_cli import app as channel_app
 from gridvend.db import make_engine, make_session_factory, upgrade
@@ -36,6 +37,7 @@ app.add_typer(sts_app, name="sts", help="STS tokens by hand: keys, encode, decod
 app.add_typer(meter_app, name="meter")
 app.add_typer(sim_app, name="sim")
 app.add_typer(channel_app, name="channel")
+app.add_typer(balance_app, name="balance")
 
 console = Console()
 
