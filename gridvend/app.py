@@ -37,11 +37,13 @@ def create_app(
     command_queue: CommandQueue | None = None,
     counter: CounterConfig = CounterConfig(),
     kek: KeyEncryptionKey | None = None,
+    emergency_credit_minor: int = 0,
 ) -> FastAPI:
     """The API; ``command_queue`` defaults to one on ``session_factory`` (no dispatcher:
     commands stay queued until a head-end worker runs one). Commissioning of MQTT meters
     goes through that queue. Without ``kek`` (the key that
-    encrypts channel secrets) the payment-channel API is not mounted."""
+    encrypts channel secrets) the payment-channel API is not mounted.
+    ``emergency_credit_minor`` is what a central account may borrow on request (0: none)."""
     app = FastAPI(
         title="gridvend",
         version=gridvend.__version__,
@@ -79,6 +81,7 @@ def create_app(
             session_factory,
             require=auth.require,
             audit=audit,
+            emergency_credit_minor=emergency_credit_minor,
         )
     )
 

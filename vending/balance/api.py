@@ -1,7 +1,7 @@
 """REST API of the balance engine's operator side under /api/vending.
 
-Clerks may read an account's balance and ledger (a customer at the counter asks); the
-operator's list and held consumption
+Clerks may read an account's balance and ledger (a customer at the counter asks) and ask
+for emergency credit on the customer's behalf; the operator's list and held consumption
 are for supervisors and admins. Errors answer ``{"detail": {"code", "message"}}`` like
 the counter's (docs/balance.md lists the codes); a refused request has stored nothing.
 
@@ -23,6 +23,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from headend.audit import AuditSink
 from headend.interface import CommandOutcome
 from vending.api import COUNTER_STAFF, PREFIX, SUPERVISORS, body, http_status
+from vending.balance.emergency import grant_emergency_credit
+from vending.balance.engine import balance_minor
 from vending.balance.operator import (
     MAX_NOTE_CHARS,
     MAX_PAGE,
@@ -42,6 +44,7 @@ from vending.models import Account, HeldConsumption, LedgerEntry
 from vending.models_balance import OperatorReview
 from vending.shifts import currency_of
 
+EMERGENCY_CREDIT_ROLES = ("supervisor", "clerk")
 _NOT_FOUND = {"held_consumption_not_found"}
 
 
@@ -161,9 +164,11 @@ def make_balance_router(
     *,
     require: Callable[..., Any],
     audit: AuditSink,
+    emergency_credit_minor: int = 0,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> APIRouter:
-    """The operator routes; ``require(*roles)`` as for ``vending.api.make_router``."""
+    """The operator routes; ``require(*roles)`` as for ``vending.api.make_router``.
+    ``emergency_credit_minor`` is the amount lent on request (0: not offered)."""
     router = APIRouter(prefix=PREFIX, tags=["balance"])
 
     @contextmanager
@@ -242,6 +247,30 @@ def make_balance_router(
                 "currency": account.currency,
                 "entries": [_entry_json(e, account.currency) for e in page.entries],
                 "next_before_id": page.next_before_id,
+            }
+
+    @router.post("/accounts/{account_number}/emergency-credit", status_code=201)
+    def emergency_credit(
+        account_number: str, principal: Any = require(*EMERGENCY_CREDIT_ROLES)
+    ) -> dict[str, Any]:
+        """Lend the configured emergency credit to a central-balance account whose balance
+        is low; it is repaid first from the next top-up. Refusals: not_central_balance,
+        balance_not_low, emergency_credit_outstanding, emergency_credit_disabled."""
+        with writing() as session:
+            account = account_by_number(session, account_number)
+            entry = grant_emergency_credit(
+                session,
+                account,
+                emergency_credit_minor,
+                actor=principal.username,
+                now=clock(),
+                audit=audit,
+            )
+            return {
+                "account_number": account.account_number,
+                "amount": _money(entry.amount_minor, account.currency),
+                "balance": _money(balance_minor(session, account.id), account.currency),
+                "ledger_entry": _entry_json(entry, account.currency),
             }
 
     @router.get("/balance/operator-list")

@@ -187,6 +187,7 @@ def make_balance_world(
             session_factory,
             require=auth.require,
             audit=vending.audit,
+            emergency_credit_minor=emergency_credit_minor,
             clock=clock,
         )
     )
