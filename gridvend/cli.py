@@ -13,6 +13,7 @@ from rich.markup import escape
 from gridvend.audit import AuditLog, verify_chain
 from gridvend.auth import AuthError, NewUser, Role, create_user
 from gridvend.balance_cli import app as balance_app
+from gridvend.balance_settings import BalanceSettingsError, engine_settings
 from gridvend.broker import BrokerError, provide_broker
 from gridvend.channel_cli import app as channel_app
 from gridvend.db import make_engine, make_session_factory, upgrade
@@ -122,7 +123,12 @@ def serve(
 ) -> None:
     """Run the API and the head-end workers on the configured database and broker."""
     overrides = {k: v for k, v in {"api_host": host, "api_port": port}.items() if v is not None}
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+        engine_settings(settings)  # refuse a bad policy before anything starts
+    except (ValidationError, BalanceSettingsError) as exc:
+        console.print(f"[red]settings: {escape(str(exc))}[/red]")
+        raise typer.Exit(2) from None
     _run(_serve(settings))
 
 

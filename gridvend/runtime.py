@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from gridvend.app import create_app
 from gridvend.audit import AuditLog
+from gridvend.balance_settings import engine_settings
 from gridvend.broker import BrokerEndpoint
 from gridvend.db import (
     make_engine,
@@ -39,8 +40,7 @@ from headend.interface import ConsumptionEvent, read_consumption
 from headend.models import Meter, MeterProtocol
 from protocols.mqtt import TopicScheme
 from vending.api import CounterConfig
-from vending.balance.engine import BalanceEngine, EngineSettings
-from vending.balance.policy import DisconnectPolicy
+from vending.balance.engine import BalanceEngine
 from vending.keystore import KeyEncryptionKey, KeyStore
 from vending.security_module import SoftwareSecurityModule
 
@@ -81,6 +81,8 @@ class System:
         demo); by default a reading is judged against the time it was received."""
         self.settings = settings
         self.broker = broker
+        # Checked before anything starts: a bad policy setting stops the start, named.
+        balance_settings = engine_settings(settings)
         self.engine = make_engine(settings.effective_database_url)
         self.session_factory = make_session_factory(self.engine)
         self.audit = AuditLog()
@@ -123,13 +125,7 @@ class System:
             source=_consumption_stream,
             commands=self.command_queue,
             audit=self.audit,
-            settings=EngineSettings(
-                policy=DisconnectPolicy(
-                    timezone=settings.utility_timezone,
-                    grace_after_exhaustion=timedelta(minutes=settings.disconnect_grace_minutes),
-                    grace_after_conversion=timedelta(days=settings.conversion_grace_days),
-                )
-            ),
+            settings=balance_settings,
             clock=clock or (lambda: datetime.now(UTC)),
         )
         app = create_app(
@@ -141,6 +137,7 @@ class System:
                 utility_name=settings.utility_name, timezone=settings.utility_timezone
             ),
             kek=self.kek,
+            emergency_credit_minor=balance_settings.emergency_credit_minor,
         )
         self.server = uvicorn.Server(
             uvicorn.Config(
