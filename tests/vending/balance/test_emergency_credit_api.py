@@ -121,3 +121,22 @@ def test_emergency_credit_not_configured_is_refused(session_factory: sessionmake
         assert answer.status_code == 409
         assert answer.json()["detail"]["code"] == "emergency_credit_disabled"
         assert world.audited("balance.emergency_credit") == 0
+
+
+def test_emergency_credit_reconnects_a_disconnected_supply(world: BalanceWorld) -> None:
+    number = world.central_customer(8, "20.00")
+    # Just past the top-up (R20 buys under 10 kWh), so R50 of credit brings it back above 0.
+    world.stream.add(world.meter_id(number), MORNING - timedelta(minutes=30), "12.0")
+    world.run_engine(MORNING)
+    world.run_engine(MORNING + timedelta(minutes=31))
+    assert world.get(f"/accounts/{number}/balance", "clerk").json()["supply_as_decided"] == (
+        "disconnected"
+    )
+
+    assert world.post(f"/accounts/{number}/emergency-credit", "clerk").status_code == 201
+    world.run_engine(MORNING + timedelta(minutes=40))
+
+    view = world.get(f"/accounts/{number}/balance", "clerk").json()
+    assert view["supply_as_decided"] == "connected"
+    assert view["decisions"][0]["action"] == "reconnect"
+    assert view["decisions"][0]["command"]["name"] == "connect"
