@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from headend.audit import AuditSink
-from headend.interface import CommandOutcome
+from headend.interface import CommandOutcome, find_meter
 from vending.api import COUNTER_STAFF, PREFIX, SUPERVISORS, body, http_status
 from vending.balance.emergency import grant_emergency_credit
 from vending.balance.engine import balance_minor
@@ -143,10 +143,12 @@ def _listed_json(entry: ListedAccount) -> dict[str, Any]:
     }
 
 
-def _held_json(held: HeldConsumption) -> dict[str, Any]:
+def _held_json(session: Session, held: HeldConsumption) -> dict[str, Any]:
+    meter = find_meter(session, meter_id=held.meter_id)
     return {
         "id": held.id,
         "meter_id": held.meter_id,
+        "meter_number": meter.meter_number if meter else None,
         "source_offset": held.source_offset,
         "t_start": held.t_start.isoformat(),
         "t_end": held.t_end.isoformat(),
@@ -317,7 +319,7 @@ def make_balance_router(
         """Consumption the engine would not charge, newest first (default: unresolved)."""
         with reading() as session:
             return [
-                _held_json(h)
+                _held_json(session, h)
                 for h in held_consumption(session, status=status_, before_id=before_id, limit=limit)
             ]
 
@@ -339,6 +341,6 @@ def make_balance_router(
                 subject=f"held_consumption:{held.id}",
                 detail={"meter_id": held.meter_id, "note": held.resolution_note},
             )
-            return _held_json(held)
+            return _held_json(session, held)
 
     return router

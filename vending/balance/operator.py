@@ -131,10 +131,10 @@ class ListedAccount:
         return any(r.action == ReviewAction.ACKNOWLEDGE for r in self.reviews)
 
 
-def operator_list(session: Session) -> list[ListedAccount]:
-    """Every account whose latest decision put it on the operator's list and that is still
-    exhausted and connected, longest-listed first."""
-    rows = session.execute(
+def operator_list(session: Session, *, account_id: int | None = None) -> list[ListedAccount]:
+    """Every account (or only ``account_id``) whose latest decision put it on the
+    operator's list and that is still exhausted and connected, longest-listed first."""
+    query = (
         select(CentralAccountState, BalanceDecision, Account, Customer)
         .join(BalanceDecision, BalanceDecision.id == CentralAccountState.last_decision_id)
         .join(Account, Account.id == CentralAccountState.account_id)
@@ -145,7 +145,10 @@ def operator_list(session: Session) -> list[ListedAccount]:
             CentralAccountState.supply_requested == "connected",
         )
         .order_by(BalanceDecision.decided_at, BalanceDecision.id)
-    ).all()
+    )
+    if account_id is not None:
+        query = query.where(CentralAccountState.account_id == account_id)
+    rows = session.execute(query).all()
     reviews: dict[int, list[OperatorReview]] = {}
     decision_ids = [decision.id for _, decision, _, _ in rows]
     if decision_ids:
@@ -187,7 +190,7 @@ def review_listed_account(
         raise VendingError("reason_required", "a note needs its text")
     if len(note) > MAX_NOTE_CHARS:
         raise VendingError("reason_required", f"a note is at most {MAX_NOTE_CHARS} characters")
-    listed = next((e for e in operator_list(session) if e.account.id == account.id), None)
+    listed = next(iter(operator_list(session, account_id=account.id)), None)
     if listed is None:
         raise VendingError(
             "not_on_operator_list",

@@ -92,6 +92,7 @@ class BalanceWorld:
     engine: BalanceEngine
     queue: CommandQueue
     headers: dict[str, dict[str, str]]
+    meter_serials: dict[str, int] = field(default_factory=dict)
 
     @property
     def session_factory(self) -> sessionmaker[Session]:
@@ -113,6 +114,7 @@ class BalanceWorld:
             account.free_units_eligible = False
             session.get_one(Customer, account.customer_id).protection = protection
             number = account.account_number
+        self.meter_serials[number] = serial
         self.top_up(serial, top_up, f"top-up-{serial}", MORNING - timedelta(hours=1))
         return number
 
@@ -143,6 +145,9 @@ class BalanceWorld:
                 .join(Account, Account.id == AccountMeter.account_id)
                 .where(Account.account_number == account_number)
             ).one()
+
+    def meter_number(self, account_number: str) -> str:
+        return drn(self.meter_serials[account_number])
 
     def exhaust(self, account_number: str) -> None:
         """Consumption far beyond a small top-up, rated by one engine round at MORNING."""

@@ -172,6 +172,9 @@ def test_reviewing_an_account_that_is_not_listed_is_refused(world: BalanceWorld)
 
 
 def test_a_clerk_may_read_a_balance_but_not_the_operator_list(world: BalanceWorld) -> None:
+    number = world.central_customer(11, "20.00")
+    assert world.get(f"/accounts/{number}/balance", "clerk").status_code == 200
+    assert world.get(f"/accounts/{number}/balance", "technician").status_code == 403
     assert world.get("/balance/operator-list", "clerk").status_code == 403
     assert world.get("/balance/held-consumption", "clerk").status_code == 403
     assert world.get("/balance/operator-list", "technician").status_code == 403
@@ -184,6 +187,7 @@ def test_held_consumption_is_listed_and_resolved_once_with_a_note(world: Balance
 
     held = world.get("/balance/held-consumption", "supervisor").json()
     assert len(held) == 1 and "flagged reading" in held[0]["reason"]
+    assert held[0]["meter_number"] == world.meter_number(number)
     held_id = held[0]["id"]
     path = f"/balance/held-consumption/{held_id}/resolution"
     done = world.post(path, "supervisor", {"note": "Spike confirmed as a meter fault"})
