@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from headend.audit import AuditSink
@@ -192,6 +192,12 @@ def make_balance_router(
             raise _http(
                 VendingError("conflict", "a concurrent change conflicted; retry the request")
             ) from None
+        except OperationalError as exc:
+            if "locked" in str(exc):
+                raise _http(
+                    VendingError("database_busy", "the database is busy; retry the request")
+                ) from None
+            raise
 
     def account_by_number(session: Session, number: str) -> Account:
         account = session.scalar(select(Account).where(Account.account_number == number))
@@ -231,6 +237,15 @@ def make_balance_router(
                 "exhausted_since": _at(state.exhausted_since) if state else None,
                 "supply_as_decided": state.supply_requested if state else "connected",
                 "decisions": [_decision_json(d, currency) for d in view.decisions],
+                "notifications": [
+                    {
+                        "kind": n.kind,
+                        "message": n.message,
+                        "created_at": n.created_at.isoformat(),
+                        "delivered_at": _at(n.delivered_at),
+                    }
+                    for n in view.notifications
+                ],
             }
 
     @router.get("/accounts/{account_number}/ledger")

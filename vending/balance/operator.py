@@ -28,6 +28,7 @@ from vending.models import (
     Customer,
     HeldConsumption,
     LedgerEntry,
+    Notification,
 )
 from vending.models_balance import OperatorReview
 
@@ -53,11 +54,13 @@ class BalanceView:
     state: CentralAccountState | None
     meter_numbers: list[str]
     decisions: list[DecisionView]
+    notifications: list[Notification]
 
 
 def balance_view(session: Session, account: Account, *, decisions: int = 10) -> BalanceView:
-    """The balance (the ledger's sum), the engine's memory of the account and its latest
-    ``decisions`` (newest first) with their commands' state and outcome."""
+    """The balance (the ledger's sum), the engine's memory of the account, its latest
+    ``decisions`` (newest first) with their commands' state and outcome, and as many of
+    the latest notifications (alerts, disconnect and reconnect notices)."""
     latest = list(
         session.scalars(
             select(BalanceDecision)
@@ -67,6 +70,12 @@ def balance_view(session: Session, account: Account, *, decisions: int = 10) -> 
         )
     )
     outcomes = command_outcomes(session, [d.command_id for d in latest if d.command_id])
+    notifications = session.scalars(
+        select(Notification)
+        .where(Notification.account_id == account.id)
+        .order_by(Notification.id.desc())
+        .limit(max(1, min(decisions, MAX_PAGE)))
+    )
     return BalanceView(
         account=account,
         balance_minor=balance_minor(session, account.id),
@@ -75,6 +84,7 @@ def balance_view(session: Session, account: Account, *, decisions: int = 10) -> 
         decisions=[
             DecisionView(d, outcomes.get(d.command_id) if d.command_id else None) for d in latest
         ],
+        notifications=list(notifications),
     )
 
 

@@ -43,6 +43,7 @@ def test_the_balance_view_shows_the_ledger_sum_alerts_and_the_disconnect_command
     assert Decimal(view["balance"]) == _ledger_sum(world) < 0
     assert view["last_top_up"] == "20.00"
     assert "0" in view["alerts_sent_percent"]
+    assert {"low_balance_0", "disconnect"} <= {n["kind"] for n in view["notifications"]}
     assert view["supply_as_decided"] == "disconnected"
     assert view["exhausted_since"] is not None
     latest, earlier = view["decisions"][:2]
