@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from sqlalchemy import select, update
@@ -13,8 +14,11 @@ from typer.testing import CliRunner
 
 from gridvend.cli import app
 from tests.vending.balance.operator_world import MORNING, BalanceWorld, make_balance_world
+from tests.vending.world import drn
 from vending.balance.engine import take_emergency_credit
+from vending.counter import PaymentMethod, VendRequest, lock_for_vend, vend
 from vending.models import Account, CentralAccountState, LedgerEntry, RatedInterval
+from vending.reversals import account_state, reverse_vend, save_snapshot
 
 runner = CliRunner()
 
@@ -59,6 +63,34 @@ def test_a_consistent_database_passes(world: BalanceWorld) -> None:
     assert result.exit_code == 0, result.output
     assert "all 2 central accounts match their ledgers" in result.output
     assert "Central balance check" in result.output
+
+
+def test_a_reversed_central_top_up_still_matches(world: BalanceWorld) -> None:
+    _busy_world(world)
+    with world.session_factory() as session, session.begin():
+        locked = lock_for_vend(session, drn(1))
+        before = account_state(locked.account)
+        made = vend(
+            session,
+            VendRequest(
+                drn(1), Decimal("40.00"), PaymentMethod.CASH, "counter", "to-reverse", "clerk"
+            ),
+            security_module=world.vending.security_module,
+            audit=world.vending.audit,
+            now=MORNING + timedelta(minutes=10),
+            locked=locked,
+        )
+        save_snapshot(session, made, before)
+    with world.session_factory() as session, session.begin():
+        reverse_vend(
+            session,
+            made.receipt_number,
+            reason="paid for the wrong account",
+            actor="supervisor",
+            now=MORNING + timedelta(minutes=11),
+        )
+    result = runner.invoke(app, ["balance", "check"])
+    assert result.exit_code == 0, result.output
 
 
 def test_an_empty_database_passes(world: BalanceWorld) -> None:

@@ -3,16 +3,20 @@ first from the next top-up; every refusal has its code and stores nothing."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gridvend.audit import AuditEntry
 from tests.vending.balance.operator_world import (
+    EMERGENCY_CREDIT_MINOR,
     MORNING,
     BalanceWorld,
     make_balance_world,
@@ -140,3 +144,28 @@ def test_emergency_credit_reconnects_a_disconnected_supply(world: BalanceWorld) 
     assert view["supply_as_decided"] == "connected"
     assert view["decisions"][0]["action"] == "reconnect"
     assert view["decisions"][0]["command"]["name"] == "connect"
+
+
+def test_two_requests_at_once_lend_once(world: BalanceWorld) -> None:
+    number = world.central_customer(9, "20.00")
+    world.exhaust(number)
+    barrier = threading.Barrier(2)
+
+    def ask(role: str) -> int:
+        with TestClient(world.client.app) as client:
+            barrier.wait()
+            answer = client.post(
+                f"/api/vending/accounts/{number}/emergency-credit", headers=world.headers[role]
+            )
+            return int(answer.status_code)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        statuses = sorted(pool.map(ask, ["clerk", "supervisor"]))
+
+    assert statuses == [201, 409]
+    with world.session_factory() as session:
+        lent = session.scalars(
+            select(LedgerEntry.amount_minor).where(LedgerEntry.kind == "emergency_credit")
+        ).all()
+    assert lent == [EMERGENCY_CREDIT_MINOR]
+    assert world.audited("balance.emergency_credit") == 1
