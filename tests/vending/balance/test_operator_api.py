@@ -213,3 +213,22 @@ def test_resolving_needs_a_note_and_an_existing_held_interval(world: BalanceWorl
     blank = world.post("/balance/held-consumption/999/resolution", "supervisor", {"note": "  "})
     assert blank.status_code == 422
     assert blank.json()["detail"]["code"] == "reason_required"
+
+
+def test_the_balance_view_shows_a_disconnect_that_expired_unsent_with_its_error(
+    world: BalanceWorld,
+) -> None:
+    number = world.central_customer(12, "20.00")
+    world.exhaust(number)
+    world.run_engine(AFTER_GRACE)
+    command_id = world.get(f"/accounts/{number}/balance", "clerk").json()["decisions"][0][
+        "command"
+    ]["id"]
+    # No meter answered: once its time is over, the head-end expires the command.
+    world.clock.now = world.queue.status(command_id).expires_at + timedelta(seconds=1)
+    world.queue.claim_due(instance="test-worker")
+
+    command = world.get(f"/accounts/{number}/balance", "clerk").json()["decisions"][0]["command"]
+    assert command["state"] == "expired"
+    assert command["finished_at"] is not None
+    assert command["last_error"]
