@@ -25,6 +25,7 @@ from headend.read_now_api import make_router as make_read_now_router
 from vending.api import CounterConfig
 from vending.api import install_error_handler as install_vending_error_handler
 from vending.api import make_router as make_vending_router
+from vending.balance.api import make_balance_router
 from vending.channels import make_admin_router as make_channel_admin_router
 from vending.channels import make_router as make_channel_router
 from vending.grading import GradingPolicy
@@ -46,6 +47,7 @@ def create_app(
     grading_policy: GradingPolicy | None = None,
     modbus_reader: OnDemandReader | None = None,
     delivery_key: DeliveryKey | None = None,
+    emergency_credit_minor: int = 0,
 ) -> FastAPI:
     """The API; ``command_queue`` defaults to one on ``session_factory`` (no dispatcher:
     commands stay queued until a head-end worker runs one). Commissioning of MQTT meters
@@ -54,7 +56,8 @@ def create_app(
     grades customers (default: ``vending.grading``'s thresholds). ``modbus_reader`` (the
     running Modbus poller) serves ``POST /api/meters/{id}/read-now``; without it that
     route answers 503. Commissioning loads keys from ``delivery_key`` (the key meters are
-    delivered with) to the registry's key; without it the load-keys step stays pending."""
+    delivered with) to the registry's key; without it the load-keys step stays pending.
+    ``emergency_credit_minor`` is what a central account may borrow on request (0: none)."""
     app = FastAPI(
         title="gridvend",
         version=gridvend.__version__,
@@ -101,6 +104,14 @@ def create_app(
                 session_factory, require=auth.require, security_module=security_module, audit=audit
             )
         )
+    app.include_router(
+        make_balance_router(
+            session_factory,
+            require=auth.require,
+            audit=audit,
+            emergency_credit_minor=emergency_credit_minor,
+        )
+    )
 
     if kek is not None:
         app.include_router(

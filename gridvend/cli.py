@@ -12,6 +12,8 @@ from rich.markup import escape
 
 from gridvend.audit import AuditLog, verify_chain
 from gridvend.auth import AuthError, NewUser, Role, create_user
+from gridvend.balance_cli import app as balance_app
+from gridvend.balance_settings import BalanceSettingsError, engine_settings
 from gridvend.broker import BrokerError, provide_broker
 from gridvend.channel_cli import app as channel_app
 from gridvend.db import make_engine, make_session_factory, upgrade
@@ -38,6 +40,7 @@ app.add_typer(meter_app, name="meter")
 app.add_typer(sim_app, name="sim")
 app.add_typer(channel_app, name="channel")
 app.add_typer(keys_app, name="keys", no_args_is_help=True)
+app.add_typer(balance_app, name="balance")
 
 console = Console()
 
@@ -122,7 +125,12 @@ def serve(
 ) -> None:
     """Run the API and the head-end workers on the configured database and broker."""
     overrides = {k: v for k, v in {"api_host": host, "api_port": port}.items() if v is not None}
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+        engine_settings(settings)  # refuse a bad policy before anything starts
+    except (ValidationError, BalanceSettingsError) as exc:
+        console.print(f"[red]settings: {escape(str(exc))}[/red]")
+        raise typer.Exit(2) from None
     _run(_serve(settings))
 
 

@@ -7,6 +7,7 @@ from sqlalchemy import MetaData
 import headend.commands.models
 import headend.connectors.modbus_models  # noqa: F401 - registers the polling tables
 import vending.channels.models
+import vending.models_balance  # registers the operator review table
 import vending.models_counter  # registers the counter tables
 import vending.models_keychange  # registers the key change table
 import vending.models_management  # noqa: F401 - registers the management token table

@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from gridvend.app import create_app
 from gridvend.audit import AuditLog
+from gridvend.balance_settings import engine_settings
 from gridvend.broker import BrokerEndpoint
 from gridvend.db import (
     make_engine,
@@ -49,8 +50,7 @@ from headend.interface import ConsumptionEvent, read_consumption
 from headend.models import Meter, MeterProtocol
 from protocols.mqtt import TopicScheme
 from vending.api import CounterConfig
-from vending.balance.engine import BalanceEngine, EngineSettings
-from vending.balance.policy import DisconnectPolicy
+from vending.balance.engine import BalanceEngine
 from vending.keystore import KeyEncryptionKey, KeyStore
 from vending.notifications import (
     DispatchSettings,
@@ -160,6 +160,8 @@ class System:
         demo); by default a reading is judged against the time it was received."""
         self.settings = settings
         self.broker = broker
+        # Checked before anything starts: a bad policy setting stops the start, named.
+        balance_settings = engine_settings(settings)
         self.engine = make_engine(settings.effective_database_url)
         self.session_factory = make_session_factory(self.engine)
         self.audit = AuditLog()
@@ -207,14 +209,7 @@ class System:
             source=_consumption_stream,
             commands=self.command_queue,
             audit=self.audit,
-            settings=EngineSettings(
-                policy=DisconnectPolicy(
-                    timezone=settings.utility_timezone,
-                    grace_after_exhaustion=timedelta(minutes=settings.disconnect_grace_minutes),
-                    grace_after_conversion=timedelta(days=settings.conversion_grace_days),
-                ),
-                notification_channels=settings.notification_channel_list,
-            ),
+            settings=balance_settings,
             clock=now,
         )
         # Same clock as the engine: retries are timed against the rows' own times.
@@ -240,6 +235,7 @@ class System:
             grading_policy=settings.grading_policy(),
             modbus_reader=FreshTargetsReader(self.poller, self._poll_targets),
             delivery_key=DeliveryKey.from_settings(settings),
+            emergency_credit_minor=balance_settings.emergency_credit_minor,
         )
         self.server = uvicorn.Server(
             uvicorn.Config(

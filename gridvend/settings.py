@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import secrets
+from datetime import date, time
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from vending.grading import Grade, GradeThreshold, GradingPolicy
 
@@ -80,6 +81,45 @@ class Settings(BaseSettings):
         default=None,
         description="SGC/TI/KRN of the key meters are delivered with, e.g. 600727/01/1 "
         "(its vending key in the key store); commissioning loads keys from it.",
+    )
+    friendly_hours_from: time = Field(
+        default=time(18, 0),
+        description="Central balance: local time from which no disconnection happens (HH:MM).",
+    )
+    friendly_hours_until: time = Field(
+        default=time(8, 0),
+        description="...until this local time (may wrap midnight; equal times: no daily "
+        "friendly period).",
+    )
+    no_disconnect_on_weekends: bool = Field(
+        default=True, description="Central balance: no disconnection on Saturday and Sunday."
+    )
+    public_holidays: Annotated[tuple[date, ...], NoDecode] = Field(
+        default=(),
+        description="Central balance: local dates without disconnection, comma-separated "
+        "ISO dates (2026-12-25,2026-12-26).",
+    )
+    public_holidays_file: Path | None = Field(
+        default=None,
+        description="A file of more public holidays: one ISO date per line, # comments.",
+    )
+    reconnect_minimum_minor: Annotated[int, Field(ge=0)] = Field(
+        default=0,
+        description="Central balance: reconnect once the balance is above this (minor units).",
+    )
+    low_balance_thresholds_percent: Annotated[tuple[Decimal, ...], NoDecode] = Field(
+        default=(Decimal(30), Decimal(10), Decimal(0)),
+        description="Central balance: low-balance alerts at these percentages of the last "
+        "top-up, comma-separated (30,10,0).",
+    )
+    low_balance_days_left: Annotated[tuple[int, ...], NoDecode] = Field(
+        default=(),
+        description="Central balance: also alert when the balance lasts this many days or "
+        "fewer at the recent spending rate, comma-separated (7,3); empty: none.",
+    )
+    emergency_credit_minor: Annotated[int, Field(ge=0)] = Field(
+        default=0,
+        description="Central balance: emergency credit lent on request (minor units); 0: none.",
     )
     api_host: str = "127.0.0.1"
     api_port: Annotated[int, Field(ge=0, le=65535)] = 8000
@@ -152,6 +192,44 @@ class Settings(BaseSettings):
         if self.grading_thresholds is None:
             return GradingPolicy()
         return _policy(self.grading_thresholds)
+
+    @field_validator("public_holidays", mode="before")
+    @classmethod
+    def _split_dates(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("low_balance_days_left", mode="before")
+    @classmethod
+    def _split_days(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("low_balance_days_left")
+    @classmethod
+    def _days(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(days < 1 for days in value) or len(set(value)) != len(value):
+            raise ValueError(f"days left are distinct whole days of at least 1, got {value}")
+        return value
+
+    @field_validator("low_balance_thresholds_percent", mode="before")
+    @classmethod
+    def _split_percentages(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("low_balance_thresholds_percent")
+    @classmethod
+    def _percentages(cls, value: tuple[Decimal, ...]) -> tuple[Decimal, ...]:
+        for percent in value:
+            if not (percent.is_finite() and 0 <= percent <= 100):
+                raise ValueError(f"a threshold is a percentage 0..100, got {percent}")
+        if len(set(value)) != len(value):
+            raise ValueError("a threshold is given twice")
+        return value
 
     @cached_property
     def effective_database_url(self) -> str:

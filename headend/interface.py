@@ -6,6 +6,7 @@ query head-end tables themselves.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -13,6 +14,7 @@ from decimal import Decimal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from headend.commands.models import MeterCommand
 from headend.models import ConsumptionEventRecord, Meter, MeterEventRecord, StreamOffset
 from headend.registry import normalise_meter_number
 from protocols.mqtt import EventKind
@@ -20,9 +22,11 @@ from protocols.quantities import Quantity
 
 __all__ = [
     "MAX_CONSUMPTION_BATCH",
+    "CommandOutcome",
     "ConsumptionEvent",
     "MeterSummary",
     "OffsetError",
+    "command_outcomes",
     "commit_offset",
     "find_meter",
     "latest_consumption",
@@ -124,6 +128,49 @@ def token_accepted(session: Session, meter_id: int, tid: int) -> bool:
         )
     )
     return any(detail.get("tid") == tid for detail in details)
+
+
+# --- commands the money side asked for ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CommandOutcome:
+    """Where a command to a meter stands, as an operator of the money side needs it.
+
+    ``state`` is queued, sent, confirmed, failed or expired; ``confirmation`` says how a
+    confirmed command was confirmed; ``last_error`` why a failed or expired one did not.
+    """
+
+    id: int
+    meter_id: int
+    name: str
+    state: str
+    attempts: int
+    requested_at: datetime
+    finished_at: datetime | None
+    confirmation: str | None
+    last_error: str | None
+
+
+def command_outcomes(session: Session, command_ids: Collection[int]) -> dict[int, CommandOutcome]:
+    """The outcome of each of these commands that exists, by id (one query)."""
+    if not command_ids:
+        return {}
+    rows = session.scalars(select(MeterCommand).where(MeterCommand.id.in_(set(command_ids))))
+    return {
+        c.id: CommandOutcome(
+            id=c.id,
+            meter_id=c.meter_id,
+            name=c.name,
+            state=c.state,
+            attempts=c.attempts,
+            requested_at=c.requested_at,
+            finished_at=c.finished_at,
+            confirmation=c.confirmation,
+            last_error=c.last_error,
+        )
+        for c in rows
+    }
 
 
 # --- the interval consumption stream --------------------------------------------------------

@@ -312,6 +312,9 @@ class HeldConsumption(Base):
     reason: Mapped[str] = mapped_column(Text)
     held_at: Mapped[datetime] = mapped_column(UtcDateTime())
     resolved_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # Who resolved it and how (e.g. "billed by estimate", "meter was not ours then").
+    resolved_by: Mapped[str | None] = mapped_column(String(64))
+    resolution_note: Mapped[str | None] = mapped_column(Text)
 
 
 class BalanceDecision(Base):

@@ -412,8 +412,9 @@ class BalanceEngine:
         return touched
 
     def _accounts_waiting(self, session: Session) -> set[int]:
-        """Accounts whose supply question is open: exhausted and still connected."""
-        return set(
+        """Accounts whose supply question is open: exhausted and still connected, or
+        disconnected with emergency credit taken since (no payment wakes those up)."""
+        waiting = set(
             session.scalars(
                 select(CentralAccountState.account_id).where(
                     CentralAccountState.exhausted_since.is_not(None),
@@ -421,6 +422,17 @@ class BalanceEngine:
                 )
             )
         )
+        waiting.update(
+            session.scalars(
+                select(CentralAccountState.account_id)
+                .join(BalanceDecision, BalanceDecision.id == CentralAccountState.last_decision_id)
+                .where(
+                    CentralAccountState.supply_requested == "disconnected",
+                    CentralAccountState.emergency_credit_taken_at >= BalanceDecision.decided_at,
+                )
+            )
+        )
+        return waiting
 
     def _evaluate(self, session: Session, account_id: int, now: datetime) -> int | None:
         state = _state(session, account_id)
