@@ -16,6 +16,7 @@ from gridvend.key_loading import DeliveryKey, SecurityModuleKeyLoader
 from headend.api import make_router as make_headend_router
 from headend.commands import CommandQueue
 from headend.commands.api import make_router as make_command_router
+from headend.commissioning import LinkFactory, open_meter_link
 from headend.events_api import make_router as make_events_router
 from headend.ingest import IngestStats
 from headend.interface import token_accepted
@@ -46,18 +47,21 @@ def create_app(
     kek: KeyEncryptionKey | None = None,
     grading_policy: GradingPolicy | None = None,
     modbus_reader: OnDemandReader | None = None,
+    modbus_links: LinkFactory | None = None,
     delivery_key: DeliveryKey | None = None,
     emergency_credit_minor: int = 0,
 ) -> FastAPI:
     """The API; ``command_queue`` defaults to one on ``session_factory`` (no dispatcher:
     commands stay queued until a head-end worker runs one). Commissioning of MQTT meters
-    goes through that queue. Without ``kek`` (the key that
-    encrypts channel secrets) the payment-channel API is not mounted. ``grading_policy``
-    grades customers (default: ``vending.grading``'s thresholds). ``modbus_reader`` (the
-    running Modbus poller) serves ``POST /api/meters/{id}/read-now``; without it that
-    route answers 503. Commissioning loads keys from ``delivery_key`` (the key meters are
-    delivered with) to the registry's key; without it the load-keys step stays pending.
-    ``emergency_credit_minor`` is what a central account may borrow on request (0: none)."""
+    goes through that queue. Without ``kek`` (the key that encrypts channel secrets) the
+    payment-channel API is not mounted. ``grading_policy`` grades customers (default:
+    ``vending.grading``'s thresholds). ``modbus_reader`` (the running Modbus poller) serves
+    ``POST /api/meters/{id}/read-now``; without it that route answers 503.
+    ``modbus_links`` opens commissioning's Modbus links (the running poller's, so a session
+    holds the line; default: a connection of its own). Commissioning loads keys from
+    ``delivery_key`` (the key meters are delivered with) to the registry's key; without it
+    the load-keys step stays pending. ``emergency_credit_minor`` is what a central account
+    may borrow on request (0: none)."""
     app = FastAPI(
         title="gridvend",
         version=gridvend.__version__,
@@ -73,8 +77,9 @@ def create_app(
             ingest_stats,
             require=auth.require,
             audit=audit,
-            # MQTT meters are commissioned through the command queue, Modbus ones directly.
-            link_factory=commissioning_link_factory(queue),
+            # MQTT meters are commissioned through the command queue, Modbus ones through
+            # the poller when one runs (it owns the lines).
+            link_factory=commissioning_link_factory(queue, modbus=modbus_links or open_meter_link),
             key_loader=SecurityModuleKeyLoader(
                 security_module, delivery_key, session_factory, audit
             ),

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -36,9 +36,12 @@ from gridvend.settings import Settings
 from headend.commands import CommandQueue
 from headend.commands.dispatcher import CommandDispatcher
 from headend.commands.modbus_worker import ModbusCommandWorker
+from headend.commissioning import MeterAddress
 from headend.connectors.modbus import (
     REGISTRY_FIELDS,
+    ChannelBusyError,
     ModbusPoller,
+    PollFailure,
     PollTarget,
     TargetError,
     UnknownMeterError,
@@ -47,6 +50,7 @@ from headend.connectors.modbus import (
 from headend.connectors.mqtt import MqttIngestWorker
 from headend.ingest import Ingestor, PolledReading
 from headend.interface import ConsumptionEvent, read_consumption
+from headend.meter_link import MeterLink, MeterLinkError
 from headend.models import Meter, MeterProtocol
 from protocols.mqtt import TopicScheme
 from vending.api import CounterConfig
@@ -119,9 +123,9 @@ def _consumption_stream(session: Session, after_offset: int, limit: int) -> list
 
 
 class FreshTargetsReader:
-    """The poller for the API's on-demand reads. A meter registered since the last target
-    refresh (every ``TARGET_REFRESH_S``) is not a target yet: re-read the registry once
-    rather than make the operator wait for the refresh."""
+    """The poller for the API's on-demand reads and commissioning's Modbus links. A meter
+    registered since the last target refresh (every ``TARGET_REFRESH_S``) is not a target
+    yet: re-read the registry once rather than make the technician wait for the refresh."""
 
     def __init__(self, poller: ModbusPoller, targets: Callable[[], list[PollTarget]]) -> None:
         self._poller = poller
@@ -140,6 +144,30 @@ class FreshTargetsReader:
             except TargetError as problem:
                 raise UnknownMeterError(f"{exc}; the registry's targets: {problem}") from None
             return await self._poller.read_now(meter_id, group)
+
+    @contextlib.asynccontextmanager
+    async def meter_link(self, address: MeterAddress) -> AsyncIterator[MeterLink]:
+        """Commissioning's link to a Modbus meter through the poller, so a technician's
+        session holds the line and the meter like a poll does and never talks over one.
+
+        Raises:
+            MeterLinkError: the meter has no usable target, or the line is held elsewhere
+                or cannot be opened.
+        """
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                try:
+                    link = await stack.enter_async_context(
+                        self._poller.meter_link(address.meter_id)
+                    )
+                except UnknownMeterError:
+                    self._poller.set_targets(await asyncio.to_thread(self._targets))
+                    link = await stack.enter_async_context(
+                        self._poller.meter_link(address.meter_id)
+                    )
+            except (UnknownMeterError, ChannelBusyError, PollFailure, TargetError) as exc:
+                raise MeterLinkError(f"meter {address.serial}: {exc}") from None
+            yield link
 
 
 class System:
@@ -223,6 +251,7 @@ class System:
             ),
             clock=now,
         )
+        modbus_access = FreshTargetsReader(self.poller, self._poll_targets)
         app = create_app(
             self.session_factory,
             security_module=self.security_module,
@@ -233,7 +262,8 @@ class System:
             ),
             kek=self.kek,
             grading_policy=settings.grading_policy(),
-            modbus_reader=FreshTargetsReader(self.poller, self._poll_targets),
+            modbus_reader=modbus_access,
+            modbus_links=modbus_access.meter_link,
             delivery_key=DeliveryKey.from_settings(settings),
             emergency_credit_minor=balance_settings.emergency_credit_minor,
         )

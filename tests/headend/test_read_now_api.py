@@ -9,11 +9,13 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gridvend.app import create_app
 from gridvend.runtime import FreshTargetsReader
+from headend.commissioning import MeterAddress
 from headend.connectors.modbus import (
     ModbusPoller,
     PollerConfig,
@@ -23,6 +25,7 @@ from headend.connectors.modbus import (
     claim_leases,
 )
 from headend.ingest import Ingestor
+from headend.meter_link import MeterLinkError
 from headend.models import Meter, MeterLifecycle, MeterProtocol, Reading
 from headend.read_now_api import OnDemandReader
 from meter_sim.faults import FaultConfig
@@ -210,3 +213,35 @@ async def test_read_now_refusals_answer_specific_codes(
     assert response.json()["detail"]["code"] == "poller_unavailable"
     with session_factory() as session:
         assert session.scalars(select(Reading.id)).all() == []
+
+
+async def test_commissioning_links_go_through_the_poller_holding_the_line(
+    session_factory: sessionmaker[Session],
+) -> None:
+    clock = StepClock()
+    async with sim_fleet(session_factory, now=clock, gateways=(2,)) as fleet:
+        first, second = fleet.targets
+        poller = _poller(session_factory, [], clock)  # the meters are found on first use
+        access = FreshTargetsReader(poller, lambda: list(fleet.targets))
+        address = MeterAddress(first.meter_id, "S-1", "S-1", MeterProtocol.MODBUS_TCP.value)
+        async with access.meter_link(address) as link:
+            assert await link.read_relay() is True
+            # While the session holds the line, another worker cannot take it.
+            with session_factory() as session, session.begin():
+                won = claim_leases(
+                    session,
+                    [channel_resource(second.channel)],
+                    "worker-b",
+                    datetime.now(UTC),
+                    timedelta(minutes=1),
+                )
+            assert won == set()
+        # The line stays this worker's: another worker's technician session is refused.
+        other = _poller(session_factory, fleet.targets, clock)
+        other.worker_id = "worker-b"
+        elsewhere = FreshTargetsReader(other, lambda: list(fleet.targets))
+        with pytest.raises(MeterLinkError, match="held by"):
+            async with elsewhere.meter_link(address):
+                pass
+        await poller.close()
+        await other.close()

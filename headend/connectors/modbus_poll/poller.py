@@ -634,23 +634,28 @@ class ModbusPoller:
     async def with_meter_link(
         self, meter_id: int, action: Callable[[ModbusMeterLink], Awaitable[T]]
     ) -> T:
-        """Run ``action`` on the meter over this worker's connection to its channel, holding
-        the channel (one request in flight on the line, between two meters of a running
-        pass) and the meter's lock, as :meth:`read_now` does. For commands and other
-        exchanges that are not readings.
+        """Run ``action`` on the meter inside :meth:`meter_link` (commands and other
+        exchanges that are not readings). Raises as :meth:`meter_link` and ``action``."""
+        async with self.meter_link(meter_id) as link:
+            return await action(link)
+
+    @contextlib.asynccontextmanager
+    async def meter_link(self, meter_id: int) -> AsyncIterator[ModbusMeterLink]:
+        """The meter over this worker's connection to its channel, holding the channel (one
+        request in flight on the line, taken between two meters of a running pass) and the
+        meter's lock for the whole block, as :meth:`read_now` does for one read.
 
         Raises:
             UnknownMeterError: no target for ``meter_id``.
             ChannelBusyError: another worker holds the channel or the meter.
             PollFailure: the channel cannot be opened.
-            Whatever ``action`` raises (``MeterLinkError`` for the meter's own errors).
         """
         target = self._targets.get(meter_id)
         if target is None:
             raise UnknownMeterError(f"meter {meter_id} is not polled over Modbus by this worker")
         async with self._holding(target) as channel, channel.lock:
             client = await channel.link.connected_client()
-            return await action(ModbusMeterLink(client, target.modbus_profile, target.unit_id))
+            yield ModbusMeterLink(client, target.modbus_profile, target.unit_id)
 
     @contextlib.asynccontextmanager
     async def _holding(self, target: PollTarget) -> AsyncIterator[_Channel]:
