@@ -12,7 +12,7 @@ No `from __future__ import annotations` here: FastAPI resolves the route signatu
 
 import json
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -163,6 +163,45 @@ def _http(exc: VendingError) -> HTTPException:
             k: [str(i) for i in v] if isinstance(v, list) else str(v) for k, v in exc.detail.items()
         }
     return HTTPException(http_status(exc.code), detail=detail)
+
+
+Refusal = Callable[[VendingError], HTTPException]
+
+
+@contextmanager
+def read_session(
+    session_factory: sessionmaker[Session], refuse: Refusal = _http
+) -> Iterator[Session]:
+    """A session for reading; a VendingError becomes the HTTP refusal ``refuse`` makes."""
+    try:
+        with session_factory() as session:
+            yield session
+    except VendingError as exc:
+        raise refuse(exc) from None
+
+
+@contextmanager
+def write_session(
+    session_factory: sessionmaker[Session], refuse: Refusal = _http
+) -> Iterator[Session]:
+    """One transaction, committed on success and rolled back on any error. A VendingError
+    is refused as ``refuse`` says; a lost race answers ``conflict`` and a locked SQLite
+    database ``database_busy``, both to be retried."""
+    try:
+        with session_factory() as session, session.begin():
+            yield session
+    except VendingError as exc:
+        raise refuse(exc) from None
+    except IntegrityError:
+        raise refuse(
+            VendingError("conflict", "a concurrent change conflicted; retry the request")
+        ) from None
+    except OperationalError as exc:
+        if "locked" in str(exc):
+            raise refuse(
+                VendingError("database_busy", "the database is busy; retry the request")
+            ) from None
+        raise
 
 
 PREFIX = "/api/vending"
@@ -587,32 +626,11 @@ def make_router(
     meter_id, tid)`` tells reversals whether the head-end saw the meter accept a token."""
     router = APIRouter(prefix=PREFIX, tags=["vending"])
 
-    @contextmanager
-    def reading() -> Iterator[Session]:
-        try:
-            with session_factory() as session:
-                yield session
-        except VendingError as exc:
-            raise _http(exc) from None
+    def reading() -> AbstractContextManager[Session]:
+        return read_session(session_factory)
 
-    @contextmanager
-    def writing() -> Iterator[Session]:
-        """One transaction: committed on success, rolled back on any error."""
-        try:
-            with session_factory() as session, session.begin():
-                yield session
-        except VendingError as exc:
-            raise _http(exc) from None
-        except IntegrityError:
-            raise _http(
-                VendingError("conflict", "a concurrent change conflicted; retry the request")
-            ) from None
-        except OperationalError as exc:
-            if "locked" in str(exc):
-                raise _http(
-                    VendingError("database_busy", "the database is busy; retry the request")
-                ) from None
-            raise
+    def writing() -> AbstractContextManager[Session]:
+        return write_session(session_factory)
 
     def record(session: Session, actor: str, action: str, subject: str, **detail: Any) -> None:
         audit.record(session, actor=actor, action=action, subject=subject, detail=detail)

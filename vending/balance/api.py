@@ -8,8 +8,8 @@ the counter's (docs/balance.md lists the codes); a refused request has stored no
 No `from __future__ import annotations` here: FastAPI resolves the route signatures.
 """
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
@@ -17,12 +17,19 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from headend.audit import AuditSink
 from headend.interface import CommandOutcome, find_meter
-from vending.api import COUNTER_STAFF, PREFIX, SUPERVISORS, body, http_status
+from vending.api import (
+    COUNTER_STAFF,
+    PREFIX,
+    SUPERVISORS,
+    body,
+    http_status,
+    read_session,
+    write_session,
+)
 from vending.balance.emergency import grant_emergency_credit
 from vending.balance.engine import balance_minor
 from vending.balance.operator import (
@@ -173,31 +180,11 @@ def make_balance_router(
     ``emergency_credit_minor`` is the amount lent on request (0: not offered)."""
     router = APIRouter(prefix=PREFIX, tags=["balance"])
 
-    @contextmanager
-    def reading() -> Iterator[Session]:
-        try:
-            with session_factory() as session:
-                yield session
-        except VendingError as exc:
-            raise _http(exc) from None
+    def reading() -> AbstractContextManager[Session]:
+        return read_session(session_factory, _http)
 
-    @contextmanager
-    def writing() -> Iterator[Session]:
-        try:
-            with session_factory() as session, session.begin():
-                yield session
-        except VendingError as exc:
-            raise _http(exc) from None
-        except IntegrityError:
-            raise _http(
-                VendingError("conflict", "a concurrent change conflicted; retry the request")
-            ) from None
-        except OperationalError as exc:
-            if "locked" in str(exc):
-                raise _http(
-                    VendingError("database_busy", "the database is busy; retry the request")
-                ) from None
-            raise
+    def writing() -> AbstractContextManager[Session]:
+        return write_session(session_factory, _http)
 
     def account_by_number(session: Session, number: str) -> Account:
         account = session.scalar(select(Account).where(Account.account_number == number))
