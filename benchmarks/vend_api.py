@@ -44,7 +44,12 @@ from sqlalchemy.exc import OperationalError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gridvend.db import make_engine, make_session_factory, upgrade
+from gridvend.db import (
+    make_engine,
+    make_read_only_session_factory,
+    make_session_factory,
+    upgrade,
+)
 
 LOCAL_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -169,7 +174,9 @@ def app_factory() -> Any:
     auth = Auth(factory)
     app = FastAPI()
     app.include_router(make_auth_router(factory, auth))
-    module = SoftwareSecurityModule(KeyStore(KeyEncryptionKey.from_base64(kek_b64)), factory)
+    module = SoftwareSecurityModule(
+        KeyStore(KeyEncryptionKey.from_base64(kek_b64)), make_read_only_session_factory(engine)
+    )
     app.include_router(
         make_router(factory, require=auth.require, security_module=module, audit=AuditLog())
     )
@@ -190,7 +197,10 @@ def in_process(name: str, url: str, vends: int) -> None:
     setup = _setup(url, 50, 1)
     engine = make_engine(url)
     factory = make_session_factory(engine)
-    module = SoftwareSecurityModule(KeyStore(KeyEncryptionKey.from_base64(setup.kek_b64)), factory)
+    module = SoftwareSecurityModule(
+        KeyStore(KeyEncryptionKey.from_base64(setup.kek_b64)),
+        make_read_only_session_factory(engine),
+    )
     statements = 0
 
     def count(*_: Any) -> None:

@@ -7,11 +7,12 @@ import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, cast
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from headend.interface import find_meter
 from vending import localtime
@@ -270,3 +271,39 @@ def store_pricing_state(account: Account, state: VendAccount) -> None:
     account.month_to_date_kwh = state.month_to_date_kwh
     account.last_purchase_at = state.last_purchase_at
     account.fixed_charged_through = state.fixed_charged_through
+
+
+def write_pricing_state(session: Session, account: Account, state: VendAccount) -> None:
+    """Store ``state`` on the account's row now, in one UPDATE, and on ``account`` as its
+    loaded state (not a pending change): the vend's writes skip the unit of work."""
+    values = {
+        "debt_minor": state.debt.minor,
+        "carry_over_minor": state.carry_over.minor,
+        "month_to_date_kwh": state.month_to_date_kwh,
+        "last_purchase_at": state.last_purchase_at,
+        "fixed_charged_through": state.fixed_charged_through,
+    }
+    session.connection().execute(
+        _ACCOUNT_UPDATE, {"account_id": account.id, **{f"new_{k}": v for k, v in values.items()}}
+    )
+    for name, value in values.items():
+        set_committed_value(account, name, value)
+
+
+_accounts = cast(Table, Account.__table__)
+_ACCOUNT_UPDATE = (
+    update(_accounts)
+    .where(_accounts.c.id == bindparam("account_id"))
+    .values(
+        {
+            name: bindparam(f"new_{name}")
+            for name in (
+                "debt_minor",
+                "carry_over_minor",
+                "month_to_date_kwh",
+                "last_purchase_at",
+                "fixed_charged_through",
+            )
+        }
+    )
+)

@@ -50,7 +50,6 @@ from vending.counter import (
 )
 from vending.errors import VendingError
 from vending.grading import GradingError, GradingPolicy, PaymentRecord, grade_customer
-from vending.keystore import KeyStoreError
 from vending.models import (
     Account,
     AccountMeter,
@@ -73,7 +72,7 @@ from vending.reversals import (
     reverse_vend,
     save_snapshot,
 )
-from vending.security_module import MeterKeyRef, SecurityModule
+from vending.security_module import SecurityModule
 from vending.shifts import (
     POINT_CODE_PATTERN,
     CashUp,
@@ -444,9 +443,6 @@ def counter_vend(
     plus ``no_open_shift``; nothing is stored when it is raised. The flag is False
     when the answer is a vend an earlier request with this reference made.
     """
-    bind = session_factory.kw.get("bind")
-    if bind is None or bind.dialect.name == "sqlite":
-        _warm_security_module(session_factory, security_module, meter_number)
     scoped = f"{clerk_key}:{reference}"
     with session_factory() as session, session.begin():
         shift = current_shift(session, clerk)
@@ -483,38 +479,10 @@ def counter_vend(
             locked=locked,
         )
         made_now = before is not None and save_snapshot(session, record, before)
-        return CounterSale(record, made_now, build_receipt(session, record, utility=utility_name))
-
-
-def _warm_security_module(
-    session_factory: sessionmaker[Session], security_module: SecurityModule, meter_number: str
-) -> None:
-    """Ask for the meter's key attributes before the vend transaction starts.
-
-    The software module reads the key store in a session of its own; inside a SQLite
-    vend transaction (which holds the write lock from BEGIN) that session would wait for
-    the lock the vend holds. Asking first caches the key, so the vend never waits on itself.
-    (PostgreSQL readers do not wait for writers, so there it is skipped.)
-    """
-    with session_factory() as session:
-        try:
-            meter = find_meter(session, meter_number=meter_number)
-        except ValueError:
-            return
-    if meter is None or meter.prepaid_mode != "token":
-        return
-    if meter.supply_group_code is None or meter.tariff_index is None or meter.key_revision is None:
-        return
-    ref = MeterKeyRef(
-        meter_number=meter.meter_number or "",
-        supply_group_code=meter.supply_group_code,
-        tariff_index=meter.tariff_index,
-        key_revision=meter.key_revision,
-    )
-    try:
-        security_module.key_attributes(ref)
-    except (KeyStoreError, ValueError):
-        return  # The vend refuses with the specific error.
+        receipt = build_receipt(
+            session, record, utility=utility_name, meter=locked.meter if locked else None
+        )
+        return CounterSale(record, made_now, receipt)
 
 
 # The router ------------------------------------------------------------------------------

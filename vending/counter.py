@@ -13,16 +13,18 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from headend.audit import AuditSink
 from headend.interface import MeterSummary, find_meter, normalise_meter_number
 from protocols.sts import CreditType, StsError, next_tid
-from vending.accounts import load_tariff, pricing_state, store_pricing_state
+from vending.accounts import load_tariff, pricing_state, write_pricing_state
 from vending.debt import recover_from_purchase
 from vending.errors import VendingError
 from vending.keystore import KeyStoreError
@@ -146,41 +148,35 @@ def vend(
     else:
         sale = _token_sale(session, meter, tariff, tendered, state, security_module, now)
     token = sale.token
-    record = Vend(
-        receipt_number=f"pending-{request.channel}-{request.reference}"[:32],
-        channel=request.channel,
-        reference=request.reference,
-        account_id=account.id,
-        meter_id=meter.id,
-        shift_id=request.shift_id,
-        vending_point_id=point.id if point else None,
-        operator=request.operator,
-        payment_method=request.payment_method.value,
-        currency=tariff.currency.code,
-        tendered_minor=tendered.minor,
-        units_kwh=sale.units_kwh,
-        breakdown=sale.document,
-        token_digits=token.digits if token else None,
-        tid=token.tid if token else None,
-        status="issued",
-        created_at=now,
-        reprints=0,
-    )
-    session.add(record)
-    try:
-        session.flush()
-    except IntegrityError:
-        # A concurrent request with the same reference won the race; it will be found
-        # by the retry, which returns its vend.
-        raise VendingError(
-            "concurrent_duplicate", "the same request is being processed; retry to get its answer"
-        ) from None
-    record.receipt_number = f"{point.code if point else request.channel}-{record.id:010d}"
-    store_pricing_state(account, sale.account_after)
+    values: dict[str, Any] = {
+        "receipt_number": f"pending-{request.channel}-{request.reference}"[:32],
+        "channel": request.channel,
+        "reference": request.reference,
+        "account_id": account.id,
+        "meter_id": meter.id,
+        "shift_id": request.shift_id,
+        "vending_point_id": point.id if point else None,
+        "operator": request.operator,
+        "payment_method": request.payment_method.value,
+        "currency": tariff.currency.code,
+        "tendered_minor": tendered.minor,
+        "units_kwh": sale.units_kwh,
+        "breakdown": sale.document,
+        "token_digits": token.digits if token else None,
+        "tid": token.tid if token else None,
+        "status": "issued",
+        "created_at": now,
+        "reprints": 0,
+        "reversed_at": None,
+        "reversed_by": None,
+        "reversal_reason": None,
+    }
+    record = _insert_vend(session, values, point.code if point else request.channel)
+    write_pricing_state(session, account, sale.account_after)
     if sale.credited is not None:
         _book_payment(session, account, sale.credited, record, now)
     if point is not None:
-        point.outstanding_minor += tendered.minor
+        _take_cash(session, point, tendered.minor)
     audit.record(
         session,
         actor=request.operator,
@@ -195,8 +191,67 @@ def vend(
             "channel": request.channel,
         },
     )
-    session.flush()
     return record
+
+
+# The vend's writes are Core statements: the ORM's unit of work cost more than the rest of
+# the transaction's statements together. The objects the caller holds are kept in step
+# (set_committed_value, a persistent Vend), so nothing is left pending for a flush.
+_vends = cast(Table, Vend.__table__)
+_points = cast(Table, VendingPoint.__table__)
+_tid_cursors = cast(Table, MeterTidCursor.__table__)
+_SET_RECEIPT = (
+    update(_vends)
+    .where(_vends.c.id == bindparam("vend_id"))
+    .values(receipt_number=bindparam("new_receipt_number"))
+)
+_TAKE_CASH = (
+    update(_points)
+    .where(_points.c.id == bindparam("point_id"))
+    .values(outstanding_minor=_points.c.outstanding_minor + bindparam("amount_minor"))
+)
+_SET_TID = (
+    update(_tid_cursors)
+    .where(_tid_cursors.c.meter_id == bindparam("cursor_meter_id"))
+    .values(
+        supply_group_code=bindparam("new_supply_group_code"),
+        key_revision=bindparam("new_key_revision"),
+        base_date=bindparam("new_base_date"),
+        last_tid=bindparam("new_last_tid"),
+    )
+)
+
+
+def _insert_vend(session: Session, values: dict[str, Any], receipt_prefix: str) -> Vend:
+    """Insert the vend, give it its receipt number (which needs the id) and return it as
+    a persistent object of ``session``. VendingError concurrent_duplicate."""
+    # Anything the caller left pending goes first (Core statements do not flush it).
+    session.flush()
+    connection = session.connection()
+    try:
+        primary_key = connection.execute(insert(_vends), values).inserted_primary_key
+    except IntegrityError:
+        # A concurrent request with the same reference won the race; it will be found
+        # by the retry, which returns its vend.
+        raise VendingError(
+            "concurrent_duplicate", "the same request is being processed; retry to get its answer"
+        ) from None
+    assert primary_key is not None  # an INSERT of one row
+    vend_id = int(primary_key[0])
+    receipt_number = f"{receipt_prefix}-{vend_id:010d}"
+    connection.execute(_SET_RECEIPT, {"vend_id": vend_id, "new_receipt_number": receipt_number})
+    record = Vend(**{**values, "id": vend_id, "receipt_number": receipt_number})
+    # As though loaded from the row just written.
+    make_transient_to_detached(record)
+    session.add(record)
+    return record
+
+
+def _take_cash(session: Session, point: _Point, amount_minor: int) -> None:
+    session.connection().execute(_TAKE_CASH, {"point_id": point.id, "amount_minor": amount_minor})
+    held = session.identity_map.get(identity_key(VendingPoint, point.id))
+    if held is not None:
+        set_committed_value(held, "outstanding_minor", point.outstanding_minor + amount_minor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +273,19 @@ def lock_for_vend(session: Session, meter_number: str) -> LockedAccount:
 
 
 def _find_by_reference(session: Session, channel: str, reference: str) -> Vend | None:
-    return session.scalar(select(Vend).where(Vend.channel == channel, Vend.reference == reference))
+    # Almost always there is none: ask for the id alone and load the vend only if found.
+    vend_id = (
+        session.connection()
+        .execute(_BY_REFERENCE, {"ref_channel": channel, "ref": reference})
+        .scalar()
+    )
+    return None if vend_id is None else session.get(Vend, vend_id)
+
+
+_BY_REFERENCE = select(Vend.__table__.c.id).where(
+    Vend.__table__.c.channel == bindparam("ref_channel"),
+    Vend.__table__.c.reference == bindparam("ref"),
+)
 
 
 def _same_request_or_conflict(session: Session, earlier: Vend, request: VendRequest) -> Vend:
@@ -297,9 +364,18 @@ def _tendered(amount: Decimal, tariff: Tariff, limits: VendLimits) -> Money:
     return tendered
 
 
+@dataclass(frozen=True, slots=True)
+class _Point:
+    """The vending point's row, locked for the vend."""
+
+    id: int
+    code: str
+    outstanding_minor: int
+
+
 def _check_shift_and_point(
     session: Session, request: VendRequest, tendered: Money
-) -> VendingPoint | None:
+) -> _Point | None:
     point_id = request.vending_point_id
     if request.shift_id is not None:
         shift = session.get(Shift, request.shift_id)
@@ -308,17 +384,28 @@ def _check_shift_and_point(
         point_id = shift.vending_point_id
     if point_id is None:
         return None
-    point = session.scalar(
-        select(VendingPoint).where(VendingPoint.id == point_id).with_for_update()
-    )
-    if point is None or not point.active:
+    row = session.connection().execute(_LOCK_POINT, {"point_id": point_id}).first()
+    if row is None or not row.active:
         raise VendingError("vending_point_inactive", "the vending point is not active")
-    if point.outstanding_minor + tendered.minor > point.credit_limit_minor:
+    if row.outstanding_minor + tendered.minor > row.credit_limit_minor:
         raise VendingError(
             "vending_point_limit",
-            f"vending point {point.code} has reached its credit limit: bank the cash first",
+            f"vending point {row.code} has reached its credit limit: bank the cash first",
         )
-    return point
+    return _Point(row.id, row.code, row.outstanding_minor)
+
+
+_LOCK_POINT = (
+    select(
+        _points.c.id,
+        _points.c.code,
+        _points.c.active,
+        _points.c.outstanding_minor,
+        _points.c.credit_limit_minor,
+    )
+    .where(_points.c.id == bindparam("point_id"))
+    .with_for_update()
+)
 
 
 def _credit_token(
@@ -341,8 +428,8 @@ def _credit_token(
     )
     try:
         attributes = security_module.key_attributes(ref)
-        cursor = session.scalar(
-            select(MeterTidCursor).where(MeterTidCursor.meter_id == meter.id).with_for_update()
+        cursor = (
+            session.connection().execute(_LOCK_TID_CURSOR, {"cursor_meter_id": meter.id}).first()
         )
         same_key = cursor is not None and (
             cursor.supply_group_code,
@@ -359,22 +446,32 @@ def _credit_token(
         raise VendingError(exc.code, str(exc)) from None
     except StsError as exc:
         raise VendingError("token_refused", str(exc)) from None
+    values = {
+        "new_supply_group_code": ref.supply_group_code,
+        "new_key_revision": ref.key_revision,
+        "new_base_date": int(attributes.base_date),
+        "new_last_tid": tid,
+    }
     if cursor is None:
-        session.add(
-            MeterTidCursor(
-                meter_id=meter.id,
-                supply_group_code=ref.supply_group_code,
-                key_revision=ref.key_revision,
-                base_date=int(attributes.base_date),
-                last_tid=tid,
-            )
+        session.connection().execute(
+            insert(_tid_cursors),
+            {"meter_id": meter.id, **{k.removeprefix("new_"): v for k, v in values.items()}},
         )
     else:
-        cursor.supply_group_code = ref.supply_group_code
-        cursor.key_revision = ref.key_revision
-        cursor.base_date = int(attributes.base_date)
-        cursor.last_tid = tid
+        session.connection().execute(_SET_TID, {"cursor_meter_id": meter.id, **values})
     return token
+
+
+_LOCK_TID_CURSOR = (
+    select(
+        _tid_cursors.c.supply_group_code,
+        _tid_cursors.c.key_revision,
+        _tid_cursors.c.base_date,
+        _tid_cursors.c.last_tid,
+    )
+    .where(_tid_cursors.c.meter_id == bindparam("cursor_meter_id"))
+    .with_for_update()
+)
 
 
 @dataclass(frozen=True, slots=True)

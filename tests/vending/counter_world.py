@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gridvend.audit import AuditEntry, AuditLog
 from gridvend.auth import AccessToken, Auth, User
 from gridvend.auth import make_router as make_auth_router
+from gridvend.db import make_read_only_session_factory
 from headend.models import MeterLifecycle, PrepaidMode
 from headend.registry import MeterRegistration, register_meter
 from meter_sim.fleet import sts_meter_pan
@@ -263,7 +264,9 @@ def make_world(
     config = key_config()
     with session_factory() as session, session.begin():
         KeyStore(kek).add_key(session, config)
-    module = SoftwareSecurityModule(KeyStore(kek), session_factory)
+    module = SoftwareSecurityModule(
+        KeyStore(kek), make_read_only_session_factory(session_factory.kw["bind"])
+    )
     clock = Clock()
     app = build_app(session_factory, module, clock, token_acceptance=token_acceptance)
     with TestClient(app) as client:
