@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from headend.models import ConsumptionEventRecord, Meter, MeterEventRecord, StreamOffset
@@ -57,9 +57,7 @@ def find_meter(
     digit, unknown IIN).
     """
     if meter_number is not None:
-        meter = session.scalar(
-            select(Meter).where(Meter.meter_number == normalise_meter_number(meter_number))
-        )
+        meter = session.scalar(_BY_NUMBER, {"number": normalise_meter_number(meter_number)})
     elif meter_id is not None:
         # By primary key: a meter the session already holds costs no query (a select
         # would return that same object anyway).
@@ -69,6 +67,10 @@ def find_meter(
     if meter is None:
         return None
     return summarise_meter(meter)
+
+
+# Built once: every vend looks its meter up by number.
+_BY_NUMBER = select(Meter).where(Meter.meter_number == bindparam("number"))
 
 
 def summarise_meter(meter: Meter) -> MeterSummary:

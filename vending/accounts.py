@@ -212,13 +212,7 @@ def load_tariff(session: Session, code: str) -> Tariff:
     Tariff versions never change once stored, so a tariff is parsed once per set of
     versions and cached (every vend needs one).
     """
-    version_ids = tuple(
-        session.scalars(
-            select(TariffVersionRecord.id)
-            .where(TariffVersionRecord.tariff_code == code)
-            .order_by(TariffVersionRecord.effective_from)
-        )
-    )
+    version_ids = tuple(session.scalars(_VERSION_IDS, {"version_tariff_code": code}))
     with _tariff_cache_lock:
         cached = _tariff_cache.get(code)
     if version_ids and cached is not None and cached[0] == version_ids:
@@ -248,6 +242,13 @@ def load_tariff(session: Session, code: str) -> Tariff:
 
 _tariff_cache: dict[str, tuple[tuple[int, ...], Tariff]] = {}
 _tariff_cache_lock = threading.Lock()
+
+
+_VERSION_IDS = (
+    select(TariffVersionRecord.id)
+    .where(TariffVersionRecord.tariff_code == bindparam("version_tariff_code"))
+    .order_by(TariffVersionRecord.effective_from)
+)
 
 
 def pricing_state(account: Account, currency: Currency) -> VendAccount:

@@ -23,7 +23,7 @@ from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -448,9 +448,7 @@ def counter_vend(
         shift = current_shift(session, clerk)
         if shift is None:
             raise VendingError("no_open_shift", f"{clerk} has no open shift: open one first")
-        earlier = session.scalar(
-            select(Vend.id).where(Vend.channel == COUNTER_CHANNEL, Vend.reference == scoped)
-        )
+        earlier = session.scalar(_COUNTER_VEND_ID, {"counter_reference": scoped})
         before = None
         locked = None
         if earlier is None:
@@ -483,6 +481,11 @@ def counter_vend(
             session, record, utility=utility_name, meter=locked.meter if locked else None
         )
         return CounterSale(record, made_now, receipt)
+
+
+_COUNTER_VEND_ID = select(Vend.id).where(
+    Vend.channel == COUNTER_CHANNEL, Vend.reference == bindparam("counter_reference")
+)
 
 
 # The router ------------------------------------------------------------------------------

@@ -325,24 +325,28 @@ def _meter_and_account(
             "meter_not_vendable",
             f"meter {meter_number} is {meter.lifecycle}: it cannot be sold credit",
         )
-    # The account through the meter's open link, in one query (a link always has its
-    # account: foreign key).
-    query = select(Account).join(
-        AccountMeter,
-        (AccountMeter.account_id == Account.id)
-        & (AccountMeter.meter_id == meter.id)
-        & AccountMeter.unlinked_at.is_(None),
-    )
-    if lock:
-        # Re-read under the lock even if the session already holds the account; only the
-        # account row is locked, as before.
-        query = query.with_for_update(of=Account).execution_options(populate_existing=True)
-    account = session.scalar(query)
+    query = _LOCK_LINKED_ACCOUNT if lock else _LINKED_ACCOUNT
+    account = session.scalar(query, {"link_meter_id": meter.id})
     if account is None:
         raise VendingError("meter_not_on_account", f"meter {meter_number} is on no account")
     if account.status != "active":
         raise VendingError("account_closed", f"the account of meter {meter_number} is not active")
     return meter, account
+
+
+# The account through the meter's open link, in one query (a link always has its account:
+# foreign key).
+_LINKED_ACCOUNT = select(Account).join(
+    AccountMeter,
+    (AccountMeter.account_id == Account.id)
+    & (AccountMeter.meter_id == bindparam("link_meter_id"))
+    & AccountMeter.unlinked_at.is_(None),
+)
+# Re-read under the lock even if the session already holds the account; only the account
+# row is locked.
+_LOCK_LINKED_ACCOUNT = _LINKED_ACCOUNT.with_for_update(of=Account).execution_options(
+    populate_existing=True
+)
 
 
 def _tariff(session: Session, account: Account) -> Tariff:
