@@ -18,7 +18,6 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
-from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
 from headend.audit import AuditSink
@@ -171,12 +170,16 @@ def vend(
         "reversed_by": None,
         "reversal_reason": None,
     }
+    # The writes. The vending point's row is shared by every clerk at that point: it is
+    # locked here, by its first write, and not while pricing and making the token.
+    if point is not None:
+        _take_cash(session, point, tendered.minor)
     record = _insert_vend(session, values, point.code if point else request.channel)
+    if sale.tid_write is not None:
+        _write_tid(session, sale.tid_write)
     write_pricing_state(session, account, sale.account_after)
     if sale.credited is not None:
         _book_payment(session, account, sale.credited, record, now)
-    if point is not None:
-        _take_cash(session, point, tendered.minor)
     audit.record(
         session,
         actor=request.operator,
@@ -207,7 +210,11 @@ _SET_RECEIPT = (
 )
 _TAKE_CASH = (
     update(_points)
-    .where(_points.c.id == bindparam("point_id"))
+    .where(
+        _points.c.id == bindparam("point_id"),
+        _points.c.active.is_(True),
+        _points.c.outstanding_minor + bindparam("amount_minor") <= _points.c.credit_limit_minor,
+    )
     .values(outstanding_minor=_points.c.outstanding_minor + bindparam("amount_minor"))
 )
 _SET_TID = (
@@ -248,10 +255,18 @@ def _insert_vend(session: Session, values: dict[str, Any], receipt_prefix: str) 
 
 
 def _take_cash(session: Session, point: _Point, amount_minor: int) -> None:
-    session.connection().execute(_TAKE_CASH, {"point_id": point.id, "amount_minor": amount_minor})
+    """Add the cash to the point's outstanding amount if the point is still active and
+    under its credit limit (checked again here, under the row's lock, since the first
+    check read it unlocked). VendingError vending_point_inactive, vending_point_limit."""
+    connection = session.connection()
+    taken = connection.execute(_TAKE_CASH, {"point_id": point.id, "amount_minor": amount_minor})
+    if taken.rowcount != 1:
+        row = connection.execute(_READ_POINT, {"point_id": point.id}).first()
+        _refuse_point(row, amount_minor)
+        raise VendingError("vending_point_limit", "the vending point cannot take this cash")
     held = session.identity_map.get(identity_key(VendingPoint, point.id))
     if held is not None:
-        set_committed_value(held, "outstanding_minor", point.outstanding_minor + amount_minor)
+        session.expire(held, ["outstanding_minor"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,11 +385,10 @@ def _tendered(amount: Decimal, tariff: Tariff, limits: VendLimits) -> Money:
 
 @dataclass(frozen=True, slots=True)
 class _Point:
-    """The vending point's row, locked for the vend."""
+    """The vending point a vend takes cash for."""
 
     id: int
     code: str
-    outstanding_minor: int
 
 
 def _check_shift_and_point(
@@ -388,28 +402,30 @@ def _check_shift_and_point(
         point_id = shift.vending_point_id
     if point_id is None:
         return None
-    row = session.connection().execute(_LOCK_POINT, {"point_id": point_id}).first()
+    row = session.connection().execute(_READ_POINT, {"point_id": point_id}).first()
+    _refuse_point(row, tendered.minor)
+    assert row is not None
+    return _Point(row.id, row.code)
+
+
+def _refuse_point(row: Any, amount_minor: int) -> None:
+    """VendingError if the point (a _READ_POINT row) cannot take ``amount_minor`` more."""
     if row is None or not row.active:
         raise VendingError("vending_point_inactive", "the vending point is not active")
-    if row.outstanding_minor + tendered.minor > row.credit_limit_minor:
+    if row.outstanding_minor + amount_minor > row.credit_limit_minor:
         raise VendingError(
             "vending_point_limit",
             f"vending point {row.code} has reached its credit limit: bank the cash first",
         )
-    return _Point(row.id, row.code, row.outstanding_minor)
 
 
-_LOCK_POINT = (
-    select(
-        _points.c.id,
-        _points.c.code,
-        _points.c.active,
-        _points.c.outstanding_minor,
-        _points.c.credit_limit_minor,
-    )
-    .where(_points.c.id == bindparam("point_id"))
-    .with_for_update()
-)
+_READ_POINT = select(
+    _points.c.id,
+    _points.c.code,
+    _points.c.active,
+    _points.c.outstanding_minor,
+    _points.c.credit_limit_minor,
+).where(_points.c.id == bindparam("point_id"))
 
 
 def _credit_token(
@@ -418,7 +434,7 @@ def _credit_token(
     breakdown: VendBreakdown,
     security_module: SecurityModule,
     now: datetime,
-) -> IssuedToken:
+) -> tuple[IssuedToken, _TidWrite]:
     if meter.supply_group_code is None or meter.tariff_index is None or meter.key_revision is None:
         raise VendingError(
             "meter_keys_unknown",
@@ -450,22 +466,38 @@ def _credit_token(
         raise VendingError(exc.code, str(exc)) from None
     except StsError as exc:
         raise VendingError("token_refused", str(exc)) from None
-    values = {
-        "new_supply_group_code": ref.supply_group_code,
-        "new_key_revision": ref.key_revision,
-        "new_base_date": int(attributes.base_date),
-        "new_last_tid": tid,
+    cursor_values = {
+        "supply_group_code": ref.supply_group_code,
+        "key_revision": ref.key_revision,
+        "base_date": int(attributes.base_date),
+        "last_tid": tid,
     }
-    if cursor is None:
+    return token, _TidWrite(meter.id, cursor is not None, cursor_values)
+
+
+@dataclass(frozen=True, slots=True)
+class _TidWrite:
+    """The meter's TID cursor after the vend (written with the vend's other writes)."""
+
+    meter_id: int
+    exists: bool
+    values: dict[str, Any]
+
+
+def _write_tid(session: Session, write: _TidWrite) -> None:
+    if write.exists:
         session.connection().execute(
-            insert(_tid_cursors),
-            {"meter_id": meter.id, **{k.removeprefix("new_"): v for k, v in values.items()}},
+            _SET_TID,
+            {"cursor_meter_id": write.meter_id, **{f"new_{k}": v for k, v in write.values.items()}},
         )
     else:
-        session.connection().execute(_SET_TID, {"cursor_meter_id": meter.id, **values})
-    return token
+        session.connection().execute(
+            insert(_tid_cursors), {"meter_id": write.meter_id, **write.values}
+        )
 
 
+# The cursor is locked when read: the account's lock already keeps two vends for one meter
+# apart, and this keeps anything else that issues TIDs for the meter out too.
 _LOCK_TID_CURSOR = (
     select(
         _tid_cursors.c.supply_group_code,
@@ -487,6 +519,7 @@ class _Sale:
     account_after: VendAccount
     token: IssuedToken | None = None
     credited: Money | None = None
+    tid_write: _TidWrite | None = None
 
 
 def _token_sale(
@@ -506,10 +539,16 @@ def _token_sale(
         ) from None
     except (PricingError, TariffError, MoneyError) as exc:
         raise VendingError("pricing_refused", str(exc)) from None
-    token = None
+    token = tid_write = None
     if breakdown.units_kwh > 0:
-        token = _credit_token(session, meter, breakdown, security_module, now)
-    return _Sale(breakdown.units_kwh, breakdown_document(breakdown), breakdown.account_after, token)
+        token, tid_write = _credit_token(session, meter, breakdown, security_module, now)
+    return _Sale(
+        breakdown.units_kwh,
+        breakdown_document(breakdown),
+        breakdown.account_after,
+        token,
+        tid_write=tid_write,
+    )
 
 
 def _central_top_up(tendered: Money, state: VendAccount) -> _Sale:
