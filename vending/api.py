@@ -968,10 +968,9 @@ def make_router(
 
     @router.post("/vends", status_code=status.HTTP_201_CREATED)
     def sell(
-        response: Response,
         principal: Any = require(*CLERKS),
         request: VendBody = body(VendBody),
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         """Vend at the counter (see ``counter_vend``). A retry with the same reference
         answers 200 with the vend already made."""
         try:
@@ -1004,9 +1003,12 @@ def make_router(
                     VendingError("database_busy", "the database is busy; retry the request")
                 ) from None
             raise
-        if not sale.made_now:
-            response.status_code = status.HTTP_200_OK
-        return _vend_json(sale.vend, sale.receipt)
+        # Every value is already JSON's own type: answering directly skips FastAPI's
+        # generic encoder, a measurable share of a vend's CPU.
+        return JSONResponse(
+            _vend_json(sale.vend, sale.receipt),
+            status_code=status.HTTP_201_CREATED if sale.made_now else status.HTTP_200_OK,
+        )
 
     @router.get("/vends/{receipt_number}")
     def show_vend(receipt_number: str, _: Any = require(*COUNTER_STAFF)) -> dict[str, Any]:
