@@ -11,7 +11,11 @@ gridvend.auth's router, and sends ``--vends`` POST /api/vending/vends from an ht
 with C requests in flight. Every vend is the full path: bearer-token check, shift check,
 account lock, pricing, TID allocation, STS token, audit entry, commit. The meters are
 spread over the clients, so concurrent vends also hit the same meters. Prints a table of
-vends/s and latency percentiles; checks that every answer was 201 and no TID repeats.
+vends/s, latency percentiles and the server's CPU per vend (user + system time of the
+uvicorn process and its workers, from /proc: steadier than wall-clock rates on a shared
+machine); checks that every answer was 201 and no TID repeats. ``--workers N`` runs N
+uvicorn worker processes; ``--points N`` spreads the clerks over N vending points (with
+one, every vend takes cash for the same point and waits for its row lock).
 
 ``--in-process N`` measures the vend transaction alone instead (N vends through
 ``vending.api.counter_vend``, one thread, no HTTP): SQL statements and CPU per vend.
@@ -44,7 +48,12 @@ from sqlalchemy.exc import OperationalError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gridvend.db import make_engine, make_session_factory, upgrade
+from gridvend.db import (
+    make_engine,
+    make_read_only_session_factory,
+    make_session_factory,
+    upgrade,
+)
 
 LOCAL_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -57,7 +66,7 @@ class Setup:
     tokens: list[str]
 
 
-def _setup(url: str, meters: int, clerks: int) -> Setup:
+def _setup(url: str, meters: int, clerks: int, points: int = 1) -> Setup:
     import hashlib
 
     from gridvend.audit import AuditLog
@@ -104,9 +113,14 @@ def _setup(url: str, meters: int, clerks: int) -> Setup:
         save_tariff(
             session, TariffDocument.from_tariff(residential_stepped()), actor="bench", now=now
         )
-        create_vending_point(
-            session, code="BENCH", name="bench", currency="ZAR", credit_limit=Decimal(10**9)
-        )
+        for p in range(points):
+            create_vending_point(
+                session,
+                code=_point_code(p),
+                name=f"bench {p}",
+                currency="ZAR",
+                credit_limit=Decimal(10**9),
+            )
         for i, pan in enumerate(pans):
             register_meter(
                 session,
@@ -144,11 +158,37 @@ def _setup(url: str, meters: int, clerks: int) -> Setup:
                 )
             )
             open_shift(
-                session, clerk=username, point_code="BENCH", opening_float=Decimal(0), now=now
+                session,
+                clerk=username,
+                point_code=_point_code(c % points),
+                opening_float=Decimal(0),
+                now=now,
             )
             tokens.append(token)
     engine.dispose()
     return Setup(url, base64.b64encode(kek_bytes).decode(), pans, tokens)
+
+
+def _point_code(p: int) -> str:
+    return "BENCH" if p == 0 else f"BENCH{p}"
+
+
+def _server_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` and its live descendants (uvicorn's
+    worker processes), from /proc; 0 where /proc is not there."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
 
 
 def app_factory() -> Any:
@@ -169,7 +209,9 @@ def app_factory() -> Any:
     auth = Auth(factory)
     app = FastAPI()
     app.include_router(make_auth_router(factory, auth))
-    module = SoftwareSecurityModule(KeyStore(KeyEncryptionKey.from_base64(kek_b64)), factory)
+    module = SoftwareSecurityModule(
+        KeyStore(KeyEncryptionKey.from_base64(kek_b64)), make_read_only_session_factory(engine)
+    )
     app.include_router(
         make_router(factory, require=auth.require, security_module=module, audit=AuditLog())
     )
@@ -190,7 +232,10 @@ def in_process(name: str, url: str, vends: int) -> None:
     setup = _setup(url, 50, 1)
     engine = make_engine(url)
     factory = make_session_factory(engine)
-    module = SoftwareSecurityModule(KeyStore(KeyEncryptionKey.from_base64(setup.kek_b64)), factory)
+    module = SoftwareSecurityModule(
+        KeyStore(KeyEncryptionKey.from_base64(setup.kek_b64)),
+        make_read_only_session_factory(engine),
+    )
     statements = 0
 
     def count(*_: Any) -> None:
@@ -308,7 +353,7 @@ def _wait_listening(port: int, child: subprocess.Popen[bytes]) -> None:
 
 
 def bench(name: str, url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    setup = _setup(url, args.meters, max(args.concurrency))
+    setup = _setup(url, args.meters, max(args.concurrency), args.points)
     port = _free_port()
     root = Path(__file__).resolve().parents[1]
     child = subprocess.Popen(
@@ -338,13 +383,16 @@ def bench(name: str, url: str, args: argparse.Namespace) -> list[dict[str, Any]]
         base = f"http://127.0.0.1:{port}"
         asyncio.run(_drive(base, setup, min(200, args.vends), max(args.concurrency)))  # warm-up
         for concurrency in args.concurrency:
+            cpu = _server_cpu_s(child.pid)
             result = asyncio.run(_drive(base, setup, args.vends, concurrency))
+            result["server_cpu_ms"] = (_server_cpu_s(child.pid) - cpu) / args.vends * 1000
             rows.append(
                 {"database": name, "workers": args.workers, "concurrency": concurrency, **result}
             )
             print(
                 f"  {name:<10} c={concurrency:<3} {result['rate']:7.0f} vends/s "
                 f"(p50 {result['p50']:.1f} ms, p95 {result['p95']:.1f} ms, "
+                f"server CPU {result['server_cpu_ms']:.1f} ms/vend, "
                 f"answers {result['statuses']} {result['errors'] or ''}, "
                 f"duplicate TIDs {result['duplicate_tids']})",
                 flush=True,
@@ -376,7 +424,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--meters", type=int, default=50)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument(
+        "--points",
+        type=int,
+        default=1,
+        help="vending points the clerks are spread over (1: every clerk at one counter)",
+    )
     parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument("--skip-sqlite", action="store_true")
     parser.add_argument(
         "--in-process",
         type=int,
@@ -389,11 +444,13 @@ def main() -> None:
         return
     print(
         f"vends through the REST API: {args.vends} per run, {args.meters} meters, "
-        f"Python {platform.python_version()}, {os.cpu_count()} CPUs"
+        f"{args.points} vending point(s), Python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
     )
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        rows += bench("sqlite", f"sqlite:///{tmp}/bench.db", args)
+    if not args.skip_sqlite:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows += bench("sqlite", f"sqlite:///{tmp}/bench.db", args)
     pg = None if args.skip_postgres else _postgres_url()
     if pg is None:
         print("  postgresql: no server answers (set GRIDVEND_BENCH_DATABASE_URL)")
@@ -412,15 +469,16 @@ def main() -> None:
     print()
     print(
         "| database | server workers | concurrent clients | vends | seconds | vends/s "
-        "| p50 ms | p95 ms |"
+        "| p50 ms | p95 ms | server CPU ms/vend |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['database']} | {r['workers']} | {r['concurrency']} | {r['vends']} "
             f"| {r['seconds']:.1f} "
-            f"| {r['rate']:.0f} | {r['p50']:.1f} | {r['p95']:.1f} |"
+            f"| {r['rate']:.0f} | {r['p50']:.1f} | {r['p95']:.1f} | {r['server_cpu_ms']:.1f} |"
         )
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
 def _in_process_runs(args: argparse.Namespace) -> None:

@@ -16,10 +16,10 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import JSON, MetaData, String, select, text
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy import JSON, MetaData, String, Table, event, select, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, SessionTransaction, mapped_column
 
 from headend.models import NAMING_CONVENTION, BigId
 from headend.sqltypes import UtcDateTime
@@ -58,7 +58,15 @@ def _entry_hash(
 
 class AuditLog:
     """Appends entries inside the caller's transaction, so the act and its record commit
-    together or not at all."""
+    together or not at all.
+
+    ``record`` only notes the entry; the entries a transaction recorded are chained and
+    written just before it commits (``_write_pending``). The chain's serialisation (the
+    PostgreSQL advisory lock, SQLite's write lock) then covers the last moments of the
+    transaction instead of everything after the act: concurrent vends overlap until
+    they commit. An entry recorded inside a savepoint that is rolled back is dropped
+    with it.
+    """
 
     def record(
         self,
@@ -69,26 +77,98 @@ class AuditLog:
         subject: str,
         detail: Mapping[str, Any] | None = None,
         now: datetime | None = None,
-    ) -> AuditEntry:
-        if session.get_bind().dialect.name == "postgresql":
-            # Serialise appends so concurrent writers queue instead of failing on prev_hash.
-            session.execute(text("SELECT pg_advisory_xact_lock(7243001)"))
-        prev_hash = session.scalar(select(AuditEntry.hash).order_by(AuditEntry.id.desc()).limit(1))
-        prev_hash = prev_hash or GENESIS_HASH
+    ) -> None:
         ts = (now or datetime.now(UTC)).astimezone(UTC)
         clean_detail = json.loads(json.dumps(dict(detail or {}), sort_keys=True, default=str))
-        entry = AuditEntry(
-            ts=ts,
-            actor=actor,
-            action=action,
-            subject=subject,
-            detail=clean_detail,
-            prev_hash=prev_hash,
-            hash=_entry_hash(prev_hash, ts, actor, action, subject, clean_detail),
+        pending: list[_Pending] = session.info.setdefault(_PENDING_KEY, [])
+        pending.append(
+            _Pending(session.get_nested_transaction(), ts, actor, action, subject, clean_detail)
         )
-        session.add(entry)
-        session.flush()
-        return entry
+
+
+_PENDING_KEY = "gridvend.audit.pending"
+# The key of the PostgreSQL advisory lock that orders appends (the channel API and the
+# ingest stream use other keys).
+_APPEND_LOCK_KEY = 7243001
+_table = cast(Table, AuditEntry.__table__)
+_last_hash = select(_table.c.hash).order_by(_table.c.id.desc()).limit(1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    # The savepoint the entry was recorded in (None: the transaction itself).
+    savepoint: SessionTransaction | None
+    ts: datetime
+    actor: str
+    action: str
+    subject: str
+    detail: dict[str, Any]
+
+
+@event.listens_for(Session, "before_commit")
+def _write_pending(session: Session) -> None:
+    if session.get_nested_transaction() is not None:
+        return  # A savepoint is released: its entries wait for the real commit.
+    pending: list[_Pending] | None = session.info.get(_PENDING_KEY)
+    if not pending:
+        return
+    # The act's own changes first, so a failing flush raises before the lock is taken.
+    session.flush()
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        # Serialise appends so concurrent writers queue instead of failing on prev_hash;
+        # held to the commit that follows.
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _APPEND_LOCK_KEY})
+    prev_hash = connection.execute(_last_hash).scalar() or GENESIS_HASH
+    rows = []
+    for entry in pending:
+        entry_hash = _entry_hash(
+            prev_hash, entry.ts, entry.actor, entry.action, entry.subject, entry.detail
+        )
+        rows.append(
+            {
+                "ts": entry.ts,
+                "actor": entry.actor,
+                "action": entry.action,
+                "subject": entry.subject,
+                "detail": entry.detail,
+                "prev_hash": prev_hash,
+                "hash": entry_hash,
+            }
+        )
+        prev_hash = entry_hash
+    # One row per statement: ids follow the chain's order on every backend.
+    for row in rows:
+        connection.execute(_table.insert(), row)
+    pending.clear()
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_rolled_back(session: Session, transaction: SessionTransaction) -> None:
+    pending: list[_Pending] | None = session.info.get(_PENDING_KEY)
+    if not pending:
+        return
+    if not transaction.nested:
+        # The transaction itself (or a part of it that dooms it) was rolled back.
+        if transaction.parent is None:
+            pending.clear()
+        return
+    pending[:] = [e for e in pending if not _inside(e.savepoint, transaction)]
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None and session.info.get(_PENDING_KEY):
+        # Closed without commit (commit writes and clears the list).
+        session.info[_PENDING_KEY].clear()
+
+
+def _inside(savepoint: SessionTransaction | None, ended: SessionTransaction) -> bool:
+    while savepoint is not None:
+        if savepoint is ended:
+            return True
+        savepoint = savepoint.parent
+    return False
 
 
 @dataclass(frozen=True, slots=True)

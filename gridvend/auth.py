@@ -10,16 +10,28 @@ import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Form, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pwdlib import PasswordHash
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Boolean, ForeignKey, MetaData, String, func, select, update
+from sqlalchemy import (
+    Boolean,
+    Engine,
+    ForeignKey,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from gridvend.audit import AuditLog
+from gridvend.db import make_read_only_session_factory
 from headend.models import NAMING_CONVENTION, BigId
 from headend.sqltypes import UtcDateTime
 
@@ -219,17 +231,30 @@ def issue_token(session: Session, username: str, password: str, now: datetime) -
 
 
 def principal_for_token(session: Session, token: str, now: datetime) -> Principal | None:
-    row = session.execute(
-        select(User, AccessToken)
-        .join(AccessToken, AccessToken.user_id == User.id)
-        .where(AccessToken.token_sha256 == _digest(token))
-    ).first()
+    row = session.execute(_BY_DIGEST, {"digest": _digest(token)}).first()
     if row is None:
         return None
-    user, access = row
-    if access.revoked or access.expires_at <= now or not user.active:
+    if row.revoked or row.expires_at <= now or not row.active:
         return None
-    return Principal(user.id, user.username, Role(user.role))
+    return Principal(row.id, row.username, Role(row.role))
+
+
+# Every API request asks this: one lookup on the unique digest's index, columns only (no
+# ORM objects), the statement built once.
+_users = cast(Table, User.__table__)
+_tokens = cast(Table, AccessToken.__table__)
+_BY_DIGEST = (
+    select(
+        _users.c.id,
+        _users.c.username,
+        _users.c.role,
+        _users.c.active,
+        _tokens.c.revoked,
+        _tokens.c.expires_at,
+    )
+    .join(_tokens, _tokens.c.user_id == _users.c.id)
+    .where(_tokens.c.token_sha256 == bindparam("digest"))
+)
 
 
 def _digest(token: str) -> str:
@@ -246,7 +271,12 @@ class Auth:
     """Builds FastAPI dependencies that authenticate the caller and check the role."""
 
     def __init__(self, session_factory: sessionmaker[Session]) -> None:
-        self._session_factory = session_factory
+        bind = session_factory.kw.get("bind")
+        # A token check only reads: on SQLite it must not queue for the write lock behind
+        # every vend in progress.
+        self._session_factory = (
+            make_read_only_session_factory(bind) if isinstance(bind, Engine) else session_factory
+        )
         self._bearer = HTTPBearer(auto_error=False)
 
     def require(self, *roles: Role | str) -> Any:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from headend.commands.models import MeterCommand
@@ -54,26 +54,35 @@ class MeterSummary:
 
 
 def find_meter(
-    session: Session, *, meter_number: str | None = None, meter_id: int | None = None
+    session: Session,
+    *,
+    meter_number: str | None = None,
+    meter_id: int | None = None,
+    fresh: bool = False,
 ) -> MeterSummary | None:
     """The meter with this STS meter number (DRN or PAN, as typed) or id, or None.
+
+    ``fresh`` reads the row again even if the session holds it (what another transaction
+    committed since, e.g. a key change completed while this one waited for a lock).
 
     Raises ValueError for a meter number that cannot be one (wrong length, bad check
     digit, unknown IIN).
     """
     if meter_number is not None:
-        meter = session.scalar(
-            select(Meter).where(Meter.meter_number == normalise_meter_number(meter_number))
-        )
+        meter = session.scalar(_BY_NUMBER, {"number": normalise_meter_number(meter_number)})
     elif meter_id is not None:
         # By primary key: a meter the session already holds costs no query (a select
         # would return that same object anyway).
-        meter = session.get(Meter, meter_id)
+        meter = session.get(Meter, meter_id, populate_existing=fresh)
     else:
         raise ValueError("give a meter_number or a meter_id")
     if meter is None:
         return None
     return summarise_meter(meter)
+
+
+# Built once: every vend looks its meter up by number.
+_BY_NUMBER = select(Meter).where(Meter.meter_number == bindparam("number"))
 
 
 def summarise_meter(meter: Meter) -> MeterSummary:

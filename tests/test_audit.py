@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
-from gridvend.audit import AuditLog, verify_chain
+from gridvend.audit import AuditEntry, AuditLog, verify_chain
 
 
 def _append(session_factory: sessionmaker[Session], count: int) -> None:
@@ -47,3 +47,53 @@ def test_an_edited_entry_is_found_by_verification(session_factory: sessionmaker[
         report = verify_chain(session)
     assert not report.intact
     assert report.first_broken_id == 2
+
+
+def _subjects(session_factory: sessionmaker[Session]) -> list[str]:
+    with session_factory() as session:
+        return list(session.scalars(select(AuditEntry.subject).order_by(AuditEntry.id)))
+
+
+def test_entries_of_a_rolled_back_transaction_are_not_written(
+    session_factory: sessionmaker[Session],
+) -> None:
+    audit = AuditLog()
+    with pytest.raises(RuntimeError), session_factory() as session, session.begin():
+        audit.record(session, actor="clerk.one", action="vend", subject="meter:lost")
+        raise RuntimeError("the act failed after it was recorded")
+    _append(session_factory, 1)
+    assert _subjects(session_factory) == ["meter:0"]
+    with session_factory() as session:
+        assert verify_chain(session).intact
+
+
+def test_an_entry_recorded_in_a_rolled_back_savepoint_is_dropped_and_the_others_kept(
+    session_factory: sessionmaker[Session],
+) -> None:
+    audit = AuditLog()
+    with session_factory() as session, session.begin():
+        audit.record(session, actor="a", action="x", subject="before")
+        savepoint = session.begin_nested()
+        audit.record(session, actor="a", action="x", subject="inside, rolled back")
+        savepoint.rollback()
+        with session.begin_nested():
+            audit.record(session, actor="a", action="x", subject="inside, released")
+        audit.record(session, actor="a", action="x", subject="after")
+    assert _subjects(session_factory) == ["before", "inside, released", "after"]
+    with session_factory() as session:
+        report = verify_chain(session)
+    assert report.intact
+    assert report.entries == 3
+
+
+def test_entries_are_chained_in_the_order_they_were_recorded_across_transactions(
+    session_factory: sessionmaker[Session],
+) -> None:
+    audit = AuditLog()
+    with session_factory() as session, session.begin():
+        for n in range(3):
+            audit.record(session, actor="a", action="x", subject=f"first:{n}")
+    _append(session_factory, 2)
+    assert _subjects(session_factory) == ["first:0", "first:1", "first:2", "meter:0", "meter:1"]
+    with session_factory() as session:
+        assert verify_chain(session).entries == 5

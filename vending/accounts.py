@@ -7,11 +7,12 @@ import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, cast
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from headend.interface import find_meter
 from vending import localtime
@@ -215,13 +216,7 @@ def load_tariff(session: Session, code: str) -> Tariff:
     Tariff versions never change once stored, so a tariff is parsed once per set of
     versions and cached (every vend needs one).
     """
-    version_ids = tuple(
-        session.scalars(
-            select(TariffVersionRecord.id)
-            .where(TariffVersionRecord.tariff_code == code)
-            .order_by(TariffVersionRecord.effective_from)
-        )
-    )
+    version_ids = tuple(session.scalars(_VERSION_IDS, {"version_tariff_code": code}))
     # Version ids are the database's own: one process may serve several databases.
     key = (str(session.get_bind().engine.url), code)
     with _tariff_cache_lock:
@@ -255,6 +250,13 @@ _tariff_cache: dict[tuple[str, str], tuple[tuple[int, ...], Tariff]] = {}
 _tariff_cache_lock = threading.Lock()
 
 
+_VERSION_IDS = (
+    select(TariffVersionRecord.id)
+    .where(TariffVersionRecord.tariff_code == bindparam("version_tariff_code"))
+    .order_by(TariffVersionRecord.effective_from)
+)
+
+
 def pricing_state(account: Account, currency: Currency) -> VendAccount:
     """The account as pricing sees it."""
     return VendAccount(
@@ -276,3 +278,39 @@ def store_pricing_state(account: Account, state: VendAccount) -> None:
     account.month_to_date_kwh = state.month_to_date_kwh
     account.last_purchase_at = state.last_purchase_at
     account.fixed_charged_through = state.fixed_charged_through
+
+
+def write_pricing_state(session: Session, account: Account, state: VendAccount) -> None:
+    """Store ``state`` on the account's row now, in one UPDATE, and on ``account`` as its
+    loaded state (not a pending change): the vend's writes skip the unit of work."""
+    values = {
+        "debt_minor": state.debt.minor,
+        "carry_over_minor": state.carry_over.minor,
+        "month_to_date_kwh": state.month_to_date_kwh,
+        "last_purchase_at": state.last_purchase_at,
+        "fixed_charged_through": state.fixed_charged_through,
+    }
+    session.connection().execute(
+        _ACCOUNT_UPDATE, {"account_id": account.id, **{f"new_{k}": v for k, v in values.items()}}
+    )
+    for name, value in values.items():
+        set_committed_value(account, name, value)
+
+
+_accounts = cast(Table, Account.__table__)
+_ACCOUNT_UPDATE = (
+    update(_accounts)
+    .where(_accounts.c.id == bindparam("account_id"))
+    .values(
+        {
+            name: bindparam(f"new_{name}")
+            for name in (
+                "debt_minor",
+                "carry_over_minor",
+                "month_to_date_kwh",
+                "last_purchase_at",
+                "fixed_charged_through",
+            )
+        }
+    )
+)

@@ -13,16 +13,17 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm.util import identity_key
 
 from headend.audit import AuditSink
 from headend.interface import MeterSummary, find_meter, normalise_meter_number
-from protocols.sts import CreditType, StsError, next_tid
-from vending.accounts import load_tariff, pricing_state, store_pricing_state
+from protocols.sts import CreditType, StsError
+from vending.accounts import load_tariff, pricing_state, write_pricing_state
 from vending.debt import recover_from_purchase
 from vending.errors import VendingError
 from vending.key_changes import hand_out_with_vend
@@ -48,6 +49,7 @@ from vending.pricing import (
 )
 from vending.security_module import IssuedToken, MeterKeyRef, SecurityModule
 from vending.tariffs import Tariff, TariffError
+from vending.tids import tid_after
 
 VENDABLE_LIFECYCLES = ("installed", "commissioned", "active")
 
@@ -167,41 +169,39 @@ def vend(
             # Printed before the credit token, which is made under the new key.
             sale = replace(sale, document={**sale.document, "key_change_tokens": key_change_tokens})
     token = sale.token
-    record = Vend(
-        receipt_number=f"pending-{request.channel}-{request.reference}"[:32],
-        channel=request.channel,
-        reference=request.reference,
-        account_id=account.id,
-        meter_id=meter.id,
-        shift_id=request.shift_id,
-        vending_point_id=point.id if point else None,
-        operator=request.operator,
-        payment_method=request.payment_method.value,
-        currency=tariff.currency.code,
-        tendered_minor=tendered.minor,
-        units_kwh=sale.units_kwh,
-        breakdown=sale.document,
-        token_digits=token.digits if token else None,
-        tid=token.tid if token else None,
-        status="issued",
-        created_at=now,
-        reprints=0,
-    )
-    session.add(record)
-    try:
-        session.flush()
-    except IntegrityError:
-        # A concurrent request with the same reference won the race; it will be found
-        # by the retry, which returns its vend.
-        raise VendingError(
-            "concurrent_duplicate", "the same request is being processed; retry to get its answer"
-        ) from None
-    record.receipt_number = f"{point.code if point else request.channel}-{record.id:010d}"
-    store_pricing_state(account, sale.account_after)
+    values: dict[str, Any] = {
+        "receipt_number": f"pending-{request.channel}-{request.reference}"[:32],
+        "channel": request.channel,
+        "reference": request.reference,
+        "account_id": account.id,
+        "meter_id": meter.id,
+        "shift_id": request.shift_id,
+        "vending_point_id": point.id if point else None,
+        "operator": request.operator,
+        "payment_method": request.payment_method.value,
+        "currency": tariff.currency.code,
+        "tendered_minor": tendered.minor,
+        "units_kwh": sale.units_kwh,
+        "breakdown": sale.document,
+        "token_digits": token.digits if token else None,
+        "tid": token.tid if token else None,
+        "status": "issued",
+        "created_at": now,
+        "reprints": 0,
+        "reversed_at": None,
+        "reversed_by": None,
+        "reversal_reason": None,
+    }
+    # The writes. The vending point's row is shared by every clerk at that point: it is
+    # locked here, by its first write, and not while pricing and making the token.
+    if point is not None:
+        _take_cash(session, point, tendered.minor)
+    record = _insert_vend(session, values, point.code if point else request.channel)
+    if sale.tid_write is not None:
+        _write_tid(session, sale.tid_write)
+    write_pricing_state(session, account, sale.account_after)
     if sale.credited is not None:
         _book_payment(session, account, sale.credited, record, now)
-    if point is not None:
-        point.outstanding_minor += tendered.minor
     audit.record(
         session,
         actor=request.operator,
@@ -216,8 +216,79 @@ def vend(
             "channel": request.channel,
         },
     )
-    session.flush()
     return record
+
+
+# The vend's writes are Core statements: the ORM's unit of work cost more than the rest of
+# the transaction's statements together. The objects the caller holds are kept in step
+# (set_committed_value, a persistent Vend), so nothing is left pending for a flush.
+_vends = cast(Table, Vend.__table__)
+_points = cast(Table, VendingPoint.__table__)
+_tid_cursors = cast(Table, MeterTidCursor.__table__)
+_SET_RECEIPT = (
+    update(_vends)
+    .where(_vends.c.id == bindparam("vend_id"))
+    .values(receipt_number=bindparam("new_receipt_number"))
+)
+_TAKE_CASH = (
+    update(_points)
+    .where(
+        _points.c.id == bindparam("point_id"),
+        _points.c.active.is_(True),
+        _points.c.outstanding_minor + bindparam("amount_minor") <= _points.c.credit_limit_minor,
+    )
+    .values(outstanding_minor=_points.c.outstanding_minor + bindparam("amount_minor"))
+)
+_SET_TID = (
+    update(_tid_cursors)
+    .where(_tid_cursors.c.meter_id == bindparam("cursor_meter_id"))
+    .values(
+        supply_group_code=bindparam("new_supply_group_code"),
+        key_revision=bindparam("new_key_revision"),
+        base_date=bindparam("new_base_date"),
+        last_tid=bindparam("new_last_tid"),
+    )
+)
+
+
+def _insert_vend(session: Session, values: dict[str, Any], receipt_prefix: str) -> Vend:
+    """Insert the vend, give it its receipt number (which needs the id) and return it as
+    a persistent object of ``session``. VendingError concurrent_duplicate."""
+    # Anything the caller left pending goes first (Core statements do not flush it).
+    session.flush()
+    connection = session.connection()
+    try:
+        primary_key = connection.execute(insert(_vends), values).inserted_primary_key
+    except IntegrityError:
+        # A concurrent request with the same reference won the race; it will be found
+        # by the retry, which returns its vend.
+        raise VendingError(
+            "concurrent_duplicate", "the same request is being processed; retry to get its answer"
+        ) from None
+    assert primary_key is not None  # an INSERT of one row
+    vend_id = int(primary_key[0])
+    receipt_number = f"{receipt_prefix}-{vend_id:010d}"
+    connection.execute(_SET_RECEIPT, {"vend_id": vend_id, "new_receipt_number": receipt_number})
+    record = Vend(**{**values, "id": vend_id, "receipt_number": receipt_number})
+    # As though loaded from the row just written.
+    make_transient_to_detached(record)
+    session.add(record)
+    return record
+
+
+def _take_cash(session: Session, point: _Point, amount_minor: int) -> None:
+    """Add the cash to the point's outstanding amount if the point is still active and
+    under its credit limit (checked again here, under the row's lock, since the first
+    check read it unlocked). VendingError vending_point_inactive, vending_point_limit."""
+    connection = session.connection()
+    taken = connection.execute(_TAKE_CASH, {"point_id": point.id, "amount_minor": amount_minor})
+    if taken.rowcount != 1:
+        row = connection.execute(_READ_POINT, {"point_id": point.id}).first()
+        _refuse_point(row, amount_minor)
+        raise VendingError("vending_point_limit", "the vending point cannot take this cash")
+    held = session.identity_map.get(identity_key(VendingPoint, point.id))
+    if held is not None:
+        session.expire(held, ["outstanding_minor"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +310,19 @@ def lock_for_vend(session: Session, meter_number: str) -> LockedAccount:
 
 
 def _find_by_reference(session: Session, channel: str, reference: str) -> Vend | None:
-    return session.scalar(select(Vend).where(Vend.channel == channel, Vend.reference == reference))
+    # Almost always there is none: ask for the id alone and load the vend only if found.
+    vend_id = (
+        session.connection()
+        .execute(_BY_REFERENCE, {"ref_channel": channel, "ref": reference})
+        .scalar()
+    )
+    return None if vend_id is None else session.get(Vend, vend_id)
+
+
+_BY_REFERENCE = select(Vend.__table__.c.id).where(
+    Vend.__table__.c.channel == bindparam("ref_channel"),
+    Vend.__table__.c.reference == bindparam("ref"),
+)
 
 
 def _same_request_or_conflict(session: Session, earlier: Vend, request: VendRequest) -> Vend:
@@ -279,24 +362,28 @@ def _meter_and_account(
             "meter_not_vendable",
             f"meter {meter_number} is {meter.lifecycle}: it cannot be sold credit",
         )
-    # The account through the meter's open link, in one query (a link always has its
-    # account: foreign key).
-    query = select(Account).join(
-        AccountMeter,
-        (AccountMeter.account_id == Account.id)
-        & (AccountMeter.meter_id == meter.id)
-        & AccountMeter.unlinked_at.is_(None),
-    )
-    if lock:
-        # Re-read under the lock even if the session already holds the account; only the
-        # account row is locked, as before.
-        query = query.with_for_update(of=Account).execution_options(populate_existing=True)
-    account = session.scalar(query)
+    query = _LOCK_LINKED_ACCOUNT if lock else _LINKED_ACCOUNT
+    account = session.scalar(query, {"link_meter_id": meter.id})
     if account is None:
         raise VendingError("meter_not_on_account", f"meter {meter_number} is on no account")
     if account.status != "active":
         raise VendingError("account_closed", f"the account of meter {meter_number} is not active")
     return meter, account
+
+
+# The account through the meter's open link, in one query (a link always has its account:
+# foreign key).
+_LINKED_ACCOUNT = select(Account).join(
+    AccountMeter,
+    (AccountMeter.account_id == Account.id)
+    & (AccountMeter.meter_id == bindparam("link_meter_id"))
+    & AccountMeter.unlinked_at.is_(None),
+)
+# Re-read under the lock even if the session already holds the account; only the account
+# row is locked.
+_LOCK_LINKED_ACCOUNT = _LINKED_ACCOUNT.with_for_update(of=Account).execution_options(
+    populate_existing=True
+)
 
 
 def _tariff(session: Session, account: Account) -> Tariff:
@@ -318,9 +405,17 @@ def _tendered(amount: Decimal, tariff: Tariff, limits: VendLimits) -> Money:
     return tendered
 
 
+@dataclass(frozen=True, slots=True)
+class _Point:
+    """The vending point a vend takes cash for."""
+
+    id: int
+    code: str
+
+
 def _check_shift_and_point(
     session: Session, request: VendRequest, tendered: Money
-) -> VendingPoint | None:
+) -> _Point | None:
     point_id = request.vending_point_id
     if request.shift_id is not None:
         shift = session.get(Shift, request.shift_id)
@@ -329,17 +424,30 @@ def _check_shift_and_point(
         point_id = shift.vending_point_id
     if point_id is None:
         return None
-    point = session.scalar(
-        select(VendingPoint).where(VendingPoint.id == point_id).with_for_update()
-    )
-    if point is None or not point.active:
+    row = session.connection().execute(_READ_POINT, {"point_id": point_id}).first()
+    _refuse_point(row, tendered.minor)
+    assert row is not None
+    return _Point(row.id, row.code)
+
+
+def _refuse_point(row: Any, amount_minor: int) -> None:
+    """VendingError if the point (a _READ_POINT row) cannot take ``amount_minor`` more."""
+    if row is None or not row.active:
         raise VendingError("vending_point_inactive", "the vending point is not active")
-    if point.outstanding_minor + tendered.minor > point.credit_limit_minor:
+    if row.outstanding_minor + amount_minor > row.credit_limit_minor:
         raise VendingError(
             "vending_point_limit",
-            f"vending point {point.code} has reached its credit limit: bank the cash first",
+            f"vending point {row.code} has reached its credit limit: bank the cash first",
         )
-    return point
+
+
+_READ_POINT = select(
+    _points.c.id,
+    _points.c.code,
+    _points.c.active,
+    _points.c.outstanding_minor,
+    _points.c.credit_limit_minor,
+).where(_points.c.id == bindparam("point_id"))
 
 
 def _credit_token(
@@ -348,7 +456,7 @@ def _credit_token(
     breakdown: VendBreakdown,
     security_module: SecurityModule,
     now: datetime,
-) -> IssuedToken:
+) -> tuple[IssuedToken, _TidWrite]:
     if meter.supply_group_code is None or meter.tariff_index is None or meter.key_revision is None:
         raise VendingError(
             "meter_keys_unknown",
@@ -362,16 +470,15 @@ def _credit_token(
     )
     try:
         attributes = security_module.key_attributes(ref)
-        cursor = session.scalar(
-            select(MeterTidCursor).where(MeterTidCursor.meter_id == meter.id).with_for_update()
+        cursor = (
+            session.connection().execute(_LOCK_TID_CURSOR, {"cursor_meter_id": meter.id}).first()
         )
-        same_key = cursor is not None and (
-            cursor.supply_group_code,
-            cursor.key_revision,
-            cursor.base_date,
-        ) == (ref.supply_group_code, ref.key_revision, int(attributes.base_date))
-        last_tid = cursor.last_tid if cursor is not None and same_key else None
-        tid = next_tid(now, attributes.base_date, last_tid, attributes.key_expiry_number)
+        tid = tid_after(
+            None if cursor is None else (cursor[0], cursor[1], cursor[2], cursor[3]),
+            ref,
+            attributes,
+            now,
+        )
         amount = int(breakdown.units_kwh * 10)
         token = security_module.credit_token(
             ref, credit_type=CreditType.ELECTRICITY, amount=amount, tid=tid
@@ -380,22 +487,48 @@ def _credit_token(
         raise VendingError(exc.code, str(exc)) from None
     except StsError as exc:
         raise VendingError("token_refused", str(exc)) from None
-    if cursor is None:
-        session.add(
-            MeterTidCursor(
-                meter_id=meter.id,
-                supply_group_code=ref.supply_group_code,
-                key_revision=ref.key_revision,
-                base_date=int(attributes.base_date),
-                last_tid=tid,
-            )
+    cursor_values = {
+        "supply_group_code": ref.supply_group_code,
+        "key_revision": ref.key_revision,
+        "base_date": int(attributes.base_date),
+        "last_tid": tid,
+    }
+    return token, _TidWrite(meter.id, cursor is not None, cursor_values)
+
+
+@dataclass(frozen=True, slots=True)
+class _TidWrite:
+    """The meter's TID cursor after the vend (written with the vend's other writes)."""
+
+    meter_id: int
+    exists: bool
+    values: dict[str, Any]
+
+
+def _write_tid(session: Session, write: _TidWrite) -> None:
+    if write.exists:
+        session.connection().execute(
+            _SET_TID,
+            {"cursor_meter_id": write.meter_id, **{f"new_{k}": v for k, v in write.values.items()}},
         )
     else:
-        cursor.supply_group_code = ref.supply_group_code
-        cursor.key_revision = ref.key_revision
-        cursor.base_date = int(attributes.base_date)
-        cursor.last_tid = tid
-    return token
+        session.connection().execute(
+            insert(_tid_cursors), {"meter_id": write.meter_id, **write.values}
+        )
+
+
+# The cursor is locked when read: the account's lock already keeps two vends for one meter
+# apart, and this keeps anything else that issues TIDs for the meter out too.
+_LOCK_TID_CURSOR = (
+    select(
+        _tid_cursors.c.supply_group_code,
+        _tid_cursors.c.key_revision,
+        _tid_cursors.c.base_date,
+        _tid_cursors.c.last_tid,
+    )
+    .where(_tid_cursors.c.meter_id == bindparam("cursor_meter_id"))
+    .with_for_update()
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +540,7 @@ class _Sale:
     account_after: VendAccount
     token: IssuedToken | None = None
     credited: Money | None = None
+    tid_write: _TidWrite | None = None
 
 
 def _token_sale(
@@ -426,10 +560,16 @@ def _token_sale(
         ) from None
     except (PricingError, TariffError, MoneyError) as exc:
         raise VendingError("pricing_refused", str(exc)) from None
-    token = None
+    token = tid_write = None
     if breakdown.units_kwh > 0:
-        token = _credit_token(session, meter, breakdown, security_module, now)
-    return _Sale(breakdown.units_kwh, breakdown_document(breakdown), breakdown.account_after, token)
+        token, tid_write = _credit_token(session, meter, breakdown, security_module, now)
+    return _Sale(
+        breakdown.units_kwh,
+        breakdown_document(breakdown),
+        breakdown.account_after,
+        token,
+        tid_write=tid_write,
+    )
 
 
 def _central_top_up(tendered: Money, state: VendAccount) -> _Sale:

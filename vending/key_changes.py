@@ -159,7 +159,10 @@ def hand_out_with_vend(
     """
     pending = pending_key_change(session, meter.id, lock=True)
     if pending is None:
-        return meter, []
+        # A technician may have completed a key change while this vend waited for the
+        # pending row's lock: the key the token is made under is the meter's as it is now.
+        current = find_meter(session, meter_id=meter.id, fresh=True)
+        return (current or meter), []
     if not acknowledged:
         raise VendingError(
             "key_change_required",

@@ -13,13 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, StrictUndefined, select_autoescape
+from sqlalchemy import BigInteger, String, Table, bindparam, func, select
 from sqlalchemy.orm import Session
 
-from headend.interface import find_meter
+from headend.interface import MeterSummary, find_meter
 from protocols.sts import group_digits
 from vending.models import Account, Customer, TariffRecord, Vend, VendingPoint
 
@@ -63,15 +64,29 @@ class Receipt:
         return self.copy_number > 0
 
 
-def build_receipt(session: Session, vend: Vend, *, utility: str, copy_number: int = 0) -> Receipt:
-    """The receipt of ``vend`` (``copy_number`` > 0 for a reprint)."""
-    meter = find_meter(session, meter_id=vend.meter_id)
-    account = session.get_one(Account, vend.account_id)
-    customer = session.get_one(Customer, account.customer_id)
-    point = session.get(VendingPoint, vend.vending_point_id) if vend.vending_point_id else None
+def build_receipt(
+    session: Session,
+    vend: Vend,
+    *,
+    utility: str,
+    copy_number: int = 0,
+    meter: MeterSummary | None = None,
+) -> Receipt:
+    """The receipt of ``vend`` (``copy_number`` > 0 for a reprint). ``meter``: the vend's
+    meter when the caller holds it (saves a query)."""
+    if meter is None or meter.id != vend.meter_id:
+        meter = find_meter(session, meter_id=vend.meter_id)
     breakdown: dict[str, Any] = vend.breakdown
-    tariff = session.get(TariffRecord, breakdown.get("tariff_code", account.tariff_code))
-    zone = ZoneInfo(tariff.timezone if tariff else "UTC")
+    # Account, customer, vending point and tariff time zone in one query.
+    parts = session.execute(
+        _PARTS,
+        {
+            "account_id": vend.account_id,
+            "point_id": vend.vending_point_id,
+            "tariff_code": breakdown.get("tariff_code"),
+        },
+    ).one()
+    zone = ZoneInfo(parts.timezone or "UTC")
     lines = tuple(
         ReceiptLine(label=line["label"], amount=line["amount"], kwh=line.get("kwh"))
         for line in breakdown.get("lines", [])
@@ -81,13 +96,17 @@ def build_receipt(session: Session, vend: Vend, *, utility: str, copy_number: in
     reversed_ = vend.status == "reversed"
     return Receipt(
         utility=utility,
-        vending_point=f"{point.name} ({point.code})" if point else vend.channel,
+        vending_point=(
+            f"{parts.point_name} ({parts.point_code})"
+            if parts.point_code is not None
+            else vend.channel
+        ),
         clerk=vend.operator,
         receipt_number=vend.receipt_number,
         local_time=vend.created_at.astimezone(zone),
         meter_number=meter.meter_number or meter.serial if meter else str(vend.meter_id),
-        customer=customer.name,
-        account_number=account.account_number,
+        customer=parts.customer_name,
+        account_number=parts.account_number,
         currency=vend.currency,
         tendered=breakdown["tendered"],
         lines=lines,
@@ -102,6 +121,30 @@ def build_receipt(session: Session, vend: Vend, *, utility: str, copy_number: in
         reversed=reversed_,
         key_change_tokens=tuple(group_digits(t) for t in breakdown.get("key_change_tokens", ())),
     )
+
+
+_accounts = cast(Table, Account.__table__)
+_customers = cast(Table, Customer.__table__)
+_points = cast(Table, VendingPoint.__table__)
+_tariffs = cast(Table, TariffRecord.__table__)
+_PARTS = (
+    select(
+        _accounts.c.account_number,
+        _customers.c.name.label("customer_name"),
+        _points.c.name.label("point_name"),
+        _points.c.code.label("point_code"),
+        _tariffs.c.timezone,
+    )
+    .select_from(_accounts)
+    .join(_customers, _customers.c.id == _accounts.c.customer_id)
+    .outerjoin(_points, _points.c.id == bindparam("point_id", type_=BigInteger()))
+    .outerjoin(
+        _tariffs,
+        _tariffs.c.code
+        == func.coalesce(bindparam("tariff_code", type_=String()), _accounts.c.tariff_code),
+    )
+    .where(_accounts.c.id == bindparam("account_id"))
+)
 
 
 def _kwh(value: Decimal) -> str:

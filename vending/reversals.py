@@ -23,9 +23,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -68,11 +68,20 @@ def _restore(account: Account, state: dict[str, Any]) -> None:
 def save_snapshot(session: Session, vend: Vend, state: dict[str, Any]) -> bool:
     """Keep the account's state before ``vend``; False when it is already kept (the vend
     was made by an earlier request with the same reference)."""
-    if session.get(VendAccountSnapshot, vend.id) is not None:
+    # Core statements: this runs in every counter vend, after the vend's own Core writes.
+    connection = session.connection()
+    if connection.execute(_SNAPSHOT_EXISTS, {"snapshot_vend_id": vend.id}).first() is not None:
         return False
-    session.add(VendAccountSnapshot(vend_id=vend.id, account_id=vend.account_id, state=state))
-    session.flush()
+    connection.execute(
+        insert(_snapshots), {"vend_id": vend.id, "account_id": vend.account_id, "state": state}
+    )
     return True
+
+
+_snapshots = cast(Table, VendAccountSnapshot.__table__)
+_SNAPSHOT_EXISTS = select(_snapshots.c.vend_id).where(
+    _snapshots.c.vend_id == bindparam("snapshot_vend_id")
+)
 
 
 def get_vend(session: Session, receipt_number: str, *, lock: bool = False) -> Vend:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -132,7 +132,13 @@ def open_shift(
 
 
 def current_shift(session: Session, clerk: str) -> Shift | None:
-    return session.scalar(select(Shift).where(Shift.clerk == clerk, Shift.closed_at.is_(None)))
+    return session.scalar(_OPEN_SHIFT, {"shift_clerk": clerk})
+
+
+# Built once: every counter vend asks (building the expression cost more than running it).
+_OPEN_SHIFT = select(Shift).where(
+    Shift.clerk == bindparam("shift_clerk"), Shift.closed_at.is_(None)
+)
 
 
 @dataclass(frozen=True, slots=True)

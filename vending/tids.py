@@ -34,17 +34,14 @@ def allocate_tid(
         select(MeterTidCursor).where(MeterTidCursor.meter_id == meter_id).with_for_update()
     )
     key = (ref.supply_group_code, ref.key_revision, int(attributes.base_date))
-    same_key = (
-        cursor is not None
-        and (
-            cursor.supply_group_code,
-            cursor.key_revision,
-            cursor.base_date,
-        )
-        == key
+    tid = tid_after(
+        None
+        if cursor is None
+        else (cursor.supply_group_code, cursor.key_revision, cursor.base_date, cursor.last_tid),
+        ref,
+        attributes,
+        now,
     )
-    last_tid = cursor.last_tid if cursor is not None and same_key else None
-    tid = next_tid(now, attributes.base_date, last_tid, attributes.key_expiry_number)
     if cursor is None:
         session.add(
             MeterTidCursor(
@@ -59,3 +56,17 @@ def allocate_tid(
         cursor.supply_group_code, cursor.key_revision, cursor.base_date = key
         cursor.last_tid = tid
     return tid
+
+
+CursorRow = tuple[str, int, int, int]  # supply group code, key revision, base date, last TID
+
+
+def tid_after(
+    cursor: CursorRow | None, ref: MeterKeyRef, attributes: KeyAttributes, now: datetime
+) -> int:
+    """The next TID under ``ref``'s key (pure): the cursor continues only if it was left by
+    that same key (SGC, key revision, base date); otherwise the key's sequence starts anew.
+    Raises TidError or KeyExpiredError (``protocols.sts``) when no TID is left."""
+    key = (ref.supply_group_code, ref.key_revision, int(attributes.base_date))
+    last_tid = cursor[3] if cursor is not None and cursor[:3] == key else None
+    return next_tid(now, attributes.base_date, last_tid, attributes.key_expiry_number)

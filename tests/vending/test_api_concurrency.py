@@ -144,3 +144,60 @@ def test_the_same_reference_from_concurrent_retries_makes_one_vend(world: World)
     assert sum(1 for *_, fresh in made if fresh) == 1
     with world.session_factory() as session:
         assert len(session.scalars(select(Vend)).all()) == 1
+
+
+@pytest.fixture
+def limited_world(any_session_factory: sessionmaker[Session]) -> Iterator[World]:
+    """A counter with room for five vends of 20.00 and six meters on their own accounts."""
+    yield from make_world(any_session_factory, credit_limit="100.00")
+
+
+def _own_account(world: World, serial_number: int) -> str:
+    pan = world.add_meter(serial_number)
+    customer = world.post("/customers", "clerk", {"name": f"Customer {serial_number}"}).json()
+    account = world.post(
+        "/accounts", "clerk", {"customer_id": customer["id"], "tariff_code": "RES-STEP"}
+    ).json()
+    linked = world.post(
+        f"/accounts/{account['account_number']}/meters", "clerk", {"meter_number": pan}
+    )
+    assert linked.status_code == 201
+    return pan
+
+
+def test_concurrent_vends_at_one_point_never_take_it_past_its_credit_limit(
+    limited_world: World,
+) -> None:
+    world = limited_world
+    meters = [world.meters[0], *(_own_account(world, 10 + n) for n in range(5))]
+    with world.session_factory() as session:
+        clerk = session.scalars(select(Shift.clerk)).one()
+
+    def sell(index: int) -> str:
+        try:
+            counter_vend(
+                world.session_factory,
+                clerk=clerk,
+                clerk_key="1",
+                meter_number=meters[index],
+                amount=Decimal("20.00"),
+                payment_method=PaymentMethod.CASH,
+                reference=f"limit-{index}",
+                security_module=world.security_module,
+                audit=AuditLog(),
+                clock=lambda: NOW,
+                limits=VendLimits(),
+            )
+        except VendingError as exc:
+            return exc.code
+        return "sold"
+
+    # Different meters, so only the vending point's row is shared: every vend may pass
+    # the unlocked limit check, and the cash update must refuse the one too many.
+    with ThreadPoolExecutor(len(meters)) as pool:
+        answers = list(pool.map(sell, range(len(meters))))
+    assert sorted(answers) == ["sold"] * 5 + ["vending_point_limit"]
+    assert world.outstanding() == 10_000
+    with world.session_factory() as session:
+        assert len(session.scalars(select(Vend)).all()) == 5
+        assert verify_chain(session).intact
