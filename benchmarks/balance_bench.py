@@ -223,7 +223,7 @@ async def latency(url: str, meters: int, data_dir: Path) -> None:
     if not stages:
         print("latency: no disconnect confirmed")
         return
-    print(f"exhausted -> relay open confirmed, {len(stages)} meters exhausting together:")
+    print(f"exhausted -> relay open confirmed, {len(stages)} meters confirmed:")
     for name, index in (
         ("exhausted -> command requested", 0),
         ("requested -> sent to the meter", 1),
