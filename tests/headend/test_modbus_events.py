@@ -228,3 +228,21 @@ def test_the_newest_relay_event_carries_the_reason_register_in_the_mqtt_words(
     assert dict(older.detail) == {"closed": True}
     alarm = event_severity(newest.kind, newest.detail) is not Severity.INFO
     assert alarm is severity_is_alarm
+
+
+async def test_a_relay_opened_by_command_on_a_modbus_meter_is_stored_but_not_an_alarm(
+    session_factory: sessionmaker[Session],
+):
+    clock = StepClock()
+    async with one_gateway(session_factory, clock, ("dds238-zn",)) as (fleet, sim):
+        poller = make_poller(session_factory, fleet.targets, clock)
+        clock.forward(minutes=5)
+        sim.model(1).set_relay(False)
+        await poller.poll_interval("energy", START)
+        await poller.close()
+    with session_factory() as session:
+        relay = session.scalars(
+            select(MeterEventRecord).where(MeterEventRecord.kind == "relay_changed")
+        ).one()
+    assert (relay.detail, relay.severity) == ({"closed": False, "reason": "remote"}, "info")
+    assert alarms(session_factory) == []
