@@ -79,6 +79,8 @@ class RejectReason(StrEnum):
     CONFLICTING_DUPLICATE = "conflicting_duplicate"
     # Validation rejected the read (bad timestamp, value, unit...): see the flags.
     INVALID_READING = "invalid_reading"
+    # A polled meter's event log wrapped past events before they were read.
+    EVENTS_LOST = "events_lost"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +155,18 @@ class PolledReading:
 
 
 @dataclass(frozen=True, slots=True)
+class PolledEvents:
+    """Events a poller (Modbus) read from a registered meter's event log, and ``gap``: why
+    events the meter logged could not be read ("" when none were missed)."""
+
+    meter_id: int
+    events: Sequence[MeterEvent]
+    received_at: datetime
+    gap: str = ""
+    source: str = "modbus"
+
+
+@dataclass(frozen=True, slots=True)
 class _ReadingSet:
     meter_id: int
     ts: datetime
@@ -216,17 +230,30 @@ class Ingestor:
                 if isinstance(item.body, TelemetryReport)
             ]
             self._store_readings(session, batch, reading_sets)
-            self._store_events(session, batch, accepted)
+            self._store_events(
+                session,
+                batch,
+                [
+                    (meter_id, item.body, item.message.received_at)
+                    for item, meter_id in accepted
+                    if isinstance(item.body, MeterEvent)
+                ],
+            )
             self._apply_status(session, batch, accepted)
         self.stats.add(batch)
         return batch
 
-    def ingest_polled(self, polls: Sequence[PolledReading]) -> IngestStats:
-        """Store polled readings of registered meters in one transaction (see ``ingest``)."""
+    def ingest_polled(
+        self, polls: Sequence[PolledReading], events: Sequence[PolledEvents] = ()
+    ) -> IngestStats:
+        """Store polled readings and events of registered meters in one transaction (see
+        ``ingest``); events are stored and graded exactly as MQTT meters' events are."""
         batch = IngestStats(messages=len(polls))
         with self._session_factory() as session, session.begin():
             reading_sets = [_ReadingSet(p.meter_id, p.ts, p.values, p.as_message()) for p in polls]
             known = self._store_readings(session, batch, reading_sets)
+            if events:
+                self._store_polled_events(session, batch, events, known)
             last_seen: dict[int, datetime] = {}
             for poll in polls:
                 if poll.meter_id not in known:
@@ -512,21 +539,51 @@ class Ingestor:
             session.connection().execute(insert(_table(ConsumptionEventRecord)), events)
             batch.consumption_published += len(events)
 
-    def _store_events(
-        self, session: Session, batch: IngestStats, accepted: list[tuple[_Parsed, int]]
+    def _store_polled_events(
+        self,
+        session: Session,
+        batch: IngestStats,
+        polled: Sequence[PolledEvents],
+        known: set[int],
     ) -> None:
+        # A meter with no reading in this batch may have left the registry since the
+        # poller's targets were built: check it, rather than fail the batch on the key.
+        unchecked = {p.meter_id for p in polled} - known
+        if unchecked:
+            known = known | set(session.scalars(select(Meter.id).where(Meter.id.in_(unchecked))))
+        events: list[tuple[int, MeterEvent, datetime]] = []
+        for item in polled:
+            if item.meter_id not in known:
+                continue
+            events.extend((item.meter_id, event, item.received_at) for event in item.events)
+            if item.gap:
+                # Kept where every message the head-end could not take in is kept, so
+                # the loss is visible and counted, not silent.
+                message = InboundMessage(
+                    topic=f"{item.source}/meters/{item.meter_id}/events",
+                    payload=item.gap.encode(),
+                    received_at=item.received_at,
+                    source=item.source,
+                )
+                self._reject(session, batch, message, RejectReason.EVENTS_LOST, item.gap)
+        self._store_events(session, batch, events)
+
+    @staticmethod
+    def _store_events(
+        session: Session, batch: IngestStats, events: Sequence[tuple[int, MeterEvent, datetime]]
+    ) -> None:
+        """Store (meter id, event, received at) once per (meter, seq, ts), graded."""
         rows = [
             {
                 "meter_id": meter_id,
-                "seq": item.body.seq,
-                "ts": item.body.ts,
-                "kind": item.body.kind.value,
-                "detail": dict(item.body.detail),
-                "received_at": item.message.received_at,
-                "severity": event_severity(item.body.kind, item.body.detail).value,
+                "seq": event.seq,
+                "ts": event.ts,
+                "kind": event.kind.value,
+                "detail": dict(event.detail),
+                "received_at": received_at,
+                "severity": event_severity(event.kind, event.detail).value,
             }
-            for item, meter_id in accepted
-            if isinstance(item.body, MeterEvent)
+            for meter_id, event, received_at in events
         ]
         if rows:
             result = session.execute(

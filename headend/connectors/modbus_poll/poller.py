@@ -24,10 +24,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from headend.connectors.modbus_models import ModbusPollOutcome
+from headend.connectors.modbus_poll.events import (
+    event_points,
+    event_state,
+    log_request,
+    new_events,
+)
 from headend.connectors.modbus_poll.failures import FailureReason, PollFailure
 from headend.connectors.modbus_poll.leases import (
     channel_resource,
@@ -48,9 +54,18 @@ from headend.connectors.modbus_poll.schedule import (
     interval_start,
 )
 from headend.connectors.modbus_poll.targets import PollTarget, TargetError, Transport
-from headend.ingest import Ingestor, PolledReading
+from headend.ingest import Ingestor, PolledEvents, PolledReading
 from headend.meter_link import ModbusMeterLink
-from protocols.modbus import CodecError, ReadRequest, decode_readings, meter_totals, plan_reads
+from headend.models import MeterEventRecord
+from protocols.modbus import (
+    CodecError,
+    Point,
+    ReadRequest,
+    decode_event_log,
+    decode_readings,
+    meter_totals,
+    plan_reads,
+)
 
 __all__ = [
     "ChannelBusyError",
@@ -173,6 +188,9 @@ class ModbusPoller:
         self._targets: dict[int, PollTarget] = {}
         # Meters whose lock this worker holds for running passes (count of passes).
         self._pass_locked: Counter[int] = Counter()
+        # The newest event sequence number stored (or being stored) per meter: the event
+        # log is read only when the meter's count differs. Loaded from the database.
+        self._event_seqs: dict[int, int] = {}
         self.set_targets(targets)
 
     # --- fleet --------------------------------------------------------------------------
@@ -306,6 +324,8 @@ class ModbusPoller:
             del self._reports[(group, interval_ts)]
 
     def _store_failed(self, result: PollResult) -> None:
+        # Its events were not stored either: read the log again next time.
+        self._event_seqs.pop(result.meter_id, None)
         report = self._reports.get((result.group, result.interval_ts))
         if report is not None and result.failure is not None:
             report.stored -= 1
@@ -446,6 +466,8 @@ class ModbusPoller:
                         )
                     ).scalars()
                 )
+            if self._groups[group].events:
+                self._load_event_seqs(session, locked - done)
         return {
             key: (
                 {t.meter_id for t in work[key]} & locked,
@@ -453,6 +475,28 @@ class ModbusPoller:
             )
             for key in channels
         }
+
+    def _load_event_seqs(self, session: Session, meter_ids: Iterable[int]) -> None:
+        """Fill the newest stored event sequence number of meters not yet known (0: none)."""
+        wanted = [
+            m
+            for m in meter_ids
+            if m not in self._event_seqs and event_points(self._targets[m].modbus_profile)
+        ]
+        if not wanted:
+            return
+        rows = session.execute(
+            select(MeterEventRecord.meter_id, func.max(MeterEventRecord.seq))
+            .where(MeterEventRecord.meter_id.in_(wanted))
+            .group_by(MeterEventRecord.meter_id)
+        )
+        found = {meter_id: seq for meter_id, seq in rows}
+        for meter_id in wanted:
+            self._event_seqs[meter_id] = int(found.get(meter_id) or 0)
+
+    def _load_event_seq(self, meter_id: int) -> None:
+        with self._session_factory() as session:
+            self._load_event_seqs(session, [meter_id])
 
     async def _keep_leases(self, resources: list[str]) -> None:
         """Renew this pass's leases every third of their ttl while it runs."""
@@ -471,7 +515,9 @@ class ModbusPoller:
         key = (target.profile, group.name)
         plan = self._plans.get(key)
         if plan is None:
-            points = group_points(target.modbus_profile, group)
+            points: tuple[Point, ...] = group_points(target.modbus_profile, group)
+            if points and group.events:
+                points += event_points(target.modbus_profile)
             plan = plan_reads(target.modbus_profile, points) if points else ()
             self._plans[key] = plan
         return plan
@@ -547,12 +593,19 @@ class ModbusPoller:
                 )
                 break
             attempt += 1
+            events: PolledEvents | None = None
+            event_count: int | None = None
             try:
                 async with channel.lock:
                     replies = []
                     for request in plan:
                         requests += 1
                         replies.append((request, await channel.link.read(target.unit_id, request)))
+                    if group.events:
+                        events, event_count, log_reads = await self._read_events(
+                            channel, target, replies, errors
+                        )
+                        requests += log_reads
                 values = {
                     q: v
                     for q, v in meter_totals(decode_readings(profile, replies)).items()
@@ -567,6 +620,10 @@ class ModbusPoller:
                 break
             else:
                 breaker.record_success()
+                if event_count is not None:
+                    # Set now so the next poll does not read the log again;
+                    # _store_failed undoes it if the events are not stored.
+                    self._event_seqs[target.meter_id] = event_count
                 received = self._wall()
                 reading = PolledReading(target.meter_id, ts, values, received, source="modbus")
                 return PollResult(
@@ -581,6 +638,7 @@ class ModbusPoller:
                     requests=requests,
                     reading=reading,
                     errors=tuple(errors),
+                    events=events,
                 )
             if attempt < attempts_allowed:
                 await asyncio.sleep(self._config.retry.delay(attempt, self._rng))
@@ -598,6 +656,46 @@ class ModbusPoller:
             failure=final or errors[-1],
             errors=tuple(errors),
         )
+
+    async def _read_events(
+        self,
+        channel: _Channel,
+        target: PollTarget,
+        replies: Sequence[tuple[ReadRequest, Sequence[int] | Sequence[bool]]],
+        errors: list[PollFailure],
+    ) -> tuple[PolledEvents | None, int | None, int]:
+        """The meter's new events, read under the channel lock right after its energy
+        reads, the event count they bring the meter to (None: nothing read) and the
+        number of requests sent (0 or 1). A failed log read is added to
+        ``errors`` and the reading goes on without events: the log is read again next
+        poll, as the stored sequence number did not move."""
+        profile = target.modbus_profile
+        meter_id = target.meter_id
+        try:
+            state = event_state(profile, replies)
+        except CodecError as exc:
+            errors.append(PollFailure(FailureReason.BAD_REPLY, f"unit {target.unit_id}: {exc}"))
+            return None, None, 0
+        if state is None:
+            return None, None, 0
+        if meter_id not in self._event_seqs:
+            await asyncio.to_thread(self._load_event_seq, meter_id)
+        last_seq = self._event_seqs[meter_id]
+        if state.event_count == last_seq:
+            return None, None, 0
+        request = log_request(profile)
+        try:
+            data = await channel.link.read(target.unit_id, request)
+            records = decode_event_log(profile, request, [int(word) for word in data])
+        except PollFailure as failure:
+            errors.append(failure)
+            return None, None, 1
+        except CodecError as exc:
+            errors.append(PollFailure(FailureReason.BAD_REPLY, f"unit {target.unit_id}: {exc}"))
+            return None, None, 1
+        found = new_events(records, state, last_seq)
+        polled = PolledEvents(meter_id, found.events, self._wall(), found.gap)
+        return polled, state.event_count, 1
 
     # --- on demand ----------------------------------------------------------------------
 
@@ -627,6 +725,7 @@ class ModbusPoller:
             )
             result = await self._recorder.write_now(result)
         if result.failure is not None:
+            self._event_seqs.pop(meter_id, None)
             raise result.failure
         assert result.reading is not None
         return result.reading

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from headend.connectors.modbus_models import ModbusCommHealth, ModbusPollOutcome
 from headend.connectors.modbus_poll.failures import FailureReason, PollFailure
-from headend.ingest import Ingestor, PolledReading
+from headend.ingest import Ingestor, PolledEvents, PolledReading
 
 __all__ = ["PollResult", "Recorder"]
 
@@ -55,6 +55,7 @@ class PollResult:
 
     ``errors`` holds every failed attempt (a poll that succeeded on its third try has
     two), for the health counters; ``failure`` is the reason the poll as a whole failed.
+    ``events`` are the new records of the meter's event log, stored with the reading.
     """
 
     meter_id: int
@@ -69,6 +70,7 @@ class PollResult:
     reading: PolledReading | None = None
     failure: PollFailure | None = None
     errors: tuple[PollFailure, ...] = field(default=())
+    events: PolledEvents | None = None
 
     @property
     def ok(self) -> bool:
@@ -137,15 +139,19 @@ class Recorder:
 
     def _write(self, batch: Sequence[PollResult]) -> list[PollResult]:
         readings = [r.reading for r in batch if r.reading is not None]
+        events = [r.events for r in batch if r.events is not None]
         results = list(batch)
-        if readings:
+        if readings or events:
             try:
-                self._ingestor.ingest_polled(readings)
+                # One transaction: a reading is never stored without its poll's events.
+                self._ingestor.ingest_polled(readings, events)
             except SQLAlchemyError as exc:
                 log.error("storing %d polled readings failed: %s", len(readings), exc)
                 failure = PollFailure(FailureReason.STORE_FAILED, str(exc).splitlines()[0])
                 results = [
-                    replace(r, reading=None, failure=failure) if r.reading is not None else r
+                    replace(r, reading=None, events=None, failure=failure)
+                    if r.reading is not None or r.events is not None
+                    else r
                     for r in results
                 ]
         with self._session_factory() as session, session.begin():

@@ -28,11 +28,13 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 @dataclass(frozen=True, slots=True)
 class PollGroup:
     """Quantities read together. ``interval`` None means on demand only (``read_now``);
-    otherwise polls run at every multiple of ``interval`` since 1970-01-01 UTC."""
+    otherwise polls run at every multiple of ``interval`` since 1970-01-01 UTC. With
+    ``events``, a poll also reads the event count and, when it moved, the event log."""
 
     name: str
     quantities: frozenset[Quantity]
     interval: timedelta | None = None
+    events: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name) > 32:
@@ -49,6 +51,8 @@ ENERGY_GROUP = PollGroup(
     "energy",
     frozenset(q for q in Quantity if q.info.kind is Kind.CUMULATIVE) | {Quantity.CREDIT_KWH},
     timedelta(minutes=15),
+    # The event count sits beside the credit register: it costs no extra request here.
+    events=True,
 )
 INSTANTANEOUS_GROUP = PollGroup(
     "instantaneous",
