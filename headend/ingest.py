@@ -714,7 +714,9 @@ class _StoredReads:
         the estimates there; instantaneous ones only what is stored at the batch's own
         timestamps (duplicates and conflicts are all validation asks of them).
         """
-        cumulative = {k: v for k, v in spans.items() if Quantity(k[1]).info.kind is Kind.CUMULATIVE}
+        cumulative = {
+            k: v for k, v in spans.items() if _quantity(k[1]).info.kind is Kind.CUMULATIVE
+        }
         instantaneous = {k: v for k, v in spans.items() if k not in cumulative}
         for key, (lo, hi) in cumulative.items():
             margin = _WINDOW_INTERVALS * self._profiles[key[0]].interval
@@ -768,7 +770,7 @@ class _StoredReads:
             history = self._histories.get(key)
             if history is None:
                 continue
-            quality = Quality(str(row[4])) if model is Reading else Quality.ESTIMATED
+            quality = _quality(str(row[4])) if model is Reading else Quality.ESTIMATED
             read = self._stored(key, row[2], row[3], quality)
             if read is None or not self._covers(history, read.timestamp):
                 continue
@@ -783,8 +785,11 @@ class _StoredReads:
         installed_at = self._profiles[key[0]].installed_at
         if installed_at is not None and ts < installed_at:
             return None
-        quantity = Quantity(key[1])
-        return StoredRead(str(key[0]), quantity, ts, _at_resolution(value, quantity), quality)
+        quantity = _quantity(key[1])
+        # Trusted: the database gives aware UTC times (UtcDateTime) and values within
+        # READING_VALUE_TYPE's range and resolution, so StoredRead's checks cannot fail.
+        value = _at_resolution(value, quantity)
+        return StoredRead._trusted(str(key[0]), quantity, ts, value, quality)
 
     @staticmethod
     def _covers(history: _History, ts: datetime) -> bool:
@@ -965,7 +970,7 @@ class _StoredReads:
             query = query.where(Reading.ts > history.high).order_by(Reading.ts)
         rows = self._session.connection().execute(query.limit(_PAGE)).all()
         for ts, value, quality in rows:
-            read = self._stored(key, ts, value, Quality(quality))
+            read = self._stored(key, ts, value, _quality(quality))
             if read is not None:
                 history.add(read)
         edge = rows[-1][0] if len(rows) == _PAGE else None
@@ -1084,13 +1089,14 @@ def _published(
             key = (meter_id, quantity)
             if key not in by_key:
                 continue
+            register = _quantity(quantity)
             record = IntervalConsumption(
                 str(meter_id),
-                Quantity(quantity),
+                register,
                 t_start,
                 t_end,
-                _at_resolution(energy, Quantity(quantity)),
-                Quality(quality),
+                _at_resolution(energy, register),
+                _quality(quality),
                 reason,
             )
             out.setdefault(key, {})[t_start] = (offset, record)
@@ -1127,6 +1133,26 @@ def _at_resolution(value: Decimal, quantity: Quantity) -> Decimal:
     places = quantity.info.decimals
     shown = value.quantize(Decimal(1).scaleb(-places))
     return shown if shown == value else value.normalize()
+
+
+# Enum look-ups by value as plain dicts: ``Quantity(name)`` goes through the enum machinery,
+# and ingestion does it for every stored read it loads.
+_QUANTITIES = {q.value: q for q in Quantity}
+_QUALITIES = {q.value: q for q in Quality}
+
+
+def _quantity(name: str) -> Quantity:
+    try:
+        return _QUANTITIES[name]
+    except KeyError:
+        return Quantity(name)  # raises the enum's own ValueError
+
+
+def _quality(name: str) -> Quality:
+    try:
+        return _QUALITIES[name]
+    except KeyError:
+        return Quality(name)
 
 
 def _fmt_ts(ts: datetime) -> str:

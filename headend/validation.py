@@ -21,10 +21,11 @@ import bisect
 import enum
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
+from typing import Any
 
 from protocols.quantities import Kind, Quantity
 
@@ -34,6 +35,8 @@ MAX_ABS_VALUE = Decimal(10) ** 15
 MAX_DECIMALS = 9
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Marks a lazily computed slot as not computed yet (None is a valid answer).
+_UNSET: Any = object()
 _MICROSECOND = timedelta(microseconds=1)
 _DAY = timedelta(days=1)
 _MICROSECONDS_PER_HOUR = 3_600_000_000
@@ -197,6 +200,24 @@ class StoredRead:
             raise ValueError(f"timestamp {self.timestamp!r} is out of range in UTC")
         object.__setattr__(self, "timestamp", utc)
 
+    @classmethod
+    def _trusted(
+        cls, meter_id: str, quantity: Quantity, utc: datetime, value: Decimal, quality: Quality
+    ) -> StoredRead:
+        """A stored read from parts already known to be well formed (``utc`` in UTC).
+
+        For hot paths only (reads out of the database, verdicts already checked): building
+        through ``__init__`` re-runs every check, which was a large share of ingestion's CPU.
+        """
+        read = object.__new__(cls)
+        _set = object.__setattr__
+        _set(read, "meter_id", meter_id)
+        _set(read, "quantity", quantity)
+        _set(read, "timestamp", utc)
+        _set(read, "value", value)
+        _set(read, "quality", quality)
+        return read
+
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
@@ -205,6 +226,8 @@ class Verdict:
     read: RegisterRead
     status: Status
     findings: tuple[Finding, ...] = ()
+    # to_stored's answer, worked out once: validate_reads and its caller both ask for it.
+    _stored: Any = field(default=_UNSET, init=False, repr=False, compare=False)
 
     @property
     def flags(self) -> frozenset[Flag]:
@@ -227,19 +250,24 @@ class Verdict:
         represented as a :class:`StoredRead` (the caller keeps such a read raw, with its
         flags, in whatever quarantine it has).
         """
-        quality = self.quality
+        if self._stored is not _UNSET:
+            stored: StoredRead | None = self._stored
+            return stored
+        stored = self._to_stored()
+        object.__setattr__(self, "_stored", stored)
+        return stored
+
+    def _to_stored(self) -> StoredRead | None:
+        quality = _STATUS_QUALITY.get(self.status)
         read = self.read
         quantity = _as_quantity(read.quantity)
-        if (
-            quality is None
-            or quantity is None
-            or not isinstance(read.meter_id, str)
-            or not _is_aware(read.timestamp)
-            or _to_utc(read.timestamp) is None
-            or _value_problem(read.value)
-        ):
+        if quality is None or quantity is None or not isinstance(read.meter_id, str):
             return None
-        return StoredRead(read.meter_id, quantity, read.timestamp, read.value, quality)
+        utc = _to_utc(read.timestamp) if _is_aware(read.timestamp) else None
+        if utc is None or _value_problem(read.value):
+            return None
+        # Every check StoredRead makes was made just above.
+        return StoredRead._trusted(read.meter_id, quantity, utc, read.value, quality)
 
 
 # --- configuration ------------------------------------------------------------------------
@@ -544,6 +572,15 @@ class _Register:
         return since
 
 
+class _Registers(dict[Quantity, _Register]):
+    """Registers by quantity; one without stored reads is made empty when first asked for
+    (building one for every quantity of every meter was measurable per batch)."""
+
+    def __missing__(self, quantity: Quantity) -> _Register:
+        register = self[quantity] = _Register(())
+        return register
+
+
 # --- validation ---------------------------------------------------------------------------
 
 
@@ -594,7 +631,7 @@ def validate_reads(
     for r in stored:
         if _is_context(r, profile):
             by_quantity.setdefault(r.quantity, []).append(r)
-    registers = {q: _Register(by_quantity.get(q, ())) for q in Quantity}
+    registers = _Registers({q: _Register(reads) for q, reads in by_quantity.items()})
     verdicts = []
     for i, read in enumerate(reads):
         verdict = _judge(read, registers, profile, now, settings)
@@ -621,7 +658,7 @@ def _is_context(read: StoredRead, profile: MeterProfile) -> bool:
 
 def _judge(
     read: RegisterRead,
-    registers: dict[Quantity, _Register],
+    registers: _Registers,
     profile: MeterProfile,
     now: datetime,
     settings: VeeSettings,
