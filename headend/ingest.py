@@ -8,6 +8,7 @@ reading) is kept whole in ``rejected_messages`` with its reason, and counted.
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import logging
 from collections import Counter
@@ -18,7 +19,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Insert, Table, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Insert, Table, Update, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -559,14 +560,14 @@ class Ingestor:
         # a round trip per message of a telemetry batch.
         by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for meter_id in sorted(last_seen.keys() | online.keys()):
-            values: dict[str, Any] = {"id": meter_id}
+            values: dict[str, Any] = {"meter_id": meter_id}
             if meter_id in online:
                 values["online"] = online[meter_id]
             if meter_id in last_seen:
                 values["last_seen_at"] = last_seen[meter_id]
             by_columns.setdefault(tuple(values), []).append(values)
-        for rows in by_columns.values():
-            session.execute(update(Meter), rows)
+        for columns, rows in by_columns.items():
+            session.connection().execute(_meter_update(columns[1:]), rows)
 
     @staticmethod
     def _reject(
@@ -597,6 +598,18 @@ def _table(model: type[Any]) -> Table:
     table = model.__table__
     assert isinstance(table, Table)
     return table
+
+
+@functools.cache
+def _meter_update(columns: tuple[str, ...]) -> Update:
+    """UPDATE meters SET the columns by id, as Core executemany, built once per column set
+    (the ORM's bulk update by primary key cost more than the statement)."""
+    table = _table(Meter)
+    return (
+        update(table)
+        .where(table.c.id == bindparam("meter_id"))
+        .values({name: bindparam(name) for name in columns})
+    )
 
 
 def _insert_ignoring_duplicates(session: Session, model: type[Any] | Table) -> Insert:
@@ -674,6 +687,8 @@ class _Derivation:
 
 class _History:
     """The real reads of one register, complete over ``[low, high]`` (None: unbounded)."""
+
+    __slots__ = ("estimates", "extra", "high", "low", "reads", "times")
 
     def __init__(self, low: datetime | None, high: datetime | None) -> None:
         self.low = low
@@ -1130,8 +1145,7 @@ def _at_resolution(value: Decimal, quantity: Quantity) -> Decimal:
     """A stored value written with the quantity's decimals, or fewer trailing zeros than
     storage gives it when it has more: the resolution validation and estimation see must
     not depend on whether a value came off the wire or out of the database."""
-    places = quantity.info.decimals
-    shown = value.quantize(Decimal(1).scaleb(-places))
+    shown = value.quantize(_RESOLUTIONS[quantity])
     return shown if shown == value else value.normalize()
 
 
@@ -1139,6 +1153,8 @@ def _at_resolution(value: Decimal, quantity: Quantity) -> Decimal:
 # and ingestion does it for every stored read it loads.
 _QUANTITIES = {q.value: q for q in Quantity}
 _QUALITIES = {q.value: q for q in Quality}
+# One step of each quantity's resolution (0.001 for three decimals), built once.
+_RESOLUTIONS = {q: Decimal(1).scaleb(-q.info.decimals) for q in Quantity}
 
 
 def _quantity(name: str) -> Quantity:

@@ -518,6 +518,8 @@ def _fmt_ts(ts: datetime) -> str:
 class _Register:
     """The stored reads of one register, kept sorted by time for neighbour look-ups."""
 
+    __slots__ = ("_reads", "_times")
+
     def __init__(self, reads: Iterable[StoredRead]) -> None:
         self._reads: list[StoredRead] = sorted(reads, key=lambda r: r.timestamp)
         self._times: list[datetime] = [r.timestamp for r in self._reads]
