@@ -279,12 +279,7 @@ class Ingestor:
         # Lock every meter of the batch now, in id order (PostgreSQL): readings, events and
         # status all write to them, and two workers taking them in different orders could
         # deadlock. See _load_profiles for why readings need the lock.
-        rows = session.execute(
-            select(Meter.comm_id, Meter.id)
-            .where(Meter.comm_id.in_(comm_ids))
-            .order_by(Meter.id)
-            .with_for_update()
-        )
+        rows = session.execute(_LOCK_METERS_BY_COMM_ID, {"comm_ids": list(comm_ids)})
         return {comm_id: meter_id for comm_id, meter_id in rows}
 
     def _store_readings(
@@ -495,16 +490,7 @@ class Ingestor:
                         "created_at": created_at,
                     }
                 )
-        table = _table(ReadingEstimate)
-        session.connection().execute(
-            delete(table).where(
-                table.c.meter_id == bindparam("m"),
-                table.c.quantity == bindparam("q"),
-                table.c.ts > bindparam("lo"),
-                table.c.ts < bindparam("hi"),
-            ),
-            deletes,
-        )
+        session.connection().execute(_DELETE_ESTIMATES_BETWEEN, deletes)
         if estimates:
             session.connection().execute(insert(_table(ReadingEstimate)), estimates)
             batch.estimates_stored += len(estimates)
@@ -613,7 +599,18 @@ def _meter_update(columns: tuple[str, ...]) -> Update:
 
 
 def _insert_ignoring_duplicates(session: Session, model: type[Any] | Table) -> Insert:
-    dialect = session.get_bind().dialect.name
+    # Built once per dialect and table: it is the same statement for every batch.
+    key = (session.get_bind().dialect.name, model)
+    statement = _INSERTS_IGNORING.get(key)
+    if statement is None:
+        statement = _INSERTS_IGNORING[key] = _insert_ignoring(*key)
+    return statement
+
+
+_INSERTS_IGNORING: dict[tuple[str, object], Insert] = {}
+
+
+def _insert_ignoring(dialect: str, model: type[Any] | Table) -> Insert:
     if dialect == "postgresql":
         return postgresql.insert(model).on_conflict_do_nothing()
     if dialect == "sqlite":
@@ -665,6 +662,88 @@ _EARLIEST_ESTIMATE_WITH_VALUE = (
     )
     .order_by(ReadingEstimate.ts)
     .limit(1)
+)
+# The batch's statements, built once with bound parameters (lists expand into IN): building
+# a select per batch cost more CPU than SQLite took to run it.
+_ESTIMATES = _table(ReadingEstimate)
+_DELETE_ESTIMATES_BETWEEN = delete(_ESTIMATES).where(
+    _ESTIMATES.c.meter_id == bindparam("m"),
+    _ESTIMATES.c.quantity == bindparam("q"),
+    _ESTIMATES.c.ts > bindparam("lo"),
+    _ESTIMATES.c.ts < bindparam("hi"),
+)
+_LOCK_METERS_BY_COMM_ID = (
+    select(Meter.comm_id, Meter.id)
+    .where(Meter.comm_id.in_(bindparam("comm_ids", expanding=True)))
+    .order_by(Meter.id)
+    .with_for_update()
+)
+_LOCK_METER_PROFILES = (
+    select(Meter.id, Meter.phases, Meter.rated_max_current_a)
+    .where(Meter.id.in_(bindparam("meter_ids", expanding=True)))
+    .order_by(Meter.id)
+    .with_for_update()
+)
+_INSTALLED_AT = (
+    select(MeterLifecycleChange.meter_id, func.max(MeterLifecycleChange.changed_at))
+    .where(
+        MeterLifecycleChange.meter_id.in_(bindparam("meter_ids", expanding=True)),
+        MeterLifecycleChange.to_state == MeterLifecycle.INSTALLED.value,
+    )
+    .group_by(MeterLifecycleChange.meter_id)
+)
+_READINGS_IN_WINDOW = select(
+    Reading.meter_id, Reading.quantity, Reading.ts, Reading.value, Reading.quality
+).where(
+    Reading.meter_id.in_(bindparam("meters", expanding=True)),
+    Reading.quantity.in_(bindparam("quantities", expanding=True)),
+    Reading.ts >= bindparam("lo"),
+    Reading.ts <= bindparam("hi"),
+)
+_ESTIMATES_IN_WINDOW = select(
+    ReadingEstimate.meter_id, ReadingEstimate.quantity, ReadingEstimate.ts, ReadingEstimate.value
+).where(
+    ReadingEstimate.meter_id.in_(bindparam("meters", expanding=True)),
+    ReadingEstimate.quantity.in_(bindparam("quantities", expanding=True)),
+    ReadingEstimate.ts >= bindparam("lo"),
+    ReadingEstimate.ts <= bindparam("hi"),
+)
+_REGISTERS_WITH_READS_AFTER = (
+    select(Reading.meter_id, Reading.quantity)
+    .where(
+        Reading.meter_id.in_(bindparam("meters", expanding=True)),
+        Reading.quantity.in_(bindparam("quantities", expanding=True)),
+        Reading.ts > bindparam("edge"),
+    )
+    .distinct()
+)
+_REGISTERS_WITH_READS_BEFORE = (
+    select(Reading.meter_id, Reading.quantity)
+    .where(
+        Reading.meter_id.in_(bindparam("meters", expanding=True)),
+        Reading.quantity.in_(bindparam("quantities", expanding=True)),
+        Reading.ts < bindparam("edge"),
+    )
+    .distinct()
+)
+_PUBLISHED_IN_WINDOW = (
+    select(
+        ConsumptionEventRecord.id,
+        ConsumptionEventRecord.meter_id,
+        ConsumptionEventRecord.quantity,
+        ConsumptionEventRecord.t_start,
+        ConsumptionEventRecord.t_end,
+        ConsumptionEventRecord.energy_kwh,
+        ConsumptionEventRecord.quality,
+        ConsumptionEventRecord.reason,
+    )
+    .where(
+        ConsumptionEventRecord.meter_id.in_(bindparam("meters", expanding=True)),
+        ConsumptionEventRecord.quantity.in_(bindparam("quantities", expanding=True)),
+        ConsumptionEventRecord.t_start >= bindparam("lo"),
+        ConsumptionEventRecord.t_start <= bindparam("hi"),
+    )
+    .order_by(ConsumptionEventRecord.id)
 )
 # The key of the PostgreSQL advisory lock that orders publishers (see _lock_stream).
 _STREAM_LOCK_KEY = 0x67765F636F6E73  # "gv_cons"
@@ -765,21 +844,14 @@ class _StoredReads:
         lo: datetime,
         hi: datetime,
     ) -> None:
-        meters = {m for m, _ in keys}
-        quantities = {q for _, q in keys}
-        columns = [model.meter_id, model.quantity, model.ts, model.value]
-        if model is Reading:
-            columns.append(Reading.quality)
-        rows: list[Any] = list(
-            self._session.connection().execute(
-                select(*columns).where(
-                    model.meter_id.in_(meters),
-                    model.quantity.in_(quantities),
-                    model.ts >= lo,
-                    model.ts <= hi,
-                )
-            )
-        )
+        parameters = {
+            "meters": list({m for m, _ in keys}),
+            "quantities": list({q for _, q in keys}),
+            "lo": lo,
+            "hi": hi,
+        }
+        statement = _READINGS_IN_WINDOW if model is Reading else _ESTIMATES_IN_WINDOW
+        rows: list[Any] = list(self._session.connection().execute(statement, parameters))
         for row in rows:
             key: _Key = (int(row[0]), str(row[1]))
             history = self._histories.get(key)
@@ -837,22 +909,20 @@ class _StoredReads:
             if not open_keys:
                 continue
             histories = [self._histories[k] for k in open_keys]
-            condition = (
-                Reading.ts > min(h.high for h in histories if h.high is not None)
-                if side == "after"
-                else Reading.ts < max(h.low for h in histories if h.low is not None)
-            )
+            if side == "after":
+                statement = _REGISTERS_WITH_READS_AFTER
+                edge = min(h.high for h in histories if h.high is not None)
+            else:
+                statement = _REGISTERS_WITH_READS_BEFORE
+                edge = max(h.low for h in histories if h.low is not None)
+            parameters = {
+                "meters": list({m for m, _ in open_keys}),
+                "quantities": list({q for _, q in open_keys}),
+                "edge": edge,
+            }
             found = {
                 (meter_id, quantity)
-                for meter_id, quantity in self._session.connection().execute(
-                    select(Reading.meter_id, Reading.quantity)
-                    .where(
-                        Reading.meter_id.in_({m for m, _ in open_keys}),
-                        Reading.quantity.in_({q for _, q in open_keys}),
-                        condition,
-                    )
-                    .distinct()
-                )
+                for meter_id, quantity in self._session.connection().execute(statement, parameters)
             }
             for key in open_keys:
                 if key not in found:
@@ -1032,22 +1102,10 @@ def _load_profiles(session: Session, meter_ids: set[int]) -> dict[int, MeterProf
     """
     if not meter_ids:
         return {}
-    rows = session.execute(
-        select(Meter.id, Meter.phases, Meter.rated_max_current_a)
-        .where(Meter.id.in_(meter_ids))
-        .order_by(Meter.id)
-        .with_for_update()
-    ).all()
+    ids = {"meter_ids": list(meter_ids)}
+    rows = session.execute(_LOCK_METER_PROFILES, ids).all()
     installs: dict[int, datetime] = {
-        meter_id: changed_at
-        for meter_id, changed_at in session.execute(
-            select(MeterLifecycleChange.meter_id, func.max(MeterLifecycleChange.changed_at))
-            .where(
-                MeterLifecycleChange.meter_id.in_(meter_ids),
-                MeterLifecycleChange.to_state == MeterLifecycle.INSTALLED.value,
-            )
-            .group_by(MeterLifecycleChange.meter_id)
-        )
+        meter_id: changed_at for meter_id, changed_at in session.execute(_INSTALLED_AT, ids)
     }
     return {
         meter_id: _profile(meter_id, phases, rated, installs.get(meter_id))
@@ -1082,23 +1140,13 @@ def _published(
     by_key = {key: (start, end) for key, start, end in spans}
     for keys, lo, hi in _groups(by_key, timedelta(0)):
         rows = session.execute(
-            select(
-                ConsumptionEventRecord.id,
-                ConsumptionEventRecord.meter_id,
-                ConsumptionEventRecord.quantity,
-                ConsumptionEventRecord.t_start,
-                ConsumptionEventRecord.t_end,
-                ConsumptionEventRecord.energy_kwh,
-                ConsumptionEventRecord.quality,
-                ConsumptionEventRecord.reason,
-            )
-            .where(
-                ConsumptionEventRecord.meter_id.in_({m for m, _ in keys}),
-                ConsumptionEventRecord.quantity.in_({q for _, q in keys}),
-                ConsumptionEventRecord.t_start >= lo,
-                ConsumptionEventRecord.t_start <= hi,
-            )
-            .order_by(ConsumptionEventRecord.id)
+            _PUBLISHED_IN_WINDOW,
+            {
+                "meters": list({m for m, _ in keys}),
+                "quantities": list({q for _, q in keys}),
+                "lo": lo,
+                "hi": hi,
+            },
         )
         for offset, meter_id, quantity, t_start, t_end, energy, quality, reason in rows:
             key = (meter_id, quantity)
