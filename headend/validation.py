@@ -757,8 +757,22 @@ def _judge(
         findings.extend(_consumption_findings(quantity, ts, value, register, profile, settings))
 
     if any(f.flag.category is Category.CONSUMPTION for f in findings):
-        return Verdict(read, Status.FLAGGED, tuple(findings))
-    return Verdict(read, Status.ACCEPTED, tuple(findings))
+        verdict = Verdict(read, Status.FLAGGED, tuple(findings))
+    else:
+        verdict = Verdict(read, Status.ACCEPTED, tuple(findings))
+    # No record flag, so every part is well formed: hand to_stored its answer now rather
+    # than have it check them all again.
+    if (
+        quantity is not None
+        and ts is not None
+        and value is not None
+        and isinstance(read.meter_id, str)
+    ):
+        stored = StoredRead._trusted(
+            read.meter_id, quantity, ts, value, _STATUS_QUALITY[verdict.status]
+        )
+        object.__setattr__(verdict, "_stored", stored)
+    return verdict
 
 
 def _range_problem(
