@@ -365,8 +365,9 @@ class Ingestor:
                         "source": item.message.source,
                         "received_at": item.message.received_at,
                         "quality": kept.quality.value,
-                        "flags": ",".join(sorted(f.value for f in verdict.flags)),
-                        "reason": verdict.reason,
+                        # Most reads have no findings: skip building empty strings.
+                        "flags": _flags(verdict) if verdict.findings else "",
+                        "reason": verdict.reason if verdict.findings else "",
                     }
                 )
         if rows:
@@ -403,7 +404,7 @@ class Ingestor:
             )
             self._reject(session, batch, item.message, RejectReason.CONFLICTING_DUPLICATE, detail)
             return
-        flags = ",".join(sorted(f.value for f in verdict.flags))
+        flags = _flags(verdict)
         detail = f"{read.quantity} at {_fmt_ts(read.timestamp)} [{flags}] {verdict.reason}"
         self._reject(session, batch, item.message, RejectReason.INVALID_READING, detail)
 
@@ -574,6 +575,11 @@ class Ingestor:
                 received_at=message.received_at,
             )
         )
+
+
+def _flags(verdict: Verdict) -> str:
+    """The verdict's flags as stored: comma-separated, sorted."""
+    return ",".join(sorted(f.value for f in verdict.flags))
 
 
 def _keep_latest(latest: dict[int, datetime], meter_id: int, seen: datetime) -> None:
