@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import enum
 import math
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -69,10 +70,12 @@ class Quality(enum.StrEnum):
 
 
 _QUALITY_RANK = {q: i for i, q in enumerate(Quality)}
+# Sort key of reads by time (an attrgetter is cheaper than a lambda per read).
+_by_time = operator.attrgetter("timestamp")
 
 
 def worst_quality(*qualities: Quality) -> Quality:
-    return max(qualities, key=lambda q: q.rank)
+    return max(qualities, key=_QUALITY_RANK.__getitem__)
 
 
 class Category(enum.StrEnum):
@@ -521,7 +524,7 @@ class _Register:
     __slots__ = ("_reads", "_times")
 
     def __init__(self, reads: Iterable[StoredRead]) -> None:
-        self._reads: list[StoredRead] = sorted(reads, key=lambda r: r.timestamp)
+        self._reads: list[StoredRead] = sorted(reads, key=_by_time)
         self._times: list[datetime] = [r.timestamp for r in self._reads]
 
     def add(self, read: StoredRead) -> None:
@@ -799,12 +802,17 @@ def _range_problem(
     elif quantity is Quantity.POWER_FACTOR:
         lo, hi = Decimal(-1), Decimal(1)
     # Credit may be negative (emergency credit, debt): any finite value is possible.
-    unit = f" {quantity.info.unit}" if quantity.info.unit else ""
     if lo is not None and value < lo:
+        unit = _unit_suffix(quantity)
         return f"{value}{unit} is below the physical minimum {lo}{unit}"
     if hi is not None and value > hi:
+        unit = _unit_suffix(quantity)
         return f"{value}{unit} is above the physical maximum {hi}{unit}"
     return ""
+
+
+def _unit_suffix(quantity: Quantity) -> str:
+    return f" {quantity.info.unit}" if quantity.info.unit else ""
 
 
 def _consumption_findings(
