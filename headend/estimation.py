@@ -17,6 +17,7 @@ real read arrives the caller replaces the estimates around it with a fresh
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -34,6 +35,7 @@ from headend.validation import (
 from protocols.quantities import Kind
 
 _MICROSECOND = timedelta(microseconds=1)
+_by_time = operator.attrgetter("timestamp")
 
 
 def interpolate(
@@ -131,7 +133,7 @@ def real_anchors(reads: Sequence[StoredRead]) -> list[StoredRead]:
     registers = {(r.meter_id, r.quantity) for r in reads}
     if len(registers) > 1:
         raise ValueError(f"reads of more than one register: {sorted(map(str, registers))}")
-    anchors = sorted((r for r in reads if r.quality.is_anchor), key=lambda r: r.timestamp)
+    anchors = sorted((r for r in reads if r.quality.is_anchor), key=_by_time)
     if anchors and anchors[0].quantity.info.kind is not Kind.CUMULATIVE:
         raise ValueError(f"{anchors[0].quantity} is not a cumulative register")
     for a, b in itertools.pairwise(anchors):

@@ -8,6 +8,7 @@ reading) is kept whole in ``rejected_messages`` with its reason, and counted.
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import logging
 from collections import Counter
@@ -18,7 +19,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Insert, Table, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Insert, Table, Update, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -305,12 +306,7 @@ class Ingestor:
         # Lock every meter of the batch now, in id order (PostgreSQL): readings, events and
         # status all write to them, and two workers taking them in different orders could
         # deadlock. See _load_profiles for why readings need the lock.
-        rows = session.execute(
-            select(Meter.comm_id, Meter.id)
-            .where(Meter.comm_id.in_(comm_ids))
-            .order_by(Meter.id)
-            .with_for_update()
-        )
+        rows = session.execute(_LOCK_METERS_BY_COMM_ID, {"comm_ids": list(comm_ids)})
         return {comm_id: meter_id for comm_id, meter_id in rows}
 
     def _store_readings(
@@ -396,8 +392,9 @@ class Ingestor:
                         "source": item.message.source,
                         "received_at": item.message.received_at,
                         "quality": kept.quality.value,
-                        "flags": ",".join(sorted(f.value for f in verdict.flags)),
-                        "reason": verdict.reason,
+                        # Most reads have no findings: skip building empty strings.
+                        "flags": _flags(verdict) if verdict.findings else "",
+                        "reason": verdict.reason if verdict.findings else "",
                     }
                 )
         if rows:
@@ -434,7 +431,7 @@ class Ingestor:
             )
             self._reject(session, batch, item.message, RejectReason.CONFLICTING_DUPLICATE, detail)
             return
-        flags = ",".join(sorted(f.value for f in verdict.flags))
+        flags = _flags(verdict)
         detail = f"{read.quantity} at {_fmt_ts(read.timestamp)} [{flags}] {verdict.reason}"
         self._reject(session, batch, item.message, RejectReason.INVALID_READING, detail)
 
@@ -521,16 +518,7 @@ class Ingestor:
                         "created_at": created_at,
                     }
                 )
-        table = _table(ReadingEstimate)
-        session.connection().execute(
-            delete(table).where(
-                table.c.meter_id == bindparam("m"),
-                table.c.quantity == bindparam("q"),
-                table.c.ts > bindparam("lo"),
-                table.c.ts < bindparam("hi"),
-            ),
-            deletes,
-        )
+        session.connection().execute(_DELETE_ESTIMATES_BETWEEN, deletes)
         if estimates:
             session.connection().execute(insert(_table(ReadingEstimate)), estimates)
             batch.estimates_stored += len(estimates)
@@ -616,14 +604,14 @@ class Ingestor:
         # a round trip per message of a telemetry batch.
         by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for meter_id in sorted(last_seen.keys() | online.keys()):
-            values: dict[str, Any] = {"id": meter_id}
+            values: dict[str, Any] = {"meter_id": meter_id}
             if meter_id in online:
                 values["online"] = online[meter_id]
             if meter_id in last_seen:
                 values["last_seen_at"] = last_seen[meter_id]
             by_columns.setdefault(tuple(values), []).append(values)
-        for rows in by_columns.values():
-            session.execute(update(Meter), rows)
+        for columns, rows in by_columns.items():
+            session.connection().execute(_meter_update(columns[1:]), rows)
 
     @staticmethod
     def _reject(
@@ -646,6 +634,11 @@ class Ingestor:
         )
 
 
+def _flags(verdict: Verdict) -> str:
+    """The verdict's flags as stored: comma-separated, sorted."""
+    return ",".join(sorted(f.value for f in verdict.flags))
+
+
 def _keep_latest(latest: dict[int, datetime], meter_id: int, seen: datetime) -> None:
     latest[meter_id] = max(seen, latest.get(meter_id, seen))
 
@@ -656,8 +649,31 @@ def _table(model: type[Any]) -> Table:
     return table
 
 
+@functools.cache
+def _meter_update(columns: tuple[str, ...]) -> Update:
+    """UPDATE meters SET the columns by id, as Core executemany, built once per column set
+    (the ORM's bulk update by primary key cost more than the statement)."""
+    table = _table(Meter)
+    return (
+        update(table)
+        .where(table.c.id == bindparam("meter_id"))
+        .values({name: bindparam(name) for name in columns})
+    )
+
+
 def _insert_ignoring_duplicates(session: Session, model: type[Any] | Table) -> Insert:
-    dialect = session.get_bind().dialect.name
+    # Built once per dialect and table: it is the same statement for every batch.
+    key = (session.get_bind().dialect.name, model)
+    statement = _INSERTS_IGNORING.get(key)
+    if statement is None:
+        statement = _INSERTS_IGNORING[key] = _insert_ignoring(*key)
+    return statement
+
+
+_INSERTS_IGNORING: dict[tuple[str, object], Insert] = {}
+
+
+def _insert_ignoring(dialect: str, model: type[Any] | Table) -> Insert:
     if dialect == "postgresql":
         return postgresql.insert(model).on_conflict_do_nothing()
     if dialect == "sqlite":
@@ -710,6 +726,88 @@ _EARLIEST_ESTIMATE_WITH_VALUE = (
     .order_by(ReadingEstimate.ts)
     .limit(1)
 )
+# The batch's statements, built once with bound parameters (lists expand into IN): building
+# a select per batch cost more CPU than SQLite took to run it.
+_ESTIMATES = _table(ReadingEstimate)
+_DELETE_ESTIMATES_BETWEEN = delete(_ESTIMATES).where(
+    _ESTIMATES.c.meter_id == bindparam("m"),
+    _ESTIMATES.c.quantity == bindparam("q"),
+    _ESTIMATES.c.ts > bindparam("lo"),
+    _ESTIMATES.c.ts < bindparam("hi"),
+)
+_LOCK_METERS_BY_COMM_ID = (
+    select(Meter.comm_id, Meter.id)
+    .where(Meter.comm_id.in_(bindparam("comm_ids", expanding=True)))
+    .order_by(Meter.id)
+    .with_for_update()
+)
+_LOCK_METER_PROFILES = (
+    select(Meter.id, Meter.phases, Meter.rated_max_current_a)
+    .where(Meter.id.in_(bindparam("meter_ids", expanding=True)))
+    .order_by(Meter.id)
+    .with_for_update()
+)
+_INSTALLED_AT = (
+    select(MeterLifecycleChange.meter_id, func.max(MeterLifecycleChange.changed_at))
+    .where(
+        MeterLifecycleChange.meter_id.in_(bindparam("meter_ids", expanding=True)),
+        MeterLifecycleChange.to_state == MeterLifecycle.INSTALLED.value,
+    )
+    .group_by(MeterLifecycleChange.meter_id)
+)
+_READINGS_IN_WINDOW = select(
+    Reading.meter_id, Reading.quantity, Reading.ts, Reading.value, Reading.quality
+).where(
+    Reading.meter_id.in_(bindparam("meters", expanding=True)),
+    Reading.quantity.in_(bindparam("quantities", expanding=True)),
+    Reading.ts >= bindparam("lo"),
+    Reading.ts <= bindparam("hi"),
+)
+_ESTIMATES_IN_WINDOW = select(
+    ReadingEstimate.meter_id, ReadingEstimate.quantity, ReadingEstimate.ts, ReadingEstimate.value
+).where(
+    ReadingEstimate.meter_id.in_(bindparam("meters", expanding=True)),
+    ReadingEstimate.quantity.in_(bindparam("quantities", expanding=True)),
+    ReadingEstimate.ts >= bindparam("lo"),
+    ReadingEstimate.ts <= bindparam("hi"),
+)
+_REGISTERS_WITH_READS_AFTER = (
+    select(Reading.meter_id, Reading.quantity)
+    .where(
+        Reading.meter_id.in_(bindparam("meters", expanding=True)),
+        Reading.quantity.in_(bindparam("quantities", expanding=True)),
+        Reading.ts > bindparam("edge"),
+    )
+    .distinct()
+)
+_REGISTERS_WITH_READS_BEFORE = (
+    select(Reading.meter_id, Reading.quantity)
+    .where(
+        Reading.meter_id.in_(bindparam("meters", expanding=True)),
+        Reading.quantity.in_(bindparam("quantities", expanding=True)),
+        Reading.ts < bindparam("edge"),
+    )
+    .distinct()
+)
+_PUBLISHED_IN_WINDOW = (
+    select(
+        ConsumptionEventRecord.id,
+        ConsumptionEventRecord.meter_id,
+        ConsumptionEventRecord.quantity,
+        ConsumptionEventRecord.t_start,
+        ConsumptionEventRecord.t_end,
+        ConsumptionEventRecord.energy_kwh,
+        ConsumptionEventRecord.quality,
+        ConsumptionEventRecord.reason,
+    )
+    .where(
+        ConsumptionEventRecord.meter_id.in_(bindparam("meters", expanding=True)),
+        ConsumptionEventRecord.quantity.in_(bindparam("quantities", expanding=True)),
+        ConsumptionEventRecord.t_start >= bindparam("lo"),
+        ConsumptionEventRecord.t_start <= bindparam("hi"),
+    )
+    .order_by(ConsumptionEventRecord.id)
+)
 # The key of the PostgreSQL advisory lock that orders publishers (see _lock_stream).
 _STREAM_LOCK_KEY = 0x67765F636F6E73  # "gv_cons"
 
@@ -731,6 +829,8 @@ class _Derivation:
 
 class _History:
     """The real reads of one register, complete over ``[low, high]`` (None: unbounded)."""
+
+    __slots__ = ("estimates", "extra", "high", "low", "reads", "times")
 
     def __init__(self, low: datetime | None, high: datetime | None) -> None:
         self.low = low
@@ -771,7 +871,9 @@ class _StoredReads:
         the estimates there; instantaneous ones only what is stored at the batch's own
         timestamps (duplicates and conflicts are all validation asks of them).
         """
-        cumulative = {k: v for k, v in spans.items() if Quantity(k[1]).info.kind is Kind.CUMULATIVE}
+        cumulative = {
+            k: v for k, v in spans.items() if _quantity(k[1]).info.kind is Kind.CUMULATIVE
+        }
         instantaneous = {k: v for k, v in spans.items() if k not in cumulative}
         for key, (lo, hi) in cumulative.items():
             margin = _WINDOW_INTERVALS * self._profiles[key[0]].interval
@@ -805,27 +907,20 @@ class _StoredReads:
         lo: datetime,
         hi: datetime,
     ) -> None:
-        meters = {m for m, _ in keys}
-        quantities = {q for _, q in keys}
-        columns = [model.meter_id, model.quantity, model.ts, model.value]
-        if model is Reading:
-            columns.append(Reading.quality)
-        rows: list[Any] = list(
-            self._session.connection().execute(
-                select(*columns).where(
-                    model.meter_id.in_(meters),
-                    model.quantity.in_(quantities),
-                    model.ts >= lo,
-                    model.ts <= hi,
-                )
-            )
-        )
+        parameters = {
+            "meters": list({m for m, _ in keys}),
+            "quantities": list({q for _, q in keys}),
+            "lo": lo,
+            "hi": hi,
+        }
+        statement = _READINGS_IN_WINDOW if model is Reading else _ESTIMATES_IN_WINDOW
+        rows: list[Any] = list(self._session.connection().execute(statement, parameters))
         for row in rows:
             key: _Key = (int(row[0]), str(row[1]))
             history = self._histories.get(key)
             if history is None:
                 continue
-            quality = Quality(str(row[4])) if model is Reading else Quality.ESTIMATED
+            quality = _quality(str(row[4])) if model is Reading else Quality.ESTIMATED
             read = self._stored(key, row[2], row[3], quality)
             if read is None or not self._covers(history, read.timestamp):
                 continue
@@ -840,8 +935,11 @@ class _StoredReads:
         installed_at = self._profiles[key[0]].installed_at
         if installed_at is not None and ts < installed_at:
             return None
-        quantity = Quantity(key[1])
-        return StoredRead(str(key[0]), quantity, ts, _at_resolution(value, quantity), quality)
+        quantity = _quantity(key[1])
+        # Trusted: the database gives aware UTC times (UtcDateTime) and values within
+        # READING_VALUE_TYPE's range and resolution, so StoredRead's checks cannot fail.
+        value = _at_resolution(value, quantity)
+        return StoredRead._trusted(str(key[0]), quantity, ts, value, quality)
 
     @staticmethod
     def _covers(history: _History, ts: datetime) -> bool:
@@ -874,22 +972,20 @@ class _StoredReads:
             if not open_keys:
                 continue
             histories = [self._histories[k] for k in open_keys]
-            condition = (
-                Reading.ts > min(h.high for h in histories if h.high is not None)
-                if side == "after"
-                else Reading.ts < max(h.low for h in histories if h.low is not None)
-            )
+            if side == "after":
+                statement = _REGISTERS_WITH_READS_AFTER
+                edge = min(h.high for h in histories if h.high is not None)
+            else:
+                statement = _REGISTERS_WITH_READS_BEFORE
+                edge = max(h.low for h in histories if h.low is not None)
+            parameters = {
+                "meters": list({m for m, _ in open_keys}),
+                "quantities": list({q for _, q in open_keys}),
+                "edge": edge,
+            }
             found = {
                 (meter_id, quantity)
-                for meter_id, quantity in self._session.connection().execute(
-                    select(Reading.meter_id, Reading.quantity)
-                    .where(
-                        Reading.meter_id.in_({m for m, _ in open_keys}),
-                        Reading.quantity.in_({q for _, q in open_keys}),
-                        condition,
-                    )
-                    .distinct()
-                )
+                for meter_id, quantity in self._session.connection().execute(statement, parameters)
             }
             for key in open_keys:
                 if key not in found:
@@ -1022,7 +1118,7 @@ class _StoredReads:
             query = query.where(Reading.ts > history.high).order_by(Reading.ts)
         rows = self._session.connection().execute(query.limit(_PAGE)).all()
         for ts, value, quality in rows:
-            read = self._stored(key, ts, value, Quality(quality))
+            read = self._stored(key, ts, value, _quality(quality))
             if read is not None:
                 history.add(read)
         edge = rows[-1][0] if len(rows) == _PAGE else None
@@ -1069,22 +1165,10 @@ def _load_profiles(session: Session, meter_ids: set[int]) -> dict[int, MeterProf
     """
     if not meter_ids:
         return {}
-    rows = session.execute(
-        select(Meter.id, Meter.phases, Meter.rated_max_current_a)
-        .where(Meter.id.in_(meter_ids))
-        .order_by(Meter.id)
-        .with_for_update()
-    ).all()
+    ids = {"meter_ids": list(meter_ids)}
+    rows = session.execute(_LOCK_METER_PROFILES, ids).all()
     installs: dict[int, datetime] = {
-        meter_id: changed_at
-        for meter_id, changed_at in session.execute(
-            select(MeterLifecycleChange.meter_id, func.max(MeterLifecycleChange.changed_at))
-            .where(
-                MeterLifecycleChange.meter_id.in_(meter_ids),
-                MeterLifecycleChange.to_state == MeterLifecycle.INSTALLED.value,
-            )
-            .group_by(MeterLifecycleChange.meter_id)
-        )
+        meter_id: changed_at for meter_id, changed_at in session.execute(_INSTALLED_AT, ids)
     }
     return {
         meter_id: _profile(meter_id, phases, rated, installs.get(meter_id))
@@ -1119,35 +1203,26 @@ def _published(
     by_key = {key: (start, end) for key, start, end in spans}
     for keys, lo, hi in _groups(by_key, timedelta(0)):
         rows = session.execute(
-            select(
-                ConsumptionEventRecord.id,
-                ConsumptionEventRecord.meter_id,
-                ConsumptionEventRecord.quantity,
-                ConsumptionEventRecord.t_start,
-                ConsumptionEventRecord.t_end,
-                ConsumptionEventRecord.energy_kwh,
-                ConsumptionEventRecord.quality,
-                ConsumptionEventRecord.reason,
-            )
-            .where(
-                ConsumptionEventRecord.meter_id.in_({m for m, _ in keys}),
-                ConsumptionEventRecord.quantity.in_({q for _, q in keys}),
-                ConsumptionEventRecord.t_start >= lo,
-                ConsumptionEventRecord.t_start <= hi,
-            )
-            .order_by(ConsumptionEventRecord.id)
+            _PUBLISHED_IN_WINDOW,
+            {
+                "meters": list({m for m, _ in keys}),
+                "quantities": list({q for _, q in keys}),
+                "lo": lo,
+                "hi": hi,
+            },
         )
         for offset, meter_id, quantity, t_start, t_end, energy, quality, reason in rows:
             key = (meter_id, quantity)
             if key not in by_key:
                 continue
+            register = _quantity(quantity)
             record = IntervalConsumption(
                 str(meter_id),
-                Quantity(quantity),
+                register,
                 t_start,
                 t_end,
-                _at_resolution(energy, Quantity(quantity)),
-                Quality(quality),
+                _at_resolution(energy, register),
+                _quality(quality),
                 reason,
             )
             out.setdefault(key, {})[t_start] = (offset, record)
@@ -1181,9 +1256,30 @@ def _at_resolution(value: Decimal, quantity: Quantity) -> Decimal:
     """A stored value written with the quantity's decimals, or fewer trailing zeros than
     storage gives it when it has more: the resolution validation and estimation see must
     not depend on whether a value came off the wire or out of the database."""
-    places = quantity.info.decimals
-    shown = value.quantize(Decimal(1).scaleb(-places))
+    shown = value.quantize(_RESOLUTIONS[quantity])
     return shown if shown == value else value.normalize()
+
+
+# Enum look-ups by value as plain dicts: ``Quantity(name)`` goes through the enum machinery,
+# and ingestion does it for every stored read it loads.
+_QUANTITIES = {q.value: q for q in Quantity}
+_QUALITIES = {q.value: q for q in Quality}
+# One step of each quantity's resolution (0.001 for three decimals), built once.
+_RESOLUTIONS = {q: Decimal(1).scaleb(-q.info.decimals) for q in Quantity}
+
+
+def _quantity(name: str) -> Quantity:
+    try:
+        return _QUANTITIES[name]
+    except KeyError:
+        return Quantity(name)  # raises the enum's own ValueError
+
+
+def _quality(name: str) -> Quality:
+    try:
+        return _QUALITIES[name]
+    except KeyError:
+        return Quality(name)
 
 
 def _fmt_ts(ts: datetime) -> str:

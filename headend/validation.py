@@ -20,11 +20,13 @@ from __future__ import annotations
 import bisect
 import enum
 import math
+import operator
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
+from typing import Any
 
 from protocols.quantities import Kind, Quantity
 
@@ -34,6 +36,8 @@ MAX_ABS_VALUE = Decimal(10) ** 15
 MAX_DECIMALS = 9
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Marks a lazily computed slot as not computed yet (None is a valid answer).
+_UNSET: Any = object()
 _MICROSECOND = timedelta(microseconds=1)
 _DAY = timedelta(days=1)
 _MICROSECONDS_PER_HOUR = 3_600_000_000
@@ -66,10 +70,12 @@ class Quality(enum.StrEnum):
 
 
 _QUALITY_RANK = {q: i for i, q in enumerate(Quality)}
+# Sort key of reads by time (an attrgetter is cheaper than a lambda per read).
+_by_time = operator.attrgetter("timestamp")
 
 
 def worst_quality(*qualities: Quality) -> Quality:
-    return max(qualities, key=lambda q: q.rank)
+    return max(qualities, key=_QUALITY_RANK.__getitem__)
 
 
 class Category(enum.StrEnum):
@@ -197,6 +203,24 @@ class StoredRead:
             raise ValueError(f"timestamp {self.timestamp!r} is out of range in UTC")
         object.__setattr__(self, "timestamp", utc)
 
+    @classmethod
+    def _trusted(
+        cls, meter_id: str, quantity: Quantity, utc: datetime, value: Decimal, quality: Quality
+    ) -> StoredRead:
+        """A stored read from parts already known to be well formed (``utc`` in UTC).
+
+        For hot paths only (reads out of the database, verdicts already checked): building
+        through ``__init__`` re-runs every check, which was a large share of ingestion's CPU.
+        """
+        read = object.__new__(cls)
+        _set = object.__setattr__
+        _set(read, "meter_id", meter_id)
+        _set(read, "quantity", quantity)
+        _set(read, "timestamp", utc)
+        _set(read, "value", value)
+        _set(read, "quality", quality)
+        return read
+
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
@@ -205,6 +229,8 @@ class Verdict:
     read: RegisterRead
     status: Status
     findings: tuple[Finding, ...] = ()
+    # to_stored's answer, worked out once: validate_reads and its caller both ask for it.
+    _stored: Any = field(default=_UNSET, init=False, repr=False, compare=False)
 
     @property
     def flags(self) -> frozenset[Flag]:
@@ -227,19 +253,24 @@ class Verdict:
         represented as a :class:`StoredRead` (the caller keeps such a read raw, with its
         flags, in whatever quarantine it has).
         """
-        quality = self.quality
+        if self._stored is not _UNSET:
+            stored: StoredRead | None = self._stored
+            return stored
+        stored = self._to_stored()
+        object.__setattr__(self, "_stored", stored)
+        return stored
+
+    def _to_stored(self) -> StoredRead | None:
+        quality = _STATUS_QUALITY.get(self.status)
         read = self.read
         quantity = _as_quantity(read.quantity)
-        if (
-            quality is None
-            or quantity is None
-            or not isinstance(read.meter_id, str)
-            or not _is_aware(read.timestamp)
-            or _to_utc(read.timestamp) is None
-            or _value_problem(read.value)
-        ):
+        if quality is None or quantity is None or not isinstance(read.meter_id, str):
             return None
-        return StoredRead(read.meter_id, quantity, read.timestamp, read.value, quality)
+        utc = _to_utc(read.timestamp) if _is_aware(read.timestamp) else None
+        if utc is None or _value_problem(read.value):
+            return None
+        # Every check StoredRead makes was made just above.
+        return StoredRead._trusted(read.meter_id, quantity, utc, read.value, quality)
 
 
 # --- configuration ------------------------------------------------------------------------
@@ -490,8 +521,10 @@ def _fmt_ts(ts: datetime) -> str:
 class _Register:
     """The stored reads of one register, kept sorted by time for neighbour look-ups."""
 
+    __slots__ = ("_reads", "_times")
+
     def __init__(self, reads: Iterable[StoredRead]) -> None:
-        self._reads: list[StoredRead] = sorted(reads, key=lambda r: r.timestamp)
+        self._reads: list[StoredRead] = sorted(reads, key=_by_time)
         self._times: list[datetime] = [r.timestamp for r in self._reads]
 
     def add(self, read: StoredRead) -> None:
@@ -544,6 +577,15 @@ class _Register:
         return since
 
 
+class _Registers(dict[Quantity, _Register]):
+    """Registers by quantity; one without stored reads is made empty when first asked for
+    (building one for every quantity of every meter was measurable per batch)."""
+
+    def __missing__(self, quantity: Quantity) -> _Register:
+        register = self[quantity] = _Register(())
+        return register
+
+
 # --- validation ---------------------------------------------------------------------------
 
 
@@ -594,7 +636,7 @@ def validate_reads(
     for r in stored:
         if _is_context(r, profile):
             by_quantity.setdefault(r.quantity, []).append(r)
-    registers = {q: _Register(by_quantity.get(q, ())) for q in Quantity}
+    registers = _Registers({q: _Register(reads) for q, reads in by_quantity.items()})
     verdicts = []
     for i, read in enumerate(reads):
         verdict = _judge(read, registers, profile, now, settings)
@@ -621,7 +663,7 @@ def _is_context(read: StoredRead, profile: MeterProfile) -> bool:
 
 def _judge(
     read: RegisterRead,
-    registers: dict[Quantity, _Register],
+    registers: _Registers,
     profile: MeterProfile,
     now: datetime,
     settings: VeeSettings,
@@ -718,8 +760,22 @@ def _judge(
         findings.extend(_consumption_findings(quantity, ts, value, register, profile, settings))
 
     if any(f.flag.category is Category.CONSUMPTION for f in findings):
-        return Verdict(read, Status.FLAGGED, tuple(findings))
-    return Verdict(read, Status.ACCEPTED, tuple(findings))
+        verdict = Verdict(read, Status.FLAGGED, tuple(findings))
+    else:
+        verdict = Verdict(read, Status.ACCEPTED, tuple(findings))
+    # No record flag, so every part is well formed: hand to_stored its answer now rather
+    # than have it check them all again.
+    if (
+        quantity is not None
+        and ts is not None
+        and value is not None
+        and isinstance(read.meter_id, str)
+    ):
+        stored = StoredRead._trusted(
+            read.meter_id, quantity, ts, value, _STATUS_QUALITY[verdict.status]
+        )
+        object.__setattr__(verdict, "_stored", stored)
+    return verdict
 
 
 def _range_problem(
@@ -746,12 +802,17 @@ def _range_problem(
     elif quantity is Quantity.POWER_FACTOR:
         lo, hi = Decimal(-1), Decimal(1)
     # Credit may be negative (emergency credit, debt): any finite value is possible.
-    unit = f" {quantity.info.unit}" if quantity.info.unit else ""
     if lo is not None and value < lo:
+        unit = _unit_suffix(quantity)
         return f"{value}{unit} is below the physical minimum {lo}{unit}"
     if hi is not None and value > hi:
+        unit = _unit_suffix(quantity)
         return f"{value}{unit} is above the physical maximum {hi}{unit}"
     return ""
+
+
+def _unit_suffix(quantity: Quantity) -> str:
+    return f" {quantity.info.unit}" if quantity.info.unit else ""
 
 
 def _consumption_findings(
