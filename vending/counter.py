@@ -26,7 +26,7 @@ from protocols.sts import CreditType, StsError
 from vending.accounts import load_tariff, pricing_state, write_pricing_state
 from vending.debt import recover_from_purchase
 from vending.errors import VendingError
-from vending.key_changes import hand_out_with_vend
+from vending.key_changes import current_key_ref, hand_out_with_vend
 from vending.keystore import KeyStoreError
 from vending.models import (
     Account,
@@ -47,7 +47,7 @@ from vending.pricing import (
     minimum_tender,
     price_vend,
 )
-from vending.security_module import IssuedToken, MeterKeyRef, SecurityModule
+from vending.security_module import IssuedToken, SecurityModule
 from vending.tariffs import Tariff, TariffError
 from vending.tids import tid_after
 
@@ -457,17 +457,7 @@ def _credit_token(
     security_module: SecurityModule,
     now: datetime,
 ) -> tuple[IssuedToken, _TidWrite]:
-    if meter.supply_group_code is None or meter.tariff_index is None or meter.key_revision is None:
-        raise VendingError(
-            "meter_keys_unknown",
-            f"meter {meter.meter_number} has no supply group, tariff index or key revision",
-        )
-    ref = MeterKeyRef(
-        meter_number=meter.meter_number or "",
-        supply_group_code=meter.supply_group_code,
-        tariff_index=meter.tariff_index,
-        key_revision=meter.key_revision,
-    )
+    ref = current_key_ref(meter)
     try:
         attributes = security_module.key_attributes(ref)
         cursor = (

@@ -84,7 +84,7 @@ def request_key_change(
             "cancel it first",
             key_change_id=pending.id,
         )
-    current = _current_ref(meter)
+    current = current_key_ref(meter)
     new = _target_ref(current, target)
     if new == current:
         raise VendingError("no_key_change", "the meter already holds that key")
@@ -243,7 +243,8 @@ def _token_meter(session: Session, meter_number: str) -> MeterSummary:
     return meter
 
 
-def _current_ref(meter: MeterSummary) -> MeterKeyRef:
+def current_key_ref(meter: MeterSummary) -> MeterKeyRef:
+    """The key the registry says the meter holds. VendingError meter_keys_unknown."""
     if meter.supply_group_code is None or meter.tariff_index is None or meter.key_revision is None:
         raise VendingError(
             "meter_keys_unknown",

@@ -32,6 +32,7 @@ from protocols.sts import (
 from protocols.sts.fields import AMOUNT_MAX, is_exact_amount
 from protocols.sts.tokens import CLEAR_ALL_REGISTERS
 from vending.errors import VendingError
+from vending.key_changes import current_key_ref
 from vending.keystore import KeyStoreError
 from vending.models_management import ManagementTokenRecord
 from vending.security_module import MeterKeyRef, SecurityModule
@@ -130,18 +131,7 @@ def token_meter_key(session: Session, meter_number: str) -> tuple[MeterSummary, 
             f"meter {meter.meter_number} keeps no credit of its own ({meter.prepaid_mode}): "
             "STS tokens are for token-mode meters; use the head-end's commands",
         )
-    if meter.supply_group_code is None or meter.tariff_index is None or meter.key_revision is None:
-        raise VendingError(
-            "meter_keys_unknown",
-            f"meter {meter.meter_number} has no supply group, tariff index or key revision",
-        )
-    ref = MeterKeyRef(
-        meter_number=meter.meter_number or "",
-        supply_group_code=meter.supply_group_code,
-        tariff_index=meter.tariff_index,
-        key_revision=meter.key_revision,
-    )
-    return meter, ref
+    return meter, current_key_ref(meter)
 
 
 def issue_management_token(
