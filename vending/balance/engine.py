@@ -521,39 +521,21 @@ class BalanceEngine:
         crossed = thresholds_crossed(
             balance, state.last_top_up_minor, sent, self._settings.thresholds_percent
         )
-        crossed_days: list[int] = []
-        if self._settings.thresholds_days_left:
-            spent, first = session.execute(
-                select(
-                    func.coalesce(func.sum(LedgerEntry.amount_minor), 0),
-                    func.min(LedgerEntry.created_at),
-                ).where(
-                    LedgerEntry.account_id == state.account_id,
-                    LedgerEntry.kind.in_(SPENDING_KINDS),
-                    LedgerEntry.created_at > now - self._settings.spending_window,
-                )
-            ).one()
-            # The rate over the time actually covered: a new account's first day is not
-            # spread over the whole window (that would promise too many days).
-            covered = (
-                max(now - first, MIN_SPENDING_SPAN) if first is not None else MIN_SPENDING_SPAN
+        estimate = self._days_left(session, state.account_id, balance, now)
+        crossed_days = days_left_crossed(estimate, sent_days, self._settings.thresholds_days_left)
+        if not (crossed or crossed_days):
+            return
+        meter, money = _customer_facts(session, state.account_id, balance)
+        for days in crossed_days:
+            self._notify(
+                session,
+                state.account_id,
+                f"low_balance_{days}_days",
+                f"Meter {meter}: balance {money}, about {estimate:.1f} days at your "
+                "recent use. Please top up soon.",
+                now,
             )
-            estimate = days_left(balance, -int(spent or 0), covered)
-            crossed_days = days_left_crossed(
-                estimate, sent_days, self._settings.thresholds_days_left
-            )
-            for days in crossed_days:
-                meter, money = _customer_facts(session, state.account_id, balance)
-                self._notify(
-                    session,
-                    state.account_id,
-                    f"low_balance_{days}_days",
-                    f"Meter {meter}: balance {money}, about {estimate:.1f} days at your "
-                    "recent use. Please top up soon.",
-                    now,
-                )
         for percent in crossed:
-            meter, money = _customer_facts(session, state.account_id, balance)
             self._notify(
                 session,
                 state.account_id,
@@ -562,11 +544,32 @@ class BalanceEngine:
                 "top-up. Please top up soon.",
                 now,
             )
-        if crossed or crossed_days:
-            state.alerts_sent = sorted(
-                {str(p) for p in sent | set(crossed)}
-                | {f"{DAYS_PREFIX}{d}" for d in sent_days | set(crossed_days)}
+        state.alerts_sent = sorted(
+            {str(p) for p in sent | set(crossed)}
+            | {f"{DAYS_PREFIX}{d}" for d in sent_days | set(crossed_days)}
+        )
+
+    def _days_left(
+        self, session: Session, account_id: int, balance: int, now: datetime
+    ) -> Decimal | None:
+        """Days the balance lasts at the recent spending rate; None when days-left alerts
+        are off or nothing was spent in the window."""
+        if not self._settings.thresholds_days_left:
+            return None
+        spent, first = session.execute(
+            select(
+                func.coalesce(func.sum(LedgerEntry.amount_minor), 0),
+                func.min(LedgerEntry.created_at),
+            ).where(
+                LedgerEntry.account_id == account_id,
+                LedgerEntry.kind.in_(SPENDING_KINDS),
+                LedgerEntry.created_at > now - self._settings.spending_window,
             )
+        ).one()
+        # The rate over the time actually covered: a new account's first day is not
+        # spread over the whole window (that would promise too many days).
+        covered = max(now - first, MIN_SPENDING_SPAN) if first is not None else MIN_SPENDING_SPAN
+        return days_left(balance, -int(spent or 0), covered)
 
     def _notify(
         self, session: Session, account_id: int, kind: str, message: str, now: datetime
@@ -755,16 +758,19 @@ def _book(
 def _customer_facts(session: Session, account_id: int, balance: int) -> tuple[str, str]:
     """The meter number and the balance as a customer message shows them."""
     account = session.get_one(Account, account_id)
-    meter_id = _open_meter(session, account_id)
-    meter = find_meter(session, meter_id=meter_id) if meter_id else None
+    meter = _open_meter_summary(session, account_id)
     label = (meter.meter_number if meter else None) or account.account_number
     return label, str(Money(balance, Currency.of(account.currency)))
 
 
 def _is_central(session: Session, account_id: int) -> bool:
-    meter_id = _open_meter(session, account_id)
-    meter = find_meter(session, meter_id=meter_id) if meter_id else None
+    meter = _open_meter_summary(session, account_id)
     return meter is not None and meter.prepaid_mode == "central"
+
+
+def _open_meter_summary(session: Session, account_id: int) -> MeterSummary | None:
+    meter_id = _open_meter(session, account_id)
+    return find_meter(session, meter_id=meter_id) if meter_id else None
 
 
 def _weekly_rule(account: Account) -> DebtRecoveryRule | None:
