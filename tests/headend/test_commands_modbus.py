@@ -5,6 +5,8 @@ machine as MQTT replies, and the relay is confirmed from the meter's own registe
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -15,12 +17,30 @@ from headend.connectors.modbus import PollTarget, TcpTransport
 from headend.models import MeterProtocol
 from protocols.mqtt import CommandName
 from tests.headend.commands_support import LIVE_POLICY
-from tests.headend.modbus_poll_fixtures import StepClock, register_meters, sim_fleet
+from tests.headend.modbus_poll_fixtures import SimFleet, StepClock, register_meters, sim_fleet
 from tests.headend.test_modbus_poller import make_poller
 
 
 def _queue(session_factory: sessionmaker[Session]) -> CommandQueue:
     return CommandQueue(session_factory, audit=AuditLog(), policy=LIVE_POLICY)
+
+
+@asynccontextmanager
+async def _modbus_world(
+    session_factory: sessionmaker[Session], *, gateways: tuple[int, ...], rtu_meters: int = 0
+) -> AsyncIterator[tuple[SimFleet, CommandQueue, ModbusCommandWorker]]:
+    """Simulated meters behind real Modbus TCP (and an RTU pty bus), a poller on them, the
+    command queue and the Modbus command worker."""
+    clock = StepClock()
+    async with sim_fleet(
+        session_factory, now=clock, gateways=gateways, rtu_meters=rtu_meters
+    ) as fleet:
+        poller = make_poller(session_factory, fleet.targets, clock)
+        queue = _queue(session_factory)
+        try:
+            yield fleet, queue, ModbusCommandWorker(queue, poller, instance="test")
+        finally:
+            await poller.close()
 
 
 async def _settle(worker: ModbusCommandWorker, queue: CommandQueue, command_id: int) -> str:
@@ -37,11 +57,11 @@ async def _settle(worker: ModbusCommandWorker, queue: CommandQueue, command_id: 
 async def test_a_disconnect_over_tcp_and_rtu_is_confirmed_from_the_relay_registers(
     session_factory: sessionmaker[Session],
 ) -> None:
-    clock = StepClock()
-    async with sim_fleet(session_factory, now=clock, gateways=(2,), rtu_meters=1) as fleet:
-        poller = make_poller(session_factory, fleet.targets, clock)
-        queue = _queue(session_factory)
-        worker = ModbusCommandWorker(queue, poller, instance="test")
+    async with _modbus_world(session_factory, gateways=(2,), rtu_meters=1) as (
+        fleet,
+        queue,
+        worker,
+    ):
         for target in fleet.targets:
             command_id = queue.request(
                 target.meter_id, CommandName.DISCONNECT, requested_by="op", reason="test"
@@ -56,18 +76,13 @@ async def test_a_disconnect_over_tcp_and_rtu_is_confirmed_from_the_relay_registe
         )
         assert await _settle(worker, queue, command_id) == "confirmed"
         assert fleet.server_of(first.meter_id).model(first.unit_id).relay_closed
-        await poller.close()
 
 
 async def test_a_power_limit_is_written_and_read_back(
     session_factory: sessionmaker[Session],
 ) -> None:
-    clock = StepClock()
-    async with sim_fleet(session_factory, now=clock, gateways=(1,)) as fleet:
+    async with _modbus_world(session_factory, gateways=(1,)) as (fleet, queue, worker):
         [target] = fleet.targets
-        poller = make_poller(session_factory, fleet.targets, clock)
-        queue = _queue(session_factory)
-        worker = ModbusCommandWorker(queue, poller, instance="test")
         command_id = queue.request(
             target.meter_id,
             CommandName.SET_POWER_LIMIT,
@@ -79,18 +94,13 @@ async def test_a_power_limit_is_written_and_read_back(
         assert fleet.server_of(target.meter_id).model(target.unit_id).power_limit_w == 2300
         known = queue.known_control_state(target.meter_id)
         assert known is not None and known.power_limit_w == 2300
-        await poller.close()
 
 
 async def test_a_token_the_meter_rejects_fails_with_the_meters_answer(
     session_factory: sessionmaker[Session],
 ) -> None:
-    clock = StepClock()
-    async with sim_fleet(session_factory, now=clock, gateways=(1,)) as fleet:
+    async with _modbus_world(session_factory, gateways=(1,)) as (fleet, queue, worker):
         [target] = fleet.targets
-        poller = make_poller(session_factory, fleet.targets, clock)
-        queue = _queue(session_factory)
-        worker = ModbusCommandWorker(queue, poller, instance="test")
         command_id = queue.request(
             target.meter_id,
             CommandName.PUSH_TOKEN,
@@ -100,7 +110,6 @@ async def test_a_token_the_meter_rejects_fails_with_the_meters_answer(
         )
         assert await _settle(worker, queue, command_id) == "failed"
         assert "token" in (queue.status(command_id).last_error or "")
-        await poller.close()
 
 
 async def test_an_unreachable_meter_gets_no_reply_and_the_command_waits_for_a_retry(
