@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import threading
 import uuid
+import weakref
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, cast
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Engine, Table, bindparam, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -217,10 +218,9 @@ def load_tariff(session: Session, code: str) -> Tariff:
     versions and cached (every vend needs one).
     """
     version_ids = tuple(session.scalars(_VERSION_IDS, {"version_tariff_code": code}))
-    # Version ids are the database's own: one process may serve several databases.
-    key = (str(session.get_bind().engine.url), code)
+    engine = session.get_bind().engine
     with _tariff_cache_lock:
-        cached = _tariff_cache.get(key)
+        cached = _tariff_cache.get(engine, {}).get(code)
     if version_ids and cached is not None and cached[0] == version_ids:
         # Versions exist only under their tariff's row (foreign key), and that row's
         # fields never change, so the cached tariff stands without reading it.
@@ -242,11 +242,14 @@ def load_tariff(session: Session, code: str) -> Tariff:
         versions=[TariffVersionDocument.model_validate(v) for v in documents],
     ).to_tariff()
     with _tariff_cache_lock:
-        _tariff_cache[key] = (version_ids, tariff)
+        _tariff_cache.setdefault(engine, {})[code] = (version_ids, tariff)
     return tariff
 
 
-_tariff_cache: dict[tuple[str, str], tuple[tuple[int, ...], Tariff]] = {}
+# Per database (engine), then per tariff code: version ids are a database's own.
+_tariff_cache: weakref.WeakKeyDictionary[Engine, dict[str, tuple[tuple[int, ...], Tariff]]] = (
+    weakref.WeakKeyDictionary()
+)
 _tariff_cache_lock = threading.Lock()
 
 

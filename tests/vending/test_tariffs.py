@@ -1,11 +1,14 @@
 import json
-from datetime import date, datetime, time
+from dataclasses import replace
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from pydantic import ValidationError
 
+from gridvend.db import make_engine, make_session_factory, upgrade
 from tests.vending.factories import (
     ALL_DAYS,
     PROPERTY,
@@ -16,6 +19,7 @@ from tests.vending.factories import (
     tariffs,
     utc,
 )
+from vending.accounts import load_tariff, save_tariff
 from vending.localtime import NaiveDatetime, UnknownTimeZone
 from vending.tariff_documents import TariffDocument, TariffVersionDocument
 from vending.tariffs import (
@@ -261,3 +265,25 @@ def test_any_valid_tariff_survives_a_document_round_trip(tariff: Tariff) -> None
     assert again.to_tariff() == tariff
     compact = doc.model_dump_json(exclude_defaults=True)
     assert TariffDocument.model_validate_json(compact).to_tariff() == tariff
+
+
+def test_a_tariff_is_cached_per_database_not_by_its_version_ids_alone(tmp_path: Path) -> None:
+    # Two databases, one tariff code, the same version ids, different rates: each
+    # database must be priced with its own tariff.
+    first = residential_stepped()
+    energy = replace(first.versions[0].energy, blocks=(Block(None, Decimal("9.99")),))
+    second = replace(first, versions=(replace(first.versions[0], energy=energy),))
+    loaded = []
+    for name, tariff in (("a", first), ("b", second)):
+        engine = make_engine(f"sqlite:///{tmp_path / name}.db")
+        upgrade(engine)
+        factory = make_session_factory(engine)
+        with factory() as session, session.begin():
+            save_tariff(session, TariffDocument.from_tariff(tariff), actor="t", now=OPENED)
+        with factory() as session:
+            loaded.append(load_tariff(session, tariff.code))
+        engine.dispose()
+    assert [t.versions[0].energy for t in loaded] == [first.versions[0].energy, energy]
+
+
+OPENED = datetime(2026, 11, 24, 6, 0, tzinfo=UTC)
