@@ -72,7 +72,6 @@ MAX_REASON_CHARS = 1000
 REJECT_SOURCE = "mqtt"
 
 
-COMMANDABLE_PROTOCOLS = frozenset(p.value for p in MeterProtocol)
 MODBUS_PROTOCOLS = (MeterProtocol.MODBUS_TCP, MeterProtocol.MODBUS_RTU)
 
 
@@ -391,11 +390,6 @@ class CommandQueue:
                 raise CommandError("meter_not_found", f"no meter {meter_id}")
             if meter.lifecycle == MeterLifecycle.DECOMMISSIONED.value:
                 raise CommandError("meter_decommissioned", f"meter {meter_id} is decommissioned")
-            if meter.protocol not in COMMANDABLE_PROTOCOLS:
-                raise CommandError(
-                    "unsupported_transport",
-                    f"meter {meter_id} speaks {meter.protocol!r}; commands go over MQTT or Modbus",
-                )
             if meter.protocol == MeterProtocol.MQTT.value:
                 try:
                     check_meter_id(meter.comm_id)
