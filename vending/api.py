@@ -154,7 +154,7 @@ def http_status(code: str) -> int:
     return status.HTTP_409_CONFLICT
 
 
-def _http(exc: VendingError) -> HTTPException:
+def http_refusal(exc: VendingError) -> HTTPException:
     detail: dict[str, Any] = {"code": exc.code, "message": str(exc)}
     if exc.detail:
         # Lists (a key change's tokens) stay lists; everything else is shown as text.
@@ -169,7 +169,7 @@ Refusal = Callable[[VendingError], HTTPException]
 
 @contextmanager
 def read_session(
-    session_factory: sessionmaker[Session], refuse: Refusal = _http
+    session_factory: sessionmaker[Session], refuse: Refusal = http_refusal
 ) -> Iterator[Session]:
     """A session for reading; a VendingError becomes the HTTP refusal ``refuse`` makes."""
     try:
@@ -181,7 +181,7 @@ def read_session(
 
 @contextmanager
 def write_session(
-    session_factory: sessionmaker[Session], refuse: Refusal = _http
+    session_factory: sessionmaker[Session], refuse: Refusal = http_refusal
 ) -> Iterator[Session]:
     """One transaction, committed on success and rolled back on any error. A VendingError
     is refused as ``refuse`` says; a lost race answers ``conflict`` and a locked SQLite
@@ -315,7 +315,7 @@ def _parse(model: type[T], data: Any) -> T:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise _http(_validation_error(model, exc)) from None
+        raise http_refusal(_validation_error(model, exc)) from None
 
 
 def body(model: type[T]) -> Any:
@@ -325,7 +325,7 @@ def body(model: type[T]) -> Any:
         try:
             data = json.loads(await request.body(), parse_float=Decimal)
         except ValueError:
-            raise _http(VendingError("invalid_json", "the body is not JSON")) from None
+            raise http_refusal(VendingError("invalid_json", "the body is not JSON")) from None
         return _parse(model, data)
 
     return Depends(dependency)
@@ -1088,10 +1088,10 @@ def make_router(
                 key_change_acknowledged=request.key_change_acknowledged,
             )
         except VendingError as exc:
-            raise _http(exc) from None
+            raise http_refusal(exc) from None
         except OperationalError as exc:
             if "locked" in str(exc):
-                raise _http(
+                raise http_refusal(
                     VendingError("database_busy", "the database is busy; retry the request")
                 ) from None
             raise

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Query, status
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from headend.audit import AuditSink
 from headend.interface import find_meter
-from vending.api import PREFIX, SUPERVISORS, body, http_status
+from vending.api import PREFIX, SUPERVISORS, body, http_refusal
 from vending.errors import VendingError
 from vending.key_change_views import key_change_json, render_key_change_text
 from vending.key_changes import (
@@ -59,13 +59,6 @@ class CancelBody(BaseModel):
     reason: Annotated[str, Field(min_length=3, max_length=500)]
 
 
-def _refusal(exc: VendingError) -> HTTPException:
-    detail: dict[str, Any] = {"code": exc.code, "message": str(exc)}
-    if exc.detail:
-        detail["detail"] = {k: str(v) for k, v in exc.detail.items()}
-    return HTTPException(http_status(exc.code), detail=detail)
-
-
 def make_key_change_router(
     session_factory: sessionmaker[Session],
     *,
@@ -87,10 +80,10 @@ def make_key_change_router(
                 with session.begin():
                     yield session
         except VendingError as exc:
-            raise _refusal(exc) from None
+            raise http_refusal(exc) from None
         except IntegrityError:
             # Two requests raced for the meter's one pending key change.
-            raise _refusal(
+            raise http_refusal(
                 VendingError("key_change_pending", "a key change for this meter was just made")
             ) from None
 

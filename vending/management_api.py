@@ -23,7 +23,6 @@ from headend.audit import AuditSink
 from protocols.sts import group_digits
 from vending.api import PREFIX, http_status
 from vending.errors import VendingError
-from vending.keystore import KeyStoreError
 from vending.management_tokens import (
     ManagementKind,
     ManagementRequest,
@@ -147,16 +146,6 @@ def make_management_router(
                 VendingError("conflict", "a concurrent request conflicted; retry it")
             ) from None
 
-    def warm_key(meter_number: str) -> None:
-        # The software module reads keys in a session of its own, which on SQLite would
-        # wait for the write lock our transaction holds: load the key before it begins.
-        try:
-            with session_factory() as session:
-                _, ref = token_meter_key(session, meter_number)
-            security_module.key_attributes(ref)
-        except (VendingError, KeyStoreError, ValueError):
-            return  # the issue itself answers the specific error
-
     @router.post("/meters/{meter_number}/management-tokens", status_code=status.HTTP_201_CREATED)
     def issue(
         meter_number: str,
@@ -167,7 +156,6 @@ def make_management_router(
         """Issue a management token (set_power_limit / set_phase_unbalance_limit with
         ``limit_w``, clear_credit with ``register``, clear_tamper) for a token-mode meter.
         A retry with the same reference answers 200 with the token already issued."""
-        warm_key(meter_number)
         with refusals(), session_factory() as session, session.begin():
             issued = issue_management_token(
                 session,
