@@ -32,10 +32,9 @@ from sqlalchemy.orm import Session
 
 from headend.audit import AuditSink
 from headend.interface import find_meter
-from vending.accounts import open_link
 from vending.channels.models import Channel, ChannelAdvice, ChannelNonce, ChannelPurchase
 from vending.channels.signing import WINDOW_S, SignatureError, SignedHeaders, verify
-from vending.counter import PaymentMethod, VendLimits, VendRequest, lookup, vend
+from vending.counter import PaymentMethod, VendLimits, VendRequest, lock_for_vend, lookup, vend
 from vending.errors import VendingError
 from vending.key_changes import pending_key_change
 from vending.keystore import KeyEncryptionKey, KeyStoreError
@@ -475,12 +474,16 @@ def purchase(
     # A cheap check first (most refusals end here), the exact one after the vend.
     _check_daily_limit(session, channel, business_date, amount)
     meter_number = resolve_meter_number(session, order.meter_number, order.account_number)
-    account = _lock_account(session, meter_number)
-    before = _account_state(account) if account is not None else {}
-    if account is not None and account.last_purchase_at is not None:
+    try:
+        # Locked once, here, so the before-state we keep is the one the vend prices on.
+        locked = lock_for_vend(session, meter_number)
+    except VendingError as exc:
+        raise ChannelError.from_vending(exc) from None
+    before = _account_state(locked.account)
+    if locked.account.last_purchase_at is not None:
         # ``now`` was read before we waited for the account's lock; a purchase that
         # committed meanwhile may be later, and pricing refuses to go back in time.
-        now = max(now, account.last_purchase_at)
+        now = max(now, locked.account.last_purchase_at)
     try:
         record = vend(
             session,
@@ -497,6 +500,7 @@ def purchase(
             audit=audit,
             now=now,
             limits=VendLimits(maximum_minor=channel.max_amount_minor),
+            locked=locked,
         )
     except VendingError as exc:
         raise ChannelError.from_vending(exc) from None
@@ -584,24 +588,6 @@ def _check_amount_range(channel: Channel, amount: Money) -> None:
         raise ChannelError(
             "amount_above_maximum", f"{amount} is above the maximum of {maximum}", **limits
         )
-
-
-def _lock_account(session: Session, meter_number: str) -> Account | None:
-    """The meter's account, locked and freshly read before the vend locks it again (so the
-    before-state we keep is the one the vend prices on); None leaves the vend to refuse."""
-    try:
-        meter = find_meter(session, meter_number=meter_number)
-    except ValueError:
-        return None
-    link = open_link(session, meter.id) if meter is not None else None
-    if link is None:
-        return None
-    return session.scalar(
-        select(Account)
-        .where(Account.id == link.account_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
 
 
 def _account_state(account: Account) -> dict[str, Any]:
