@@ -139,11 +139,15 @@ class FreshTargetsReader:
         try:
             return await self._poller.read_now(meter_id, group)
         except UnknownMeterError as exc:
-            try:
-                self._poller.set_targets(await asyncio.to_thread(self._targets))
-            except TargetError as problem:
-                raise UnknownMeterError(f"{exc}; the registry's targets: {problem}") from None
+            await self._refresh(exc)
             return await self._poller.read_now(meter_id, group)
+
+    async def _refresh(self, unknown: UnknownMeterError) -> None:
+        """Re-read the registry's targets once. UnknownMeterError if they conflict."""
+        try:
+            self._poller.set_targets(await asyncio.to_thread(self._targets))
+        except TargetError as problem:
+            raise UnknownMeterError(f"{unknown}; the registry's targets: {problem}") from None
 
     @contextlib.asynccontextmanager
     async def meter_link(self, address: MeterAddress) -> AsyncIterator[MeterLink]:
@@ -160,12 +164,12 @@ class FreshTargetsReader:
                     link = await stack.enter_async_context(
                         self._poller.meter_link(address.meter_id)
                     )
-                except UnknownMeterError:
-                    self._poller.set_targets(await asyncio.to_thread(self._targets))
+                except UnknownMeterError as exc:
+                    await self._refresh(exc)
                     link = await stack.enter_async_context(
                         self._poller.meter_link(address.meter_id)
                     )
-            except (UnknownMeterError, ChannelBusyError, PollFailure, TargetError) as exc:
+            except (UnknownMeterError, ChannelBusyError, PollFailure) as exc:
                 raise MeterLinkError(f"meter {address.serial}: {exc}") from None
             yield link
 
