@@ -192,10 +192,23 @@ def set_active(session: Session, username: str, *, active: bool, actor: str) -> 
 
 
 def _user(session: Session, username: str) -> User:
-    # Locked: two admins changing one user queue instead of losing one change.
-    user = session.scalar(select(User).where(User.username == username).with_for_update())
+    """The user, locked: two admins changing one user queue instead of losing a change.
+
+    A change to an active admin first locks every active admin, in id order, so two
+    changes that each take one admin away queue and the second sees the first's result
+    (otherwise each could see the other admin still there and leave none).
+    """
+    user = session.scalar(select(User).where(User.username == username))
     if user is None:
         raise AuthError("user_not_found", f"no user {username!r}")
+    if Role(user.role) is Role.ADMIN and user.active:
+        session.scalars(
+            select(User.id)
+            .where(User.role == Role.ADMIN.value, User.active.is_(True))
+            .order_by(User.id)
+            .with_for_update()
+        ).all()
+    session.refresh(user, with_for_update=True)
     return user
 
 

@@ -3,6 +3,8 @@ a user; every change audited, a disabled user's tokens dead at once."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -10,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gridvend.app import create_app
 from gridvend.audit import AuditEntry, verify_chain
+from gridvend.auth import AuthError, Role, User, change_role, set_active
 from tests.conftest import TEST_PASSWORD, make_security_module
 from tests.vending.counter_world import quick_bearer_headers
 
@@ -161,6 +164,41 @@ def test_the_last_active_admin_cannot_be_disabled_demoted_or_disable_themself(
     assert demote.status_code == 409 and demote.json()["detail"]["code"] == "last_admin"
     assert _audit(session_factory) == before
     assert _me(client, gus) == 200
+
+
+def test_two_admins_demoting_each_other_at_once_leave_one_admin(
+    client: TestClient, session_factory: sessionmaker[Session]
+) -> None:
+    """The second demotion waits for the first's locks and then sees it was the last."""
+    helper = quick_bearer_headers(session_factory, ADMIN)
+    for name in ("admin.ida", "admin.jon"):
+        _create(client, helper, name, "admin")
+    helper_name = client.get("/api/auth/me", headers=helper).json()["username"]
+    with session_factory() as session, session.begin():
+        set_active(session, helper_name, active=False, actor="admin.ida")
+    outcome: list[str] = []
+
+    def demote_jon() -> None:
+        with session_factory() as session, session.begin():
+            try:
+                change_role(session, "admin.jon", Role.CLERK)
+                outcome.append("demoted")
+            except AuthError as refusal:
+                outcome.append(refusal.code)
+
+    with session_factory() as session, session.begin():
+        change_role(session, "admin.ida", Role.CLERK)
+        second = threading.Thread(target=demote_jon)
+        second.start()
+        second.join(timeout=0.5)  # it waits for this transaction's admin locks
+    second.join()
+
+    assert outcome == ["last_admin"]
+    with session_factory() as session:
+        admins = session.scalars(
+            select(User.username).where(User.role == "admin", User.active.is_(True))
+        ).all()
+    assert admins == ["admin.jon"]
 
 
 def test_unknown_users_and_bad_roles_are_refused(

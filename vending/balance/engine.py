@@ -75,6 +75,7 @@ DAYS_PREFIX = "days:"
 SPENDING_KINDS = ("consumption", "adjustment", "fixed_charge")
 MIN_SPENDING_SPAN = timedelta(hours=6)
 WEEK = timedelta(days=7)
+_LOCKED_ACCOUNTS = "balance-engine:locked-accounts"  # Session.info key: (transaction, ids)
 
 
 class ConsumptionRecord(Protocol):
@@ -388,7 +389,7 @@ class BalanceEngine:
         for payment, taken_through in rows:
             if taken_through is not None and payment.id <= taken_through:
                 continue
-            state = _state(session, payment.account_id)
+            state = _locked_state(session, payment.account_id)
             state.payments_taken_through = payment.id
             state.last_top_up_minor = payment.amount_minor
             state.last_top_up_at = payment.created_at
@@ -435,7 +436,7 @@ class BalanceEngine:
         return waiting
 
     def _evaluate(self, session: Session, account_id: int, now: datetime) -> int | None:
-        state = _state(session, account_id)
+        state = _locked_state(session, account_id)
         balance = balance_minor(session, account_id)
         if balance <= 0 and state.exhausted_since is None:
             state.exhausted_since = now
@@ -617,7 +618,7 @@ class BalanceEngine:
                 continue  # arrears recovered from purchases only
             if not _is_central(session, account.id):
                 continue
-            state = _state(session, account.id)
+            state = _locked_state(session, account.id)  # vends change the debt too
             if rule is None or account.debt_minor <= 0:
                 state.debt_instalments_from, state.debt_weeks_booked = None, 0
                 continue
@@ -627,7 +628,6 @@ class BalanceEngine:
             full_weeks = (now - state.debt_instalments_from) // WEEK
             if full_weeks <= state.debt_weeks_booked:
                 continue
-            session.refresh(account, with_for_update=True)  # vends change the debt too
             start = state.debt_instalments_from
             currency = Currency.of(account.currency)
             for week in range(state.debt_weeks_booked + 1, full_weeks + 1):
@@ -791,6 +791,31 @@ def _cursor(session: Session, name: str) -> EngineCursor:
         session.add(cursor)
         session.flush()
     return cursor
+
+
+def _locked_state(session: Session, account_id: int) -> CentralAccountState:
+    """The account's central state, read under the account's row lock, taken once per
+    transaction: vends and emergency credit take the same lock, so neither changes the
+    account, its ledger or its state between the engine's read and its commit (the
+    account row is re-read under the lock: its debt may have moved since the round
+    looked it up)."""
+    transaction = session.get_transaction()
+    held = session.info.get(_LOCKED_ACCOUNTS)
+    if held is None or held[0] is not transaction:
+        held = session.info[_LOCKED_ACCOUNTS] = (transaction, set())
+    locked: set[int] = held[1]
+    if account_id not in locked:
+        session.scalar(
+            select(Account)
+            .where(Account.id == account_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        locked.add(account_id)
+        state = session.get(CentralAccountState, account_id, populate_existing=True)
+        if state is not None:
+            return state
+    return _state(session, account_id)
 
 
 def _state(session: Session, account_id: int) -> CentralAccountState:

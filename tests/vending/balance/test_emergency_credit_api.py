@@ -21,7 +21,8 @@ from tests.vending.balance.operator_world import (
     BalanceWorld,
     make_balance_world,
 )
-from vending.models import CentralAccountState, LedgerEntry
+from vending.balance.emergency import grant_emergency_credit
+from vending.models import Account, CentralAccountState, LedgerEntry
 
 
 @pytest.fixture
@@ -169,3 +170,40 @@ def test_two_requests_at_once_lend_once(world: BalanceWorld) -> None:
         ).all()
     assert lent == [EMERGENCY_CREDIT_MINOR]
     assert world.audited("balance.emergency_credit") == 1
+
+
+def test_the_engine_decides_on_a_loan_granted_while_it_waited(world: BalanceWorld) -> None:
+    """The engine reads an account under the row lock a loan is granted under: a loan that
+    commits while the engine's round waits is in the balance it decides on, so the
+    customer is not disconnected over credit they were just given."""
+    number = world.central_customer(10, "20.00")
+    world.stream.add(world.meter_id(number), MORNING - timedelta(minutes=30), "12.0")
+    world.run_engine(MORNING)  # exhausted; disconnect due after the 30-minute grace
+    failures: list[BaseException] = []
+
+    def engine_round() -> None:
+        try:
+            world.run_engine(MORNING + timedelta(minutes=31))
+        except BaseException as error:  # surfaced by the assertion below
+            failures.append(error)
+
+    with world.session_factory() as session, session.begin():
+        account = session.scalars(select(Account).where(Account.account_number == number)).one()
+        grant_emergency_credit(
+            session,
+            account,
+            EMERGENCY_CREDIT_MINOR,
+            actor="clerk.one",
+            now=MORNING + timedelta(minutes=30),
+            audit=world.vending.audit,
+        )
+        waiting = threading.Thread(target=engine_round)
+        waiting.start()
+        waiting.join(timeout=0.5)  # the round reaches the account's lock and waits
+    waiting.join()
+
+    assert failures == []
+    view = world.get(f"/accounts/{number}/balance", "clerk").json()
+    assert Decimal(view["balance"]) > 0
+    assert view["supply_as_decided"] == "connected"
+    assert "disconnect" not in [d["action"] for d in view["decisions"]]
