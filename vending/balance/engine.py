@@ -75,6 +75,7 @@ DAYS_PREFIX = "days:"
 SPENDING_KINDS = ("consumption", "adjustment", "fixed_charge")
 MIN_SPENDING_SPAN = timedelta(hours=6)
 WEEK = timedelta(days=7)
+INSTALMENT_CHECK_EVERY = timedelta(minutes=1)
 _LOCKED_ACCOUNTS = "balance-engine:locked-accounts"  # Session.info key: (transaction, ids)
 
 
@@ -163,6 +164,7 @@ class BalanceEngine:
         self._audit = audit
         self._settings = settings
         self._clock = clock
+        self._instalments_checked_at: datetime | None = None
 
     async def run(self, interval_s: float = 1.0) -> None:
         """Run rounds until cancelled; a failing round is logged and retried."""
@@ -598,24 +600,43 @@ class BalanceEngine:
         ``debt_recovery`` entry (reference ``debt-week:<schedule start>:<n>``, so a replay
         books nothing twice) of the instalment, never more than the debt, and lowers the
         account's debt in the same transaction. The schedule ends when the debt is paid.
+
+        Weeks need no sub-second precision: this looks at the accounts with arrears once
+        per ``INSTALMENT_CHECK_EVERY`` of the engine's clock, not every round, and locks
+        only an account it has something to change on.
         """
-        scheduled = set(
-            session.scalars(
-                select(CentralAccountState.account_id).where(
+        last = self._instalments_checked_at
+        if last is not None and last <= now < last + INSTALMENT_CHECK_EVERY:
+            return set()
+        self._instalments_checked_at = now
+        schedules = {
+            state.account_id: state
+            for state in session.scalars(
+                select(CentralAccountState).where(
                     CentralAccountState.debt_instalments_from.is_not(None)
                 )
             )
-        )
+        }
         candidates = session.scalars(
             select(Account)
-            .where((Account.debt_minor > 0) | Account.id.in_(scheduled))
+            .where((Account.debt_minor > 0) | Account.id.in_(list(schedules)))
             .order_by(Account.id)
         ).all()
         touched: set[int] = set()
         for account in candidates:
             rule = _weekly_rule(account)
-            if rule is None and account.id not in scheduled:
+            schedule = schedules.get(account.id)
+            if schedule is None and rule is None:
                 continue  # arrears recovered from purchases only
+            started = schedule.debt_instalments_from if schedule else None
+            if (
+                started is not None
+                and schedule is not None
+                and rule is not None
+                and account.debt_minor > 0
+                and (now - started) // WEEK <= schedule.debt_weeks_booked
+            ):
+                continue  # this week's instalment is not due yet
             if not _is_central(session, account.id):
                 continue
             state = _locked_state(session, account.id)  # vends change the debt too
