@@ -11,8 +11,9 @@ pending with the reason.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -20,6 +21,7 @@ from gridvend.audit import AuditLog
 from gridvend.settings import Settings
 from headend.commissioning import KeyLoadRequest, KeyLoadUnavailable
 from protocols.sts import StsError
+from vending.key_changes import record_loaded_key_change
 from vending.keystore import KeyStoreError
 from vending.security_module import MeterKeyRef, SecurityModule
 
@@ -63,11 +65,13 @@ class SecurityModuleKeyLoader:
         delivery_key: DeliveryKey | None,
         session_factory: sessionmaker[Session],
         audit: AuditLog,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._security_module = security_module
         self._delivery_key = delivery_key
         self._session_factory = session_factory
         self._audit = audit
+        self._clock = clock
 
     def key_change_tokens(self, request: KeyLoadRequest) -> Sequence[str]:
         """The section tokens in entry order (empty if the delivery key is the registry's).
@@ -83,18 +87,7 @@ class SecurityModuleKeyLoader:
                 "no delivery key is set (GRIDVEND_COMMISSIONING_DELIVERY_KEY=SGC/TI/KRN): "
                 "which key the meter holds now is unknown"
             )
-        current = MeterKeyRef(
-            request.meter_number,
-            delivery.supply_group_code,
-            delivery.tariff_index,
-            delivery.key_revision,
-        )
-        new = MeterKeyRef(
-            request.meter_number,
-            request.supply_group_code,
-            request.tariff_index,
-            request.key_revision,
-        )
+        current, new = _refs(delivery, request)
         if current == new:
             return []
         try:
@@ -115,6 +108,27 @@ class SecurityModuleKeyLoader:
                 },
             )
         return [token.digits for token in issued]
+
+    def keys_loaded(
+        self, request: KeyLoadRequest, tokens: Sequence[str], *, technician: str
+    ) -> None:
+        """Keep the change from the delivery key in the meter's key change history
+        (``key_changes``, completed by the technician; audited ``key_change.loaded``)."""
+        assert self._delivery_key is not None  # tokens were issued from it
+        current, new = _refs(self._delivery_key, request)
+        with self._session_factory() as session, session.begin():
+            record_loaded_key_change(
+                session,
+                request.meter_id,
+                current,
+                new,
+                tokens,
+                security_module=self._security_module,
+                audit=self._audit,
+                actor=technician,
+                reason=f"loaded at commissioning over the delivery key {self._delivery_key}",
+                now=self._clock(),
+            )
 
     def _check_registry_matches_key_store(self, request: KeyLoadRequest, new: MeterKeyRef) -> None:
         # The tokens carry the key store's attributes; a registry that says otherwise
@@ -139,3 +153,20 @@ class SecurityModuleKeyLoader:
             raise KeyLoadUnavailable(
                 "the registry's key attributes disagree with the key store: " + ", ".join(differing)
             )
+
+
+def _refs(delivery: DeliveryKey, request: KeyLoadRequest) -> tuple[MeterKeyRef, MeterKeyRef]:
+    """The meter's key as delivered, and the registry's key for it."""
+    current = MeterKeyRef(
+        request.meter_number,
+        delivery.supply_group_code,
+        delivery.tariff_index,
+        delivery.key_revision,
+    )
+    new = MeterKeyRef(
+        request.meter_number,
+        request.supply_group_code,
+        request.tariff_index,
+        request.key_revision,
+    )
+    return current, new

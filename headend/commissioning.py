@@ -176,6 +176,13 @@ class KeyLoader(Protocol):
         """
         ...
 
+    def keys_loaded(
+        self, request: KeyLoadRequest, tokens: Sequence[str], *, technician: str
+    ) -> None:
+        """The meter accepted every one of ``tokens`` (entered over its link during
+        ``technician``'s commissioning run): keep the change in the meter's key history."""
+        ...
+
 
 @asynccontextmanager
 async def open_meter_link(address: MeterAddress) -> AsyncIterator[MeterLink]:
@@ -482,9 +489,11 @@ class Commissioning:
     async def _run_step(self, run_id: int, step: Step, link: MeterLink) -> RunView:
         started = self._clock()
         with self._session_factory() as session:
-            facts = _MeterFacts.of(self._meter(session, self._run(session, run_id).meter_id))
+            run = self._run(session, run_id)
+            facts = _MeterFacts.of(self._meter(session, run.meter_id))
+            technician = run.technician
         try:
-            outcome = await self._perform(step, facts, link, run_id)
+            outcome = await self._perform(step, facts, link, technician)
         except NotSupported as exc:
             outcome = StepOutcome(StepStatus.SKIPPED, str(exc))
         except MeterLinkError as exc:
@@ -495,7 +504,7 @@ class Commissioning:
         return self._store(run_id, step, outcome, now=started)
 
     async def _perform(
-        self, step: Step, facts: _MeterFacts, link: MeterLink, run_id: int
+        self, step: Step, facts: _MeterFacts, link: MeterLink, technician: str
     ) -> StepOutcome:
         if step is Step.VERIFY_COMMUNICATION:
             voltage = await link.read_register(Quantity.VOLTAGE_V)
@@ -516,7 +525,7 @@ class Commissioning:
         if step is Step.SET_CLOCK:
             return await self._set_clock(link)
         if step is Step.LOAD_KEYS:
-            return await _load_keys(facts, link, self._key_loader)
+            return await _load_keys(facts, link, self._key_loader, technician)
         return StepOutcome(StepStatus.PASSED, "commissioning report produced")
 
     async def _set_clock(self, link: MeterLink) -> StepOutcome:
@@ -801,7 +810,7 @@ async def _relay_test(link: MeterLink) -> StepOutcome:
 
 
 async def _load_keys(
-    facts: _MeterFacts, link: MeterLink, key_loader: KeyLoader | None
+    facts: _MeterFacts, link: MeterLink, key_loader: KeyLoader | None, technician: str
 ) -> StepOutcome:
     """Enter the key change tokens the loader issues, or record the step as pending."""
     if facts.prepaid_mode == PrepaidMode.CENTRAL.value:
@@ -863,6 +872,7 @@ async def _load_keys(
             f"the meter did not accept the last key change token (answered {answers[-1]})",
             detail,
         )
+    key_loader.keys_loaded(request, tokens, technician=technician)
     return StepOutcome(
         StepStatus.PASSED,
         f"{len(tokens)} key change tokens accepted: meter on SGC "

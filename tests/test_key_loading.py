@@ -28,6 +28,7 @@ from meter_sim.model import DecoderSettings, MeterConfig, MeterModel
 from protocols.sts import BaseDate, CreditType, KeyConfig, tid_from_datetime
 from tests.conftest import bearer_headers
 from vending.keystore import KeyEncryptionKey, KeyStore
+from vending.models_keychange import KeyChangeRecord
 from vending.security_module import MeterKeyRef, SoftwareSecurityModule
 
 T0 = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
@@ -128,6 +129,15 @@ async def test_commissioning_over_the_api_moves_the_meter_from_the_delivery_key_
     (issued,) = _audited(session_factory, "sts.key_change_issued")
     assert (issued.actor, issued.subject) == ("commissioning", "meter:SIM-000001")
     assert issued.detail == {"from": "123456/01/1", "to": "123456/01/2", "tokens": 2}
+    # The meter's key history has the change, completed by the technician who ran it.
+    with session_factory() as session:
+        (history,) = session.scalars(select(KeyChangeRecord)).all()
+    assert (history.meter_id, history.status) == (meter_id, "completed")
+    assert history.completed_by is not None and history.completed_by.startswith("technician-")
+    assert (history.from_key_revision, history.to_key_revision) == (1, 2)
+    assert len(history.tokens) == 2
+    (loaded,) = _audited(session_factory, "key_change.loaded")
+    assert loaded.detail["key_change_id"] == history.id
 
     # The proof: a credit token vending issues for the registry's key is accepted.
     token = security_module.credit_token(

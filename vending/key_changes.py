@@ -18,6 +18,7 @@ the caller's transaction and raises :class:`VendingError` having written nothing
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -102,8 +103,76 @@ def request_key_change(
         raise VendingError("key_change_refused", str(exc)) from None
     except KeyStoreError as exc:
         raise VendingError("current_key_unavailable", str(exc)) from None
-    record = KeyChangeRecord(
-        meter_id=meter.id,
+    record = _new_record(
+        meter.id,
+        (current, current_attributes),
+        (new, new_attributes),
+        [token.digits for token in issued],
+        reason=reason,
+        actor=actor,
+        now=now,
+    )
+    session.add(record)
+    session.flush()
+    _audit(session, audit, record, meter, actor, "key_change.request", reason=reason)
+    return record
+
+
+def record_loaded_key_change(
+    session: Session,
+    meter_id: int,
+    current: MeterKeyRef,
+    new: MeterKeyRef,
+    tokens: Sequence[str],
+    *,
+    security_module: SecurityModule,
+    audit: AuditSink,
+    actor: str,
+    reason: str,
+    now: datetime,
+) -> KeyChangeRecord:
+    """Keep a key change the meter has already taken outside this workflow (commissioning
+    loading the registry's key over a delivery key) in the meter's key change history,
+    completed by ``actor``. The registry already names the new key: nothing moves.
+
+    Raises:
+        KeyStoreError: either key is not in the key store (the tokens were just issued
+            from both, so only a key retired in between).
+    """
+    record = _new_record(
+        meter_id,
+        (current, security_module.key_attributes(current)),
+        (new, security_module.key_attributes(new)),
+        list(tokens),
+        reason=reason,
+        actor=actor,
+        now=now,
+    )
+    record.status = KEY_CHANGE_COMPLETED
+    record.completed_by = actor
+    record.completed_at = now
+    session.add(record)
+    session.flush()
+    _audit(
+        session, audit, record, find_meter(session, meter_id=meter_id), actor, "key_change.loaded"
+    )
+    return record
+
+
+def _new_record(
+    meter_id: int,
+    before: tuple[MeterKeyRef, KeyAttributes],
+    after: tuple[MeterKeyRef, KeyAttributes],
+    tokens: list[str],
+    *,
+    reason: str,
+    actor: str,
+    now: datetime,
+) -> KeyChangeRecord:
+    """A pending record of the change from ``before`` to ``after`` by ``tokens``."""
+    (current, current_attributes), (new, new_attributes) = before, after
+    return KeyChangeRecord(
+        meter_id=meter_id,
         status=KEY_CHANGE_PENDING,
         from_supply_group_code=current.supply_group_code,
         from_tariff_index=current.tariff_index,
@@ -116,15 +185,11 @@ def request_key_change(
         to_key_expiry_number=new_attributes.key_expiry_number,
         # build_key_change sets the RO bit exactly when the base date moves.
         rollover=new_attributes.base_date != current_attributes.base_date,
-        tokens=[token.digits for token in issued],
+        tokens=tokens,
         reason=reason,
         requested_by=actor,
         requested_at=now,
     )
-    session.add(record)
-    session.flush()
-    _audit(session, audit, record, meter, actor, "key_change.request", reason=reason)
-    return record
 
 
 def pending_key_change(

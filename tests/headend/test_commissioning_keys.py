@@ -56,16 +56,27 @@ class StsKeyLoader:
     def __init__(self, assumed_current: KeyConfig = DELIVERY_KEY) -> None:
         self.assumed_current = assumed_current
         self.requests: list[KeyLoadRequest] = []
+        self.loaded: list[tuple[int, int, str]] = []  # meter id, tokens, technician
 
     def key_change_tokens(self, request: KeyLoadRequest) -> Sequence[str]:
         self.requests.append(request)
         pan = parse_meter_number(request.meter_number)
         return build_key_change(self.assumed_current, registry_key(request), pan).tokens
 
+    def keys_loaded(
+        self, request: KeyLoadRequest, tokens: Sequence[str], *, technician: str
+    ) -> None:
+        self.loaded.append((request.meter_id, len(tokens), technician))
+
 
 class UnavailableLoader:
     def key_change_tokens(self, request: KeyLoadRequest) -> Sequence[str]:
         raise KeyLoadUnavailable("no vending key for SGC 123456 KRN 2 in the key store")
+
+    def keys_loaded(
+        self, request: KeyLoadRequest, tokens: Sequence[str], *, technician: str
+    ) -> None:
+        raise AssertionError("nothing was loaded")
 
 
 @pytest.fixture
@@ -117,6 +128,7 @@ async def test_key_change_tokens_are_entered_and_the_meter_then_takes_new_key_to
     assert keys.detail["answers"] == ["key_change_1st", "accept"]
     assert keys.message.startswith("2 key change tokens accepted")
     assert loader.requests[0].key_revision == 2
+    assert loader.loaded == [(meter_id, 2, "thabo")]
     assert view.report is not None and view.report["pending"] == []
 
     # Proof over the wire: a credit token made with the new key is accepted.
