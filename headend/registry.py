@@ -65,6 +65,20 @@ _FORWARD = (L.IN_STOCK, L.INSTALLED, L.COMMISSIONED, L.ACTIVE)
 
 # States a meter may be registered in: anything further needs the workflow or a transition.
 REGISTRABLE_STATES = frozenset({L.IN_STOCK, L.INSTALLED})
+# From commissioning on, the meter holds the key its registry fields describe.
+KEY_HOLDING_STATES = frozenset({L.COMMISSIONED.value, L.ACTIVE.value, L.SUSPENDED.value})
+KEY_FIELDS = frozenset(
+    {
+        "supply_group_code",
+        "tariff_index",
+        "key_revision",
+        "key_type",
+        "base_date",
+        "key_expiry_number",
+        "encryption_algorithm",
+        "dkga",
+    }
+)
 
 DEFAULT_MODBUS_TCP_PORT = 502
 DEFAULT_RTU_BAUD = 9600
@@ -450,6 +464,7 @@ def update_meter(
         _check_addressing(checked)
     except ValueError as exc:
         raise RegistryError("invalid_state", str(exc)) from None
+    _refuse_key_move(meter, checked, changes, current)
     clash = _clashes(
         session,
         meter.id,
@@ -474,6 +489,26 @@ def update_meter(
         )
     session.flush()
     return meter
+
+
+def _refuse_key_move(
+    meter: Meter, checked: _MeterFields, changes: dict[str, Any], current: dict[str, Any]
+) -> None:
+    """A commissioned meter holds the registry's key: a new one needs key change tokens
+    entered in the meter, so its key fields move only through vending's key change
+    workflow (which moves them when the tokens are handed out). Editing them here would
+    make every later token for a key the meter does not have."""
+    if meter.lifecycle not in KEY_HOLDING_STATES:
+        return  # not commissioned yet: commissioning loads whatever the registry says
+    moved = [n for n in changes if n in KEY_FIELDS and getattr(checked, n) != current[n]]
+    if moved:
+        raise RegistryError(
+            "key_change_required",
+            f"meter {meter.serial} is {meter.lifecycle} and holds its key: "
+            f"{', '.join(moved)} change through a key change "
+            f"(POST /api/vending/meters/{meter.meter_number}/key-changes), which issues the "
+            "tokens the meter needs",
+        )
 
 
 def _jsonable(value: Any) -> Any:

@@ -121,6 +121,36 @@ async def test_a_meter_is_edited_with_patch(api: httpx.AsyncClient, tech: dict[s
     assert (broken.status_code, broken.json()["detail"]["code"]) == (409, "invalid_state")
 
 
+async def test_a_commissioned_meters_key_moves_only_through_a_key_change(
+    api: httpx.AsyncClient, tech: dict[str, str], session_factory: sessionmaker[Session]
+) -> None:
+    """Before commissioning the key fields are the registry's plan and may be corrected;
+    once the meter holds the key, a new one needs tokens (vending's key change)."""
+    created = await api.post(
+        "/api/meters",
+        json={"serial": "M-1", "meter_number": DRN, "supply_group_code": "123456"},
+        headers=tech,
+    )
+    meter_id = created.json()["id"]
+    planned = await api.patch(f"/api/meters/{meter_id}", json={"tariff_index": "02"}, headers=tech)
+    assert planned.status_code == 200, planned.text
+    with session_factory() as session, session.begin():
+        session.get_one(Meter, meter_id).lifecycle = "commissioned"
+    with session_factory() as session:
+        audited = len(session.scalars(select(AuditEntry)).all())
+
+    moved = await api.patch(f"/api/meters/{meter_id}", json={"tariff_index": "03"}, headers=tech)
+
+    assert (moved.status_code, moved.json()["detail"]["code"]) == (409, "key_change_required")
+    assert f"/api/vending/meters/{DRN}/key-changes" in moved.json()["detail"]["message"]
+    same = await api.patch(
+        f"/api/meters/{meter_id}", json={"tariff_index": "02", "location": "Stand 4"}, headers=tech
+    )
+    assert same.status_code == 200 and same.json()["tariff_index"] == "02"
+    with session_factory() as session:
+        assert len(session.scalars(select(AuditEntry)).all()) == audited + 1  # the location
+
+
 async def test_a_csv_upload_reports_rows(
     api: httpx.AsyncClient, tech: dict[str, str], session_factory: sessionmaker[Session]
 ) -> None:
