@@ -20,6 +20,7 @@ from sqlalchemy import (
     Boolean,
     Engine,
     ForeignKey,
+    Integer,
     MetaData,
     String,
     Table,
@@ -36,6 +37,11 @@ from headend.models import NAMING_CONVENTION, BigId
 from headend.sqltypes import UtcDateTime
 
 TOKEN_LIFETIME = timedelta(hours=12)
+# Consecutive wrong passwords before a user's sign-in is locked, and for how long: slows a
+# password guesser to a handful of tries per quarter hour without locking anyone out
+# for good (an admin's password reset lifts it at once).
+MAX_FAILED_SIGN_INS = 5
+SIGN_IN_LOCKOUT = timedelta(minutes=15)
 _password_hash = PasswordHash.recommended()
 
 
@@ -64,6 +70,9 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    failed_sign_ins: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    password_changed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class AccessToken(Base):
@@ -115,6 +124,22 @@ class UserOut(BaseModel):
     created_at: datetime
 
 
+Password = Annotated[str, Field(min_length=10, max_length=256)]
+
+
+class PasswordChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: Annotated[str, Field(max_length=256)]
+    new_password: Password
+
+
+class PasswordReset(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    new_password: Password
+
+
 class RoleChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -145,14 +170,31 @@ def create_user(session: Session, new_user: NewUser) -> User:
     return user
 
 
-def set_password(session: Session, username: str, password: str) -> User:
-    """Replace a user's password (and re-enable the user); AuthError("user_not_found")."""
-    user = session.scalar(select(User).where(User.username == username))
-    if user is None:
-        raise AuthError("user_not_found", f"no user {username!r}")
+def set_password(session: Session, username: str, password: str, now: datetime) -> User:
+    """Replace a user's password: every token of the user is revoked (signed out
+    everywhere) and a sign-in lockout is lifted. AuthError("user_not_found")."""
+    user = _user(session, username)
     user.password_hash = _password_hash.hash(password)
-    user.active = True
+    user.password_changed_at = now
+    user.failed_sign_ins = 0
+    user.locked_until = None
+    session.execute(update(AccessToken).where(AccessToken.user_id == user.id).values(revoked=True))
+    session.flush()
     return user
+
+
+def change_own_password(
+    session: Session, username: str, change: PasswordChange, now: datetime
+) -> TokenOut:
+    """A user replaces their own password, proving the current one; their tokens are
+    revoked and a new one returned. AuthError ``wrong_password`` or ``password_unchanged``."""
+    user = _user(session, username)
+    if not _password_hash.verify(change.current_password, user.password_hash):
+        raise AuthError("wrong_password", "the current password is wrong")
+    if _password_hash.verify(change.new_password, user.password_hash):
+        raise AuthError("password_unchanged", "the new password is the current one")
+    set_password(session, username, change.new_password, now)
+    return _new_token(session, user, now)
 
 
 def change_role(session: Session, username: str, role: Role) -> tuple[User, Role]:
@@ -223,12 +265,43 @@ def _keep_an_admin(session: Session, leaving: User) -> None:
 
 
 def issue_token(session: Session, username: str, password: str, now: datetime) -> TokenOut:
-    """Check a password and return a new bearer token; AuthError("invalid_credentials")."""
+    """Check a password and return a new bearer token.
+
+    AuthError ``invalid_credentials`` (the caller records the failure with
+    ``record_failed_sign_in`` in a transaction of its own), ``sign_in_locked`` (too many
+    failures in a row: refused until ``locked_until``, even with the right password).
+    """
     user = session.scalar(select(User).where(User.username == username))
+    if user is not None and user.locked_until is not None and now < user.locked_until:
+        raise AuthError(
+            "sign_in_locked",
+            f"too many wrong passwords: sign-in locked until {user.locked_until:%H:%M:%S} UTC",
+        )
     # Verify against a dummy hash for unknown users so timing does not reveal them.
     stored = user.password_hash if user else _DUMMY_HASH
     if not _password_hash.verify(password, stored) or user is None or not user.active:
         raise AuthError("invalid_credentials", "wrong username or password, or user disabled")
+    if user.failed_sign_ins or user.locked_until is not None:
+        user.failed_sign_ins, user.locked_until = 0, None
+    return _new_token(session, user, now)
+
+
+def record_failed_sign_in(session: Session, username: str, now: datetime) -> datetime | None:
+    """Count a wrong password for ``username`` (nothing for an unknown name); on the
+    ``MAX_FAILED_SIGN_INS``-th in a row, lock sign-in for ``SIGN_IN_LOCKOUT`` and return
+    until when."""
+    user = session.scalar(select(User).where(User.username == username).with_for_update())
+    if user is None:
+        return None
+    user.failed_sign_ins += 1
+    if user.failed_sign_ins < MAX_FAILED_SIGN_INS:
+        return None
+    user.failed_sign_ins = 0
+    user.locked_until = now + SIGN_IN_LOCKOUT
+    return user.locked_until
+
+
+def _new_token(session: Session, user: User, now: datetime) -> TokenOut:
     token = secrets.token_urlsafe(32)
     expires_at = now + TOKEN_LIFETIME
     session.add(
@@ -290,13 +363,13 @@ class Auth:
         self._session_factory = (
             make_read_only_session_factory(bind) if isinstance(bind, Engine) else session_factory
         )
-        self._bearer = HTTPBearer(auto_error=False)
+        self.bearer = HTTPBearer(auto_error=False)
 
     def require(self, *roles: Role | str) -> Any:
         """A dependency (``Depends(auth.require(Role.CLERK))``) giving the Principal;
         401 without a valid token, 403 when the role is not one of ``roles``."""
         allowed = {Role(r) for r in roles}
-        bearer = self._bearer
+        bearer = self.bearer
 
         def dependency(
             credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
@@ -329,6 +402,8 @@ _ERROR_STATUS = {
     "user_not_found": status.HTTP_404_NOT_FOUND,
     "last_admin": status.HTTP_409_CONFLICT,
     "cannot_disable_self": status.HTTP_409_CONFLICT,
+    "wrong_password": status.HTTP_403_FORBIDDEN,
+    "password_unchanged": 422,
 }
 
 
@@ -336,7 +411,8 @@ def make_router(
     session_factory: sessionmaker[Session], auth: Auth, audit: AuditLog | None = None
 ) -> APIRouter:
     """The sign-in and user management routes; every change to a user is audited
-    (``user.create``, ``user.role_change``, ``user.disable``, ``user.enable``)."""
+    (``user.create``, ``user.role_change``, ``user.disable``, ``user.enable``,
+    ``user.password_reset``, ``user.password_change``, ``user.sign_in_locked``)."""
     router = APIRouter(prefix="/api/auth", tags=["auth"])
     audit_log = audit or AuditLog()
 
@@ -350,12 +426,65 @@ def make_router(
         password: Annotated[str, Form()],
         session: Annotated[Session, Depends(db)],
     ) -> TokenOut:
-        """Exchange a username and password (form fields) for a bearer token."""
+        """Exchange a username and password (form fields) for a bearer token.
+
+        401 ``invalid_credentials``; after ``MAX_FAILED_SIGN_INS`` wrong passwords in a
+        row, 429 ``sign_in_locked`` for ``SIGN_IN_LOCKOUT`` (audited ``user.sign_in_locked``).
+        """
+        now = datetime.now(UTC)
         try:
             with session.begin():
-                return issue_token(session, username, password, datetime.now(UTC))
+                return issue_token(session, username, password, now)
         except AuthError as exc:
+            if exc.code == "sign_in_locked":
+                raise _http_error(status.HTTP_429_TOO_MANY_REQUESTS, exc.code, str(exc)) from None
+            with session.begin():
+                locked_until = record_failed_sign_in(session, username, now)
+                if locked_until is not None:
+                    audit_log.record(
+                        session,
+                        actor=username,
+                        action="user.sign_in_locked",
+                        subject=f"user:{username}",
+                        detail={"until": locked_until.isoformat()},
+                    )
             raise _http_error(status.HTTP_401_UNAUTHORIZED, exc.code, str(exc)) from None
+
+    @router.post("/sign-out", status_code=status.HTTP_204_NO_CONTENT)
+    def sign_out(
+        session: Annotated[Session, Depends(db)],
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(auth.bearer)],
+        _: Principal = auth.require(*Role),
+    ) -> None:
+        """Revoke the token this request carries."""
+        assert credentials is not None  # auth.require answered 401 otherwise
+        with session.begin():
+            session.execute(
+                update(AccessToken)
+                .where(AccessToken.token_sha256 == _digest(credentials.credentials))
+                .values(revoked=True)
+            )
+
+    @router.post("/password", response_model=TokenOut)
+    def change_password(
+        body: PasswordChange,
+        session: Annotated[Session, Depends(db)],
+        principal: Principal = auth.require(*Role),
+    ) -> TokenOut:
+        """Change your own password (the current one proves it is you). Every token of
+        yours is revoked; the answer carries a new one. Audited ``user.password_change``."""
+        try:
+            with session.begin():
+                token = change_own_password(session, principal.username, body, datetime.now(UTC))
+                audit_log.record(
+                    session,
+                    actor=principal.username,
+                    action="user.password_change",
+                    subject=f"user:{principal.username}",
+                )
+                return token
+        except AuthError as exc:
+            raise _http_error(_ERROR_STATUS[exc.code], exc.code, str(exc)) from None
 
     @router.get("/me")
     def me(principal: Principal = auth.require(*Role)) -> dict[str, Any]:
@@ -444,5 +573,28 @@ def make_router(
     ) -> Any:
         """Enable the user again; they sign in anew (their old tokens stay revoked)."""
         return activation(username, session, principal.username, active=True)
+
+    @router.post("/users/{username}/password", response_model=UserOut)
+    def reset_password(
+        username: str,
+        body: PasswordReset,
+        session: Annotated[Session, Depends(db)],
+        principal: Principal = auth.require(Role.ADMIN),
+    ) -> Any:
+        """Give the user a new password (they forgot theirs, or it leaked): their tokens
+        are revoked and a sign-in lockout lifted; a disabled user stays disabled.
+        Audited ``user.password_reset`` (never the password)."""
+        try:
+            with session.begin():
+                user = set_password(session, username, body.new_password, datetime.now(UTC))
+                audit_log.record(
+                    session,
+                    actor=principal.username,
+                    action="user.password_reset",
+                    subject=f"user:{username}",
+                )
+                return user
+        except AuthError as exc:
+            raise _http_error(_ERROR_STATUS[exc.code], exc.code, str(exc)) from None
 
     return router

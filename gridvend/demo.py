@@ -129,7 +129,8 @@ def _reset_demo_admin(session_factory: sessionmaker[Session]) -> str:
             create_user(session, NewUser(username=DEMO_ADMIN, role=Role.ADMIN, password=password))
             action = "user.create"
         else:
-            set_password(session, DEMO_ADMIN, password)
+            set_password(session, DEMO_ADMIN, password, datetime.now(UTC))
+            user.active = True  # whatever happened to it in an earlier demo run
             action = "user.password_reset"
         AuditLog().record(
             session,
