@@ -213,7 +213,13 @@ def app_factory() -> Any:
         KeyStore(KeyEncryptionKey.from_base64(kek_b64)), make_read_only_session_factory(engine)
     )
     app.include_router(
-        make_router(factory, require=auth.require, security_module=module, audit=AuditLog())
+        make_router(
+            factory,
+            require=auth.require,
+            require_later=auth.require_later,
+            security_module=module,
+            audit=AuditLog(),
+        )
     )
     return app
 

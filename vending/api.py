@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from functools import partial
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, status
@@ -322,11 +323,36 @@ def body(model: type[T]) -> Any:
     """A dependency giving the request's JSON body as ``model``, or a coded 422."""
 
     async def dependency(request: Request) -> T:
-        try:
-            data = json.loads(await request.body(), parse_float=Decimal)
-        except ValueError:
-            raise http_refusal(VendingError("invalid_json", "the body is not JSON")) from None
-        return _parse(model, data)
+        return _parse_json(model, await request.body())
+
+    return Depends(dependency)
+
+
+async def _raw_body(request: Request) -> bytes:
+    return await request.body()
+
+
+def _parse_json(model: type[T], raw: bytes) -> T:
+    try:
+        data = json.loads(raw, parse_float=Decimal)
+    except ValueError:
+        raise http_refusal(VendingError("invalid_json", "the body is not JSON")) from None
+    return _parse(model, data)
+
+
+def _checked_now(require: Callable[..., Any], *roles: str) -> Any:
+    """``require(*roles)`` shaped as ``Auth.require_later``'s caller check (for a router
+    given no ``require_later``): the caller was checked before the route ran."""
+
+    @dataclass(frozen=True, slots=True)
+    class Checked:
+        caller: Any
+
+        def principal(self) -> Any:
+            return self.caller
+
+    def dependency(principal: Any = require(*roles)) -> Checked:
+        return Checked(principal)
 
     return Depends(dependency)
 
@@ -591,9 +617,12 @@ def make_router(
     config: CounterConfig = CounterConfig(),
     grading_policy: GradingPolicy | None = None,
     token_acceptance: AcceptanceCheck | None = None,
+    require_later: Callable[..., Any] | None = None,
 ) -> APIRouter:
     """The counter routes; ``require(*roles)`` is the caller-check dependency giving a
-    principal with ``username``, ``user_id`` and ``role``. ``token_acceptance(session,
+    principal with ``username``, ``user_id`` and ``role``; ``require_later(*roles)``
+    (``gridvend.auth.Auth.require_later``), when given, checks the vend's caller in the
+    vend's own worker thread instead. ``token_acceptance(session,
     meter_id, tid)`` tells reversals whether the head-end saw the meter accept a token."""
     router = APIRouter(prefix=PREFIX, tags=["vending"])
 
@@ -1057,13 +1086,15 @@ def make_router(
                 ]
             }
 
+    vend_caller = (require_later or partial(_checked_now, require))(*CLERKS)
+
     @router.post("/vends", status_code=status.HTTP_201_CREATED)
-    def sell(
-        principal: Any = require(*CLERKS),
-        request: VendBody = body(VendBody),
-    ) -> JSONResponse:
+    def sell(caller: Any = vend_caller, raw: bytes = Depends(_raw_body)) -> JSONResponse:
         """Vend at the counter (see ``counter_vend``). A retry with the same reference
         answers 200 with the vend already made."""
+        # The caller first: a request with a bad token learns nothing about its body.
+        principal = caller.principal()
+        request = _parse_json(VendBody, raw)
         try:
             with session_factory() as session:
                 numbers = meters_to_quote(session, request.meter_number, request.account_number)
