@@ -41,12 +41,14 @@ from vending.accounts import (
     save_tariff,
 )
 from vending.counter import (
+    LockedAccount,
     PaymentMethod,
     Quote,
     VendLimits,
     VendRequest,
     lock_for_vend,
     lookup,
+    made_in,
     vend,
 )
 from vending.customer_grades import grade_of_customer
@@ -71,10 +73,10 @@ from vending.reversals import (
     AcceptanceCheck,
     account_state,
     get_vend,
+    insert_snapshot,
     record_token_accepted,
     reprint,
     reverse_vend,
-    save_snapshot,
 )
 from vending.security_module import SecurityModule
 from vending.shifts import (
@@ -562,14 +564,17 @@ def counter_vend(
         shift = current_shift(session, clerk)
         if shift is None:
             raise VendingError("no_open_shift", f"{clerk} has no open shift: open one first")
-        earlier = session.scalar(_COUNTER_VEND_ID, {"counter_reference": scoped})
-        before = None
-        locked = None
-        if earlier is None:
+        try:
             # Locked once here (the snapshot needs the account as it was) and handed to
-            # the vend, which would otherwise look the meter and account up again.
-            locked = lock_for_vend(session, meter_number)
-            before = account_state(locked.account)
+            # the vend, which would otherwise look the meter and account up again; the
+            # vend looks for an earlier one with this reference under the lock.
+            locked: LockedAccount | None = lock_for_vend(session, meter_number)
+        except VendingError:
+            # A retry whose meter can no longer be sold credit still gets its vend.
+            if session.scalar(_COUNTER_VEND_ID, {"counter_reference": scoped}) is None:
+                raise
+            locked = None
+        before = None if locked is None else account_state(locked.account)
         # The time of sale is read once the account is locked: a request that waited for
         # the lock must not carry a time before the purchase it waited for.
         now = clock()
@@ -591,7 +596,10 @@ def counter_vend(
             limits=limits,
             locked=locked,
         )
-        made_now = before is not None and save_snapshot(session, record, before)
+        made_now = made_in(session, record)
+        if made_now:
+            assert before is not None  # a vend is made only with the account locked
+            insert_snapshot(session, record, before)
         receipt = build_receipt(
             session, record, utility=utility_name, meter=locked.meter if locked else None
         )
