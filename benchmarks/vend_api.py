@@ -7,15 +7,18 @@ server at postgresql+psycopg://postgres@127.0.0.1:5432/test when it answers, in 
 of its own dropped afterwards) it sets up a utility (vending key, tariff, vending point,
 ``--meters`` token meters on their own accounts, one clerk per concurrent client, each on
 an open shift), starts uvicorn on loopback in a child process with the counter router and
-gridvend.auth's router, and sends ``--vends`` POST /api/vending/vends from an httpx client
-with C requests in flight. Every vend is the full path: bearer-token check, shift check,
-account lock, pricing, TID allocation, STS token, audit entry, commit. The meters are
-spread over the clients, so concurrent vends also hit the same meters. Prints a table of
-vends/s, latency percentiles and the server's CPU per vend (user + system time of the
-uvicorn process and its workers, from /proc: steadier than wall-clock rates on a shared
-machine); checks that every answer was 201 and no TID repeats. ``--workers N`` runs N
-uvicorn worker processes; ``--points N`` spreads the clerks over N vending points (with
-one, every vend takes cash for the same point and waits for its row lock).
+gridvend.auth's router (uvloop and httptools; ``--plain-server``: asyncio's loop and h11),
+and sends ``--vends`` POST /api/vending/vends with C requests in flight, one keep-alive
+connection per clerk (``--client aiohttp``, the default, or ``httpx``, which costs the
+load generator about twice the CPU on the same two cores). Every vend is the full path:
+bearer-token check, shift check, account lock, pricing, TID allocation, STS token, audit
+entry, commit. The meters are spread over the clients, so concurrent vends also hit the
+same meters. Prints a table of vends/s, latency percentiles, the server's CPU per vend
+(user + system time of the uvicorn process and its workers, from /proc: steadier than
+wall-clock rates on a shared machine) and the load generator's (this process's) CPU per
+vend; checks that every answer was 201 and no TID repeats. ``--workers N`` runs N uvicorn
+worker processes; ``--points N`` spreads the clerks over N vending points (with one,
+every vend takes cash for the same point and waits for its row lock).
 
 ``--in-process N`` measures the vend transaction alone instead (N vends through
 ``vending.api.counter_vend``, one thread, no HTTP): SQL statements and CPU per vend.
@@ -42,6 +45,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
@@ -213,7 +217,13 @@ def app_factory() -> Any:
         KeyStore(KeyEncryptionKey.from_base64(kek_b64)), make_read_only_session_factory(engine)
     )
     app.include_router(
-        make_router(factory, require=auth.require, security_module=module, audit=AuditLog())
+        make_router(
+            factory,
+            require=auth.require,
+            require_later=auth.require_later,
+            security_module=module,
+            audit=AuditLog(),
+        )
     )
     return app
 
@@ -283,7 +293,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _drive(base: str, setup: Setup, vends: int, concurrency: int) -> dict[str, Any]:
+class _Answer:
+    """What the load generator keeps of an answer."""
+
+    __slots__ = ("body", "status")
+
+    def __init__(self, status: int, body: Any) -> None:
+        self.status = status
+        self.body = body
+
+
+async def _drive(
+    base: str, setup: Setup, vends: int, concurrency: int, client: str = "aiohttp"
+) -> dict[str, Any]:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     errors: dict[str, int] = {}
@@ -294,37 +316,61 @@ async def _drive(base: str, setup: Setup, vends: int, concurrency: int) -> dict[
         queue.put_nowait(i)
     run = uuid.uuid4().hex[:6]
 
-    async def client(worker: int) -> None:
+    async def clerk(worker: int, post: Any) -> None:
         nonlocal duplicate_tids
         headers = {"Authorization": f"Bearer {setup.tokens[worker]}"}
+        while True:
+            try:
+                i = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            meter = setup.meters[i % len(setup.meters)]
+            body = {
+                "meter_number": meter,
+                "amount": f"{50 + i % 50}.00",
+                "reference": f"{run}-{i}",
+            }
+            started = time.perf_counter()
+            answer = await post(body, headers)
+            latencies.append(time.perf_counter() - started)
+            statuses[answer.status] = statuses.get(answer.status, 0) + 1
+            if answer.status >= 400:
+                code = answer.body["detail"].get("code", "?")
+                errors[code] = errors.get(code, 0) + 1
+            if answer.status == 201:
+                tid = answer.body["tid"]
+                seen = tids.setdefault(meter, set())
+                duplicate_tids += tid in seen
+                seen.add(tid)
+
+    async def httpx_clerk(worker: int) -> None:
         limits = httpx.Limits(max_connections=1)
         async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as http:
-            while True:
-                try:
-                    i = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                meter = setup.meters[i % len(setup.meters)]
-                body = {
-                    "meter_number": meter,
-                    "amount": f"{50 + i % 50}.00",
-                    "reference": f"{run}-{i}",
-                }
-                started = time.perf_counter()
-                answer = await http.post("/api/vending/vends", json=body, headers=headers)
-                latencies.append(time.perf_counter() - started)
-                statuses[answer.status_code] = statuses.get(answer.status_code, 0) + 1
-                if answer.status_code >= 400:
-                    code = answer.json()["detail"].get("code", "?")
-                    errors[code] = errors.get(code, 0) + 1
-                if answer.status_code == 201:
-                    tid = answer.json()["tid"]
-                    seen = tids.setdefault(meter, set())
-                    duplicate_tids += tid in seen
-                    seen.add(tid)
 
+            async def post(body: dict[str, str], headers: dict[str, str]) -> _Answer:
+                answer = await http.post("/api/vending/vends", json=body, headers=headers)
+                return _Answer(answer.status_code, answer.json())
+
+            await clerk(worker, post)
+
+    async def aiohttp_clerk(worker: int) -> None:
+        # One keep-alive connection a clerk, as with httpx; aiohttp's C parser makes the
+        # client cheaper, leaving more of the two cores to the server.
+        connector = aiohttp.TCPConnector(limit=1)
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(base, connector=connector, timeout=timeout) as http:
+
+            async def post(body: dict[str, str], headers: dict[str, str]) -> _Answer:
+                async with http.post("/api/vending/vends", json=body, headers=headers) as r:
+                    return _Answer(r.status, await r.json())
+
+            await clerk(worker, post)
+
+    one = aiohttp_clerk if client == "aiohttp" else httpx_clerk
     started = time.perf_counter()
-    await asyncio.gather(*(client(w) for w in range(concurrency)))
+    cpu = time.process_time()
+    await asyncio.gather(*(one(w) for w in range(concurrency)))
+    cpu = time.process_time() - cpu
     elapsed = time.perf_counter() - started
     latencies.sort()
     return {
@@ -333,6 +379,7 @@ async def _drive(base: str, setup: Setup, vends: int, concurrency: int) -> dict[
         "rate": vends / elapsed,
         "p50": statistics.median(latencies) * 1000,
         "p95": latencies[int(len(latencies) * 0.95) - 1] * 1000,
+        "client_cpu_ms": cpu / vends * 1000,
         "statuses": statuses,
         "errors": errors,
         "duplicate_tids": duplicate_tids,
@@ -368,6 +415,8 @@ def bench(name: str, url: str, args: argparse.Namespace) -> list[dict[str, Any]]
             f"--workers={args.workers}",
             "--log-level=error",
             "--no-access-log",
+            # uvicorn[standard]'s uvloop and httptools unless asked for the pure-Python pair.
+            *(["--loop=asyncio", "--http=h11"] if args.plain_server else []),
         ],
         cwd=root,
         env={
@@ -381,10 +430,11 @@ def bench(name: str, url: str, args: argparse.Namespace) -> list[dict[str, Any]]
     try:
         _wait_listening(port, child)
         base = f"http://127.0.0.1:{port}"
-        asyncio.run(_drive(base, setup, min(200, args.vends), max(args.concurrency)))  # warm-up
+        warm_up = _drive(base, setup, min(200, args.vends), max(args.concurrency), args.client)
+        asyncio.run(warm_up)
         for concurrency in args.concurrency:
             cpu = _server_cpu_s(child.pid)
-            result = asyncio.run(_drive(base, setup, args.vends, concurrency))
+            result = asyncio.run(_drive(base, setup, args.vends, concurrency, args.client))
             result["server_cpu_ms"] = (_server_cpu_s(child.pid) - cpu) / args.vends * 1000
             rows.append(
                 {"database": name, "workers": args.workers, "concurrency": concurrency, **result}
@@ -393,6 +443,7 @@ def bench(name: str, url: str, args: argparse.Namespace) -> list[dict[str, Any]]
                 f"  {name:<10} c={concurrency:<3} {result['rate']:7.0f} vends/s "
                 f"(p50 {result['p50']:.1f} ms, p95 {result['p95']:.1f} ms, "
                 f"server CPU {result['server_cpu_ms']:.1f} ms/vend, "
+                f"client CPU {result['client_cpu_ms']:.1f} ms/vend, "
                 f"answers {result['statuses']} {result['errors'] or ''}, "
                 f"duplicate TIDs {result['duplicate_tids']})",
                 flush=True,
@@ -430,6 +481,17 @@ def main() -> None:
         default=1,
         help="vending points the clerks are spread over (1: every clerk at one counter)",
     )
+    parser.add_argument(
+        "--client",
+        choices=("aiohttp", "httpx"),
+        default="aiohttp",
+        help="the load generator's HTTP client (httpx: the CPU-heavier one used before)",
+    )
+    parser.add_argument(
+        "--plain-server",
+        action="store_true",
+        help="run uvicorn on asyncio's loop and h11 instead of uvloop and httptools",
+    )
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--skip-sqlite", action="store_true")
     parser.add_argument(
@@ -444,7 +506,8 @@ def main() -> None:
         return
     print(
         f"vends through the REST API: {args.vends} per run, {args.meters} meters, "
-        f"{args.points} vending point(s), Python {platform.python_version()}, "
+        f"{args.points} vending point(s), {args.client} client, "
+        f"Python {platform.python_version()}, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
     )
     rows: list[dict[str, Any]] = []
@@ -469,14 +532,15 @@ def main() -> None:
     print()
     print(
         "| database | server workers | concurrent clients | vends | seconds | vends/s "
-        "| p50 ms | p95 ms | server CPU ms/vend |"
+        "| p50 ms | p95 ms | server CPU ms/vend | client CPU ms/vend |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['database']} | {r['workers']} | {r['concurrency']} | {r['vends']} "
             f"| {r['seconds']:.1f} "
-            f"| {r['rate']:.0f} | {r['p50']:.1f} | {r['p95']:.1f} | {r['server_cpu_ms']:.1f} |"
+            f"| {r['rate']:.0f} | {r['p50']:.1f} | {r['p95']:.1f} | {r['server_cpu_ms']:.1f} "
+            f"| {r['client_cpu_ms']:.1f} |"
         )
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 

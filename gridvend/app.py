@@ -96,6 +96,7 @@ def create_app(
         make_vending_router(
             session_factory,
             require=auth.require,
+            require_later=auth.require_later,
             security_module=security_module,
             audit=audit,
             config=counter,

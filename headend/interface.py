@@ -10,6 +10,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
@@ -63,26 +64,44 @@ def find_meter(
     """The meter with this STS meter number (DRN or PAN, as typed) or id, or None.
 
     ``fresh`` reads the row again even if the session holds it (what another transaction
-    committed since, e.g. a key change completed while this one waited for a lock).
+    committed since, e.g. a key change completed while this one waited for a lock); the
+    meter object the session may hold is left as it was.
 
     Raises ValueError for a meter number that cannot be one (wrong length, bad check
     digit, unknown IIN).
     """
     if meter_number is not None:
-        meter = session.scalar(_BY_NUMBER, {"number": normalise_meter_number(meter_number)})
-    elif meter_id is not None:
-        # By primary key: a meter the session already holds costs no query (a select
-        # would return that same object anyway).
-        meter = session.get(Meter, meter_id, populate_existing=fresh)
-    else:
+        number = normalise_meter_number(meter_number)
+        return _summary(session.execute(_BY_NUMBER, {"number": number}).first())
+    if meter_id is None:
         raise ValueError("give a meter_number or a meter_id")
-    if meter is None:
-        return None
-    return summarise_meter(meter)
+    if fresh:
+        return _summary(session.execute(_BY_ID, {"summary_meter_id": meter_id}).first())
+    # By primary key: a meter the session already holds costs no query (a select would
+    # return that same object anyway).
+    meter = session.get(Meter, meter_id)
+    return None if meter is None else summarise_meter(meter)
 
 
-# Built once: every vend looks its meter up by number.
-_BY_NUMBER = select(Meter).where(Meter.meter_number == bindparam("number"))
+# Built once, and the summary's columns only (no Meter object loaded): every vend looks
+# its meter up by number, and again (fresh) once its key change row is locked.
+_SUMMARY_COLUMNS = (
+    Meter.id,
+    Meter.serial,
+    Meter.meter_number,
+    Meter.prepaid_mode,
+    Meter.lifecycle,
+    Meter.supply_group_code,
+    Meter.tariff_index,
+    Meter.key_revision,
+)
+_BY_NUMBER = select(*_SUMMARY_COLUMNS).where(Meter.meter_number == bindparam("number"))
+_BY_ID = select(*_SUMMARY_COLUMNS).where(Meter.id == bindparam("summary_meter_id"))
+
+
+def _summary(row: Any) -> MeterSummary | None:
+    # The row's columns are the summary's fields, in order.
+    return None if row is None else MeterSummary(*row)
 
 
 def summarise_meter(meter: Meter) -> MeterSummary:

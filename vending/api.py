@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from functools import partial
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, status
@@ -40,12 +41,14 @@ from vending.accounts import (
     save_tariff,
 )
 from vending.counter import (
+    LockedAccount,
     PaymentMethod,
     Quote,
     VendLimits,
     VendRequest,
     lock_for_vend,
     lookup,
+    made_in,
     vend,
 )
 from vending.customer_grades import grade_of_customer
@@ -70,10 +73,10 @@ from vending.reversals import (
     AcceptanceCheck,
     account_state,
     get_vend,
+    insert_snapshot,
     record_token_accepted,
     reprint,
     reverse_vend,
-    save_snapshot,
 )
 from vending.security_module import SecurityModule
 from vending.shifts import (
@@ -322,11 +325,36 @@ def body(model: type[T]) -> Any:
     """A dependency giving the request's JSON body as ``model``, or a coded 422."""
 
     async def dependency(request: Request) -> T:
-        try:
-            data = json.loads(await request.body(), parse_float=Decimal)
-        except ValueError:
-            raise http_refusal(VendingError("invalid_json", "the body is not JSON")) from None
-        return _parse(model, data)
+        return _parse_json(model, await request.body())
+
+    return Depends(dependency)
+
+
+async def _raw_body(request: Request) -> bytes:
+    return await request.body()
+
+
+def _parse_json(model: type[T], raw: bytes) -> T:
+    try:
+        data = json.loads(raw, parse_float=Decimal)
+    except ValueError:
+        raise http_refusal(VendingError("invalid_json", "the body is not JSON")) from None
+    return _parse(model, data)
+
+
+def _checked_now(require: Callable[..., Any], *roles: str) -> Any:
+    """``require(*roles)`` shaped as ``Auth.require_later``'s caller check (for a router
+    given no ``require_later``): the caller was checked before the route ran."""
+
+    @dataclass(frozen=True, slots=True)
+    class Checked:
+        caller: Any
+
+        def principal(self) -> Any:
+            return self.caller
+
+    def dependency(principal: Any = require(*roles)) -> Checked:
+        return Checked(principal)
 
     return Depends(dependency)
 
@@ -536,14 +564,17 @@ def counter_vend(
         shift = current_shift(session, clerk)
         if shift is None:
             raise VendingError("no_open_shift", f"{clerk} has no open shift: open one first")
-        earlier = session.scalar(_COUNTER_VEND_ID, {"counter_reference": scoped})
-        before = None
-        locked = None
-        if earlier is None:
+        try:
             # Locked once here (the snapshot needs the account as it was) and handed to
-            # the vend, which would otherwise look the meter and account up again.
-            locked = lock_for_vend(session, meter_number)
-            before = account_state(locked.account)
+            # the vend, which would otherwise look the meter and account up again; the
+            # vend looks for an earlier one with this reference under the lock.
+            locked: LockedAccount | None = lock_for_vend(session, meter_number)
+        except VendingError:
+            # A retry whose meter can no longer be sold credit still gets its vend.
+            if session.scalar(_COUNTER_VEND_ID, {"counter_reference": scoped}) is None:
+                raise
+            locked = None
+        before = None if locked is None else account_state(locked.account)
         # The time of sale is read once the account is locked: a request that waited for
         # the lock must not carry a time before the purchase it waited for.
         now = clock()
@@ -565,7 +596,10 @@ def counter_vend(
             limits=limits,
             locked=locked,
         )
-        made_now = before is not None and save_snapshot(session, record, before)
+        made_now = made_in(session, record)
+        if made_now:
+            assert before is not None  # a vend is made only with the account locked
+            insert_snapshot(session, record, before)
         receipt = build_receipt(
             session, record, utility=utility_name, meter=locked.meter if locked else None
         )
@@ -591,9 +625,12 @@ def make_router(
     config: CounterConfig = CounterConfig(),
     grading_policy: GradingPolicy | None = None,
     token_acceptance: AcceptanceCheck | None = None,
+    require_later: Callable[..., Any] | None = None,
 ) -> APIRouter:
     """The counter routes; ``require(*roles)`` is the caller-check dependency giving a
-    principal with ``username``, ``user_id`` and ``role``. ``token_acceptance(session,
+    principal with ``username``, ``user_id`` and ``role``; ``require_later(*roles)``
+    (``gridvend.auth.Auth.require_later``), when given, checks the vend's caller in the
+    vend's own worker thread instead. ``token_acceptance(session,
     meter_id, tid)`` tells reversals whether the head-end saw the meter accept a token."""
     router = APIRouter(prefix=PREFIX, tags=["vending"])
 
@@ -1057,13 +1094,15 @@ def make_router(
                 ]
             }
 
+    vend_caller = (require_later or partial(_checked_now, require))(*CLERKS)
+
     @router.post("/vends", status_code=status.HTTP_201_CREATED)
-    def sell(
-        principal: Any = require(*CLERKS),
-        request: VendBody = body(VendBody),
-    ) -> JSONResponse:
+    def sell(caller: Any = vend_caller, raw: bytes = Depends(_raw_body)) -> JSONResponse:
         """Vend at the counter (see ``counter_vend``). A retry with the same reference
         answers 200 with the vend already made."""
+        # The caller first: a request with a bad token learns nothing about its body.
+        principal = caller.principal()
+        request = _parse_json(VendBody, raw)
         try:
             with session_factory() as session:
                 numbers = meters_to_quote(session, request.meter_number, request.account_number)

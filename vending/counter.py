@@ -273,7 +273,17 @@ def _insert_vend(session: Session, values: dict[str, Any], receipt_prefix: str) 
     # As though loaded from the row just written.
     make_transient_to_detached(record)
     session.add(record)
+    session.info.setdefault(_MADE_HERE, set()).add(vend_id)
     return record
+
+
+_MADE_HERE = "gridvend_vends_made"
+
+
+def made_in(session: Session, record: Vend) -> bool:
+    """Whether ``record`` was inserted through ``session`` (not an earlier request's vend
+    that ``vend`` answered for a repeated reference)."""
+    return record.id in session.info.get(_MADE_HERE, ())
 
 
 def _take_cash(session: Session, point: _Point, amount_minor: int) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from headend.audit import AuditSink
@@ -196,12 +196,28 @@ def pending_key_change(
     session: Session, meter_id: int, *, lock: bool = False
 ) -> KeyChangeRecord | None:
     """The meter's pending key change, if any (``lock``: locked until commit)."""
-    query = select(KeyChangeRecord).where(
-        KeyChangeRecord.meter_id == meter_id, KeyChangeRecord.status == KEY_CHANGE_PENDING
+    if not lock:
+        return session.scalar(
+            select(KeyChangeRecord).where(
+                KeyChangeRecord.meter_id == meter_id, KeyChangeRecord.status == KEY_CHANGE_PENDING
+            )
+        )
+    # Every token vend asks this, and almost always there is none: the id alone (the row
+    # locked), the record loaded only when there is one.
+    found = session.scalar(_LOCK_PENDING_ID, {"pending_meter_id": meter_id})
+    if found is None:
+        return None
+    return session.get(KeyChangeRecord, found, populate_existing=True)
+
+
+_LOCK_PENDING_ID = (
+    select(KeyChangeRecord.id)
+    .where(
+        KeyChangeRecord.meter_id == bindparam("pending_meter_id"),
+        KeyChangeRecord.status == KEY_CHANGE_PENDING,
     )
-    if lock:
-        query = query.with_for_update().execution_options(populate_existing=True)
-    return session.scalar(query)
+    .with_for_update()
+)
 
 
 def hand_out_with_vend(

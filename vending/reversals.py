@@ -68,14 +68,20 @@ def _restore(account: Account, state: dict[str, Any]) -> None:
 def save_snapshot(session: Session, vend: Vend, state: dict[str, Any]) -> bool:
     """Keep the account's state before ``vend``; False when it is already kept (the vend
     was made by an earlier request with the same reference)."""
-    # Core statements: this runs in every counter vend, after the vend's own Core writes.
     connection = session.connection()
     if connection.execute(_SNAPSHOT_EXISTS, {"snapshot_vend_id": vend.id}).first() is not None:
         return False
-    connection.execute(
+    insert_snapshot(session, vend, state)
+    return True
+
+
+def insert_snapshot(session: Session, vend: Vend, state: dict[str, Any]) -> None:
+    """Keep the account's state before ``vend``, a vend this transaction has just made
+    (so no snapshot can exist yet: no look first)."""
+    # A Core statement: this runs in every counter vend, after the vend's own Core writes.
+    session.connection().execute(
         insert(_snapshots), {"vend_id": vend.id, "account_id": vend.account_id, "state": state}
     )
-    return True
 
 
 _snapshots = cast(Table, VendAccountSnapshot.__table__)

@@ -241,6 +241,7 @@ def build_app(
         make_router(
             session_factory,
             require=auth.require,
+            require_later=auth.require_later,
             security_module=security_module,
             audit=AuditLog(),
             clock=clock,

@@ -7,8 +7,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from gridvend.auth import AccessToken
 from meter_sim.fleet import sts_meter_pan
 from tests.conftest import bearer_headers
 from tests.vending.counter_world import World, make_world
@@ -114,6 +116,25 @@ def test_a_request_without_a_token_is_refused(world: World) -> None:
     answer = world.client.post("/api/vending/vends", json={"amount": "5"})
     assert answer.status_code == 401
     assert answer.json()["detail"]["code"] == "not_authenticated"
+
+
+def test_a_bad_token_is_refused_before_the_body_is_read(world: World) -> None:
+    before = world.counts()
+    headers = {"Authorization": "Bearer not-a-token"}
+    for body in ({"content": b"{not json"}, {"json": {"amount": "abc"}}):
+        answer = world.client.post("/api/vending/vends", headers=headers, **body)
+        _refused(world, answer, 401, "invalid_token", before)
+
+
+def test_a_revoked_token_is_refused_on_its_next_vend(world: World) -> None:
+    assert world.vend("50.00").status_code == 201
+    with world.session_factory() as session, session.begin():
+        session.execute(update(AccessToken).values(revoked=True))
+    before = world.counts()
+    answer = world.post(
+        "/vends", "clerk", {"meter_number": world.meters[0], "amount": "50", "reference": "y"}
+    )
+    _refused(world, answer, 401, "invalid_token", before)
 
 
 def test_a_body_that_is_not_json_or_has_unknown_fields_is_refused(world: World) -> None:
