@@ -53,6 +53,7 @@ import paho.mqtt.client as paho_mqtt
 from sqlalchemy import Engine, text
 
 from gridvend.broker import BrokerEndpoint, provide_broker
+from gridvend.collector import tune_for_service
 from gridvend.db import make_engine, make_session_factory, upgrade
 from headend.connectors.mqtt import MqttIngestWorker
 from headend.ingest import InboundMessage, Ingestor, IngestStats
@@ -266,8 +267,11 @@ def _run_worker(
     stop: Any,
     stored: Any,
     results: Any,
+    tune_gc: bool,
 ) -> None:
     """Child process: one head-end worker on the shared subscription until ``stop``."""
+    if tune_gc:
+        tune_for_service()  # as `gridvend serve` does
     asyncio.run(_worker_main(url, broker, prefix, share_group, ready, go, stop, stored, results))
 
 
@@ -320,6 +324,7 @@ async def bench_workers(
     workers: int,
     meters: int,
     intervals: int,
+    tune_gc: bool,
 ) -> Result:
     prefix = f"bench-{uuid.uuid4().hex[:8]}/"
     scheme = TopicScheme(prefix=prefix)
@@ -334,7 +339,10 @@ async def bench_workers(
         children = [
             ctx.Process(
                 target=_run_worker,
-                args=(url, broker, prefix, prefix.strip("/"), ready, go, stop, stored, results),
+                args=(
+                    *(url, broker, prefix, prefix.strip("/")),
+                    *(ready, go, stop, stored, results, tune_gc),
+                ),
                 daemon=True,
             )
             for _ in range(workers)
@@ -380,9 +388,14 @@ def main() -> None:
         "--workers", type=int, nargs="*", default=[], help="also N worker processes, shared"
     )
     parser.add_argument(
+        "--default-gc", action="store_true", help="keep CPython's collector settings"
+    )
+    parser.add_argument(
         "--only-workers", action="store_true", help="skip the direct and one-worker cases"
     )
     args = parser.parse_args()
+    if not args.default_gc:
+        tune_for_service()  # as `gridvend serve` does
 
     results: list[Result] = []
     databases = ["sqlite"] if args.no_postgres else ["sqlite", "postgresql"]
@@ -404,7 +417,13 @@ def main() -> None:
             for n in args.workers:
                 for kind in databases:
                     run = bench_workers(
-                        broker, kind, args.postgres_url, n, args.meters, args.intervals
+                        broker,
+                        kind,
+                        args.postgres_url,
+                        n,
+                        args.meters,
+                        args.intervals,
+                        not args.default_gc,
                     )
                     scaled.setdefault((n, kind), []).append(asyncio.run(run))
         loopback = _best(broker_runs)
