@@ -335,14 +335,12 @@ async def bench_workers(
     with _database(kind, postgres_url) as engine:
         _register(engine, meters)
         url = engine.url.render_as_string(hide_password=False)
+        group = prefix.strip("/")
         process, go = _publisher(broker, topics)
         children = [
             ctx.Process(
                 target=_run_worker,
-                args=(
-                    *(url, broker, prefix, prefix.strip("/")),
-                    *(ready, go, stop, stored, results, tune_gc),
-                ),
+                args=(url, broker, prefix, group, ready, go, stop, stored, results, tune_gc),
                 daemon=True,
             )
             for _ in range(workers)
