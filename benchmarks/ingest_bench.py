@@ -12,13 +12,20 @@ Cases, each on a fresh database:
   SQLite. Timed from the first publish to the last message stored.
 * ``broker``: the broker's own loopback rate in the same run: the same publisher, and a
   subscriber (same aiomqtt client, QoS 1, MQTT 5) that only counts messages.
+* ``mqtt xN`` (``--workers N``): the scale-out of issue 5: N head-end worker processes,
+  each an ``MqttIngestWorker`` and an ``Ingestor`` with an engine of its own, on one MQTT 5
+  shared subscription (``$share/<group>/...``), on SQLite and, when reachable, PostgreSQL.
+  Timed from the first publish to the last message stored; the CPU column is the sum of
+  the workers' CPU seconds over that time. Every reading must be stored exactly once.
 
-The ratio ``mqtt / broker`` is the target of issue 5 (at least 0.5). The machine is
-shared, so each case runs ``--rounds`` times and the best is kept; CPU seconds of this
-process are printed beside the wall time.
+The ratio ``mqtt / broker`` is the target of issue 5 (at least 0.5); the broker case is
+one subscriber process, so against ``mqtt xN`` it compares N consumers with one. The
+machine is shared, so each case runs ``--rounds`` times and the best is kept; CPU seconds
+of this process are printed beside the wall time.
 
 Usage: python benchmarks/ingest_bench.py [--meters 500] [--intervals 40] [--rounds 2]
        [--postgres-url postgresql+psycopg://postgres@127.0.0.1:5432/test | --no-postgres]
+       [--workers 2 [3 ...]] [--only-workers]
 """
 
 from __future__ import annotations
@@ -31,12 +38,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -45,9 +53,10 @@ import paho.mqtt.client as paho_mqtt
 from sqlalchemy import Engine, text
 
 from gridvend.broker import BrokerEndpoint, provide_broker
+from gridvend.collector import tune_for_service
 from gridvend.db import make_engine, make_session_factory, upgrade
 from headend.connectors.mqtt import MqttIngestWorker
-from headend.ingest import InboundMessage, Ingestor
+from headend.ingest import InboundMessage, Ingestor, IngestStats
 from headend.registry import MeterRegistration, register_meter
 from protocols.mqtt import MeterChannel, TelemetryReport, TopicScheme
 from protocols.quantities import Quantity
@@ -248,6 +257,118 @@ async def bench_mqtt(broker: BrokerEndpoint, meters: int, intervals: int) -> Res
     return Result("mqtt", "sqlite", len(topics), wall, cpu)
 
 
+def _run_worker(
+    url: str,
+    broker: BrokerEndpoint,
+    prefix: str,
+    share_group: str,
+    ready: Any,
+    go: Any,
+    stop: Any,
+    stored: Any,
+    results: Any,
+    tune_gc: bool,
+) -> None:
+    """Child process: one head-end worker on the shared subscription until ``stop``."""
+    if tune_gc:
+        tune_for_service()  # as `gridvend serve` does
+    asyncio.run(_worker_main(url, broker, prefix, share_group, ready, go, stop, stored, results))
+
+
+async def _worker_main(
+    url: str,
+    broker: BrokerEndpoint,
+    prefix: str,
+    share_group: str,
+    ready: Any,
+    go: Any,
+    stop: Any,
+    stored: Any,
+    results: Any,
+) -> None:
+    engine = make_engine(url)
+    ingestor = Ingestor(make_session_factory(engine), TopicScheme(prefix=prefix))
+
+    def ingest(messages: Sequence[InboundMessage]) -> IngestStats:
+        batch = ingestor.ingest(messages)
+        with stored.get_lock():
+            stored.value += batch.messages
+        return batch
+
+    worker = MqttIngestWorker(
+        broker.host,
+        broker.port,
+        scheme=TopicScheme(prefix=prefix),
+        ingest=ingest,
+        client_id=f"bench-{uuid.uuid4().hex[:8]}",
+        mqtt_v5=True,
+        share_group=share_group,
+    )
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.connected.wait(), 10)
+    ready.release()
+    await asyncio.to_thread(go.wait)
+    cpu = time.process_time()
+    await asyncio.to_thread(stop.wait)
+    cpu = time.process_time() - cpu
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    engine.dispose()
+    results.put((cpu, ingestor.stats.readings_stored))
+
+
+async def bench_workers(
+    broker: BrokerEndpoint,
+    kind: str,
+    postgres_url: str | None,
+    workers: int,
+    meters: int,
+    intervals: int,
+    tune_gc: bool,
+) -> Result:
+    prefix = f"bench-{uuid.uuid4().hex[:8]}/"
+    scheme = TopicScheme(prefix=prefix)
+    payloads = _payloads(meters, intervals, _start_time(intervals))
+    topics = [(scheme.meter_topic(s, MeterChannel.TELEMETRY), p) for s, p in payloads]
+    ctx = mp.get_context("spawn")
+    ready, stop, stored, results = ctx.Semaphore(0), ctx.Event(), ctx.Value("q", 0), ctx.Queue()
+    with _database(kind, postgres_url) as engine:
+        _register(engine, meters)
+        url = engine.url.render_as_string(hide_password=False)
+        group = prefix.strip("/")
+        process, go = _publisher(broker, topics)
+        children = [
+            ctx.Process(
+                target=_run_worker,
+                args=(url, broker, prefix, group, ready, go, stop, stored, results, tune_gc),
+                daemon=True,
+            )
+            for _ in range(workers)
+        ]
+        for child in children:
+            child.start()
+        for _ in children:
+            if not await asyncio.to_thread(ready.acquire, True, 60):
+                raise SystemExit(f"mqtt x{workers}/{kind}: a worker did not connect")
+        await asyncio.sleep(1.0)
+        wall = time.perf_counter()
+        go.set()
+        while stored.value < len(topics):
+            await asyncio.sleep(0.005)
+        wall = time.perf_counter() - wall
+        stop.set()
+        outcomes = [await asyncio.to_thread(results.get, True, 60) for _ in children]
+        for child in children:
+            await asyncio.to_thread(child.join, 30)
+        await asyncio.to_thread(process.join, 30)
+        with engine.connect() as connection:
+            rows = connection.execute(text("SELECT count(*) FROM readings")).scalar_one()
+    expected = len(topics) * VALUES_PER_MESSAGE
+    if sum(n for _, n in outcomes) != expected or rows != expected:
+        raise SystemExit(f"mqtt x{workers}/{kind}: stored {rows} rows of {expected} readings")
+    return Result(f"mqtt x{workers}", kind, len(topics), wall, sum(c for c, _ in outcomes))
+
+
 def _best(results: list[Result]) -> Result:
     return min(results, key=lambda r: r.wall_s)
 
@@ -261,11 +382,22 @@ def main() -> None:
         "--postgres-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test"
     )
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument(
+        "--workers", type=int, nargs="*", default=[], help="also N worker processes, shared"
+    )
+    parser.add_argument(
+        "--default-gc", action="store_true", help="keep CPython's collector settings"
+    )
+    parser.add_argument(
+        "--only-workers", action="store_true", help="skip the direct and one-worker cases"
+    )
     args = parser.parse_args()
+    if not args.default_gc:
+        tune_for_service()  # as `gridvend serve` does
 
     results: list[Result] = []
     databases = ["sqlite"] if args.no_postgres else ["sqlite", "postgresql"]
-    for kind in databases:
+    for kind in [] if args.only_workers else databases:
         runs = [
             bench_direct(kind, args.postgres_url, args.meters, args.intervals)
             for _ in range(args.rounds)
@@ -275,11 +407,28 @@ def main() -> None:
         if broker.kind != "mosquitto":
             print(f"note: no Mosquitto here, measuring the {broker.kind} broker")
         broker_runs, mqtt_runs = [], []
+        scaled: dict[tuple[int, str], list[Result]] = {}
         for _ in range(args.rounds):
             broker_runs.append(asyncio.run(bench_broker(broker, args.meters, args.intervals)))
-            mqtt_runs.append(asyncio.run(bench_mqtt(broker, args.meters, args.intervals)))
-        loopback, mqtt = _best(broker_runs), _best(mqtt_runs)
-        results += [loopback, mqtt]
+            if not args.only_workers:
+                mqtt_runs.append(asyncio.run(bench_mqtt(broker, args.meters, args.intervals)))
+            for n in args.workers:
+                for kind in databases:
+                    run = bench_workers(
+                        broker,
+                        kind,
+                        args.postgres_url,
+                        n,
+                        args.meters,
+                        args.intervals,
+                        not args.default_gc,
+                    )
+                    scaled.setdefault((n, kind), []).append(asyncio.run(run))
+        loopback = _best(broker_runs)
+        results.append(loopback)
+        if mqtt_runs:
+            results.append(_best(mqtt_runs))
+        results += [_best(runs) for runs in scaled.values()]
 
     print(
         f"{args.meters} meters x {args.intervals + 1} intervals, "
@@ -294,8 +443,10 @@ def main() -> None:
             f"{r.case:<8} {r.database:<11} {r.messages:>9} {r.wall_s:>8.2f} {r.cpu_s:>7.2f} "
             f"{r.messages_per_s:>9.0f} {r.readings_per_s:>11.0f}"
         )
-    ratio = mqtt.messages_per_s / loopback.messages_per_s
-    print(f"ratio mqtt ingestion / broker loopback: {ratio:.2f}")
+    for r in results:
+        if r.case.startswith("mqtt"):
+            ratio = r.messages_per_s / loopback.messages_per_s
+            print(f"ratio {r.case} ({r.database}) / broker loopback: {ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ PostgreSQL (each run gets its own schema); the default is a SQLite file in a tem
 
 Usage: python benchmarks/modbus_poll.py [--gateways 8] [--meters 32] [--intervals 2] [--rounds 3]
        [--tamper-per-day 0]
-       [--latency-ms 0 5] [--database-url postgresql+psycopg://...]
+       [--latency-ms 0 5] [--database-url postgresql+psycopg://...] [--default-gc]
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from rich.table import Table
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from gridvend.collector import tune_for_service
 from gridvend.db import make_engine, make_session_factory, upgrade
 from headend.connectors.modbus import (
     ENERGY_GROUP,
@@ -328,7 +329,12 @@ def main() -> None:
     )
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--write-batch", type=int, default=PollerConfig().write_batch)
+    parser.add_argument(
+        "--default-gc", action="store_true", help="keep CPython's collector settings"
+    )
     args = parser.parse_args()
+    if not args.default_gc:
+        tune_for_service()  # as `gridvend serve` does
     database = "SQLite" if args.database_url is None else "PostgreSQL"
     table = Table(
         title=f"Modbus polling: {args.gateways} gateways x {args.meters} meters, {database}"

@@ -16,6 +16,7 @@ from gridvend.balance_cli import app as balance_app
 from gridvend.balance_settings import BalanceSettingsError, engine_settings
 from gridvend.broker import BrokerError, provide_broker
 from gridvend.channel_cli import app as channel_app
+from gridvend.collector import tune_for_service
 from gridvend.db import make_engine, make_session_factory, upgrade
 from gridvend.keys_cli import app as keys_app
 from gridvend.meter_cli import app as meter_app
@@ -137,6 +138,7 @@ def serve(
 async def _serve(settings: Settings) -> None:
     with provide_broker(settings.mqtt_url) as broker:
         async with System(settings, broker) as system:
+            tune_for_service()
             console.print(f"gridvend serves on {system.base_url} (broker {broker.url})")
             await system.wait_closed()
 

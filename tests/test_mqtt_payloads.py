@@ -1,3 +1,4 @@
+from datetime import UTC, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -12,6 +13,20 @@ def test_telemetry_values_are_parsed_as_exact_decimals() -> None:
     )
     assert report.values[Quantity.ENERGY_IMPORT_KWH] == Decimal("1234.567")
     assert parse_telemetry(report.to_bytes()) == report
+
+
+def test_telemetry_time_keeps_its_offset_in_a_standard_library_zone() -> None:
+    report = parse_telemetry(
+        b'{"v":1,"seq":7,"ts":"2026-01-01T02:15:00+02:00","values":{"voltage_v":"230.1"}}'
+    )
+    assert report.ts.tzinfo == timezone(timedelta(hours=2))
+    assert report.ts.isoformat() == "2026-01-01T02:15:00+02:00"
+    assert report.ts.astimezone(UTC).isoformat() == "2026-01-01T00:15:00+00:00"
+    assert b'"ts":"2026-01-01T02:15:00+02:00"' in report.to_bytes()
+    utc = parse_telemetry(
+        b'{"v":1,"seq":7,"ts":"2026-01-01T00:15:00Z","values":{"voltage_v":"230.1"}}'
+    )
+    assert utc.ts.tzinfo is UTC
 
 
 @pytest.mark.parametrize(

@@ -129,6 +129,11 @@ class MqttIngestWorker:
             batch = [await queue.get()]
             deadline = asyncio.get_running_loop().time() + self._batch_wait_s
             while len(batch) < self._batch_size:
+                if not queue.empty():
+                    # Messages that arrived while the last batch was stored: a timed get
+                    # would cost a task and a timer each, several times the message's own.
+                    batch.append(queue.get_nowait())
+                    continue
                 timeout = deadline - asyncio.get_running_loop().time()
                 if timeout <= 0:
                     break
