@@ -10,7 +10,7 @@ import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, TypeVar, cast
 
 from fastapi import APIRouter, Depends, Form, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -36,6 +36,7 @@ from gridvend.db import make_read_only_session_factory
 from headend.models import NAMING_CONVENTION, BigId
 from headend.sqltypes import UtcDateTime
 
+T = TypeVar("T")
 TOKEN_LIFETIME = timedelta(hours=12)
 # Consecutive wrong passwords before a user's sign-in is locked, and for how long: slows a
 # password guesser to a handful of tries per quarter hour without locking anyone out
@@ -350,9 +351,6 @@ def _digest(token: str) -> str:
 _DUMMY_HASH = _password_hash.hash(secrets.token_urlsafe(16))
 
 
-RoleDependency = Callable[..., Any]
-
-
 class Auth:
     """Builds FastAPI dependencies that authenticate the caller and check the role."""
 
@@ -458,6 +456,27 @@ def make_router(
         with session_factory() as session:
             yield session
 
+    def audited(
+        session: Session,
+        change: Callable[[], T],
+        *,
+        actor: str,
+        action: str,
+        subject: str,
+        detail: Callable[[T], dict[str, Any]] = lambda _: {},
+    ) -> T:
+        """``change()`` and its audit entry in one transaction; a refusal (AuthError)
+        answers its HTTP status and stores nothing."""
+        try:
+            with session.begin():
+                result = change()
+                audit_log.record(
+                    session, actor=actor, action=action, subject=subject, detail=detail(result)
+                )
+                return result
+        except AuthError as exc:
+            raise _http_error(_ERROR_STATUS[exc.code], exc.code, str(exc)) from None
+
     @router.post("/token", response_model=TokenOut)
     def login(
         username: Annotated[str, Form()],
@@ -511,18 +530,13 @@ def make_router(
     ) -> TokenOut:
         """Change your own password (the current one proves it is you). Every token of
         yours is revoked; the answer carries a new one. Audited ``user.password_change``."""
-        try:
-            with session.begin():
-                token = change_own_password(session, principal.username, body, datetime.now(UTC))
-                audit_log.record(
-                    session,
-                    actor=principal.username,
-                    action="user.password_change",
-                    subject=f"user:{principal.username}",
-                )
-                return token
-        except AuthError as exc:
-            raise _http_error(_ERROR_STATUS[exc.code], exc.code, str(exc)) from None
+        return audited(
+            session,
+            lambda: change_own_password(session, principal.username, body, datetime.now(UTC)),
+            actor=principal.username,
+            action="user.password_change",
+            subject=f"user:{principal.username}",
+        )
 
     @router.get("/me")
     def me(principal: Principal = auth.require(*Role)) -> dict[str, Any]:
@@ -534,19 +548,14 @@ def make_router(
         session: Annotated[Session, Depends(db)],
         principal: Principal = auth.require(Role.ADMIN),
     ) -> Any:
-        try:
-            with session.begin():
-                user = create_user(session, body)
-                audit_log.record(
-                    session,
-                    actor=principal.username,
-                    action="user.create",
-                    subject=f"user:{user.username}",
-                    detail={"role": user.role},
-                )
-                return user
-        except AuthError as exc:
-            raise _http_error(_ERROR_STATUS[exc.code], exc.code, str(exc)) from None
+        return audited(
+            session,
+            lambda: create_user(session, body),
+            actor=principal.username,
+            action="user.create",
+            subject=f"user:{body.username}",
+            detail=lambda user: {"role": user.role},
+        )
 
     @router.get("/users", response_model=list[UserOut])
     def list_users(
@@ -622,17 +631,12 @@ def make_router(
         """Give the user a new password (they forgot theirs, or it leaked): their tokens
         are revoked and a sign-in lockout lifted; a disabled user stays disabled.
         Audited ``user.password_reset`` (never the password)."""
-        try:
-            with session.begin():
-                user = set_password(session, username, body.new_password, datetime.now(UTC))
-                audit_log.record(
-                    session,
-                    actor=principal.username,
-                    action="user.password_reset",
-                    subject=f"user:{username}",
-                )
-                return user
-        except AuthError as exc:
-            raise _http_error(_ERROR_STATUS[exc.code], exc.code, str(exc)) from None
+        return audited(
+            session,
+            lambda: set_password(session, username, body.new_password, datetime.now(UTC)),
+            actor=principal.username,
+            action="user.password_reset",
+            subject=f"user:{username}",
+        )
 
     return router

@@ -16,7 +16,6 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from functools import partial
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, status
@@ -342,23 +341,6 @@ def _parse_json(model: type[T], raw: bytes) -> T:
     return _parse(model, data)
 
 
-def _checked_now(require: Callable[..., Any], *roles: str) -> Any:
-    """``require(*roles)`` shaped as ``Auth.require_later``'s caller check (for a router
-    given no ``require_later``): the caller was checked before the route ran."""
-
-    @dataclass(frozen=True, slots=True)
-    class Checked:
-        caller: Any
-
-        def principal(self) -> Any:
-            return self.caller
-
-    def dependency(principal: Any = require(*roles)) -> Checked:
-        return Checked(principal)
-
-    return Depends(dependency)
-
-
 # Answers ---------------------------------------------------------------------------------
 
 
@@ -625,12 +607,12 @@ def make_router(
     config: CounterConfig = CounterConfig(),
     grading_policy: GradingPolicy | None = None,
     token_acceptance: AcceptanceCheck | None = None,
-    require_later: Callable[..., Any] | None = None,
+    require_later: Callable[..., Any],
 ) -> APIRouter:
     """The counter routes; ``require(*roles)`` is the caller-check dependency giving a
     principal with ``username``, ``user_id`` and ``role``; ``require_later(*roles)``
-    (``gridvend.auth.Auth.require_later``), when given, checks the vend's caller in the
-    vend's own worker thread instead. ``token_acceptance(session,
+    (``gridvend.auth.Auth.require_later``) checks the vend's caller in the vend's own
+    worker thread instead. ``token_acceptance(session,
     meter_id, tid)`` tells reversals whether the head-end saw the meter accept a token."""
     router = APIRouter(prefix=PREFIX, tags=["vending"])
 
@@ -1094,7 +1076,7 @@ def make_router(
                 ]
             }
 
-    vend_caller = (require_later or partial(_checked_now, require))(*CLERKS)
+    vend_caller = require_later(*CLERKS)
 
     @router.post("/vends", status_code=status.HTTP_201_CREATED)
     def sell(caller: Any = vend_caller, raw: bytes = Depends(_raw_body)) -> JSONResponse:

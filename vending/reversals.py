@@ -25,7 +25,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -65,16 +65,6 @@ def _restore(account: Account, state: dict[str, Any]) -> None:
     account.fixed_charged_through = None if through is None else date.fromisoformat(through)
 
 
-def save_snapshot(session: Session, vend: Vend, state: dict[str, Any]) -> bool:
-    """Keep the account's state before ``vend``; False when it is already kept (the vend
-    was made by an earlier request with the same reference)."""
-    connection = session.connection()
-    if connection.execute(_SNAPSHOT_EXISTS, {"snapshot_vend_id": vend.id}).first() is not None:
-        return False
-    insert_snapshot(session, vend, state)
-    return True
-
-
 def insert_snapshot(session: Session, vend: Vend, state: dict[str, Any]) -> None:
     """Keep the account's state before ``vend``, a vend this transaction has just made
     (so no snapshot can exist yet: no look first)."""
@@ -85,9 +75,6 @@ def insert_snapshot(session: Session, vend: Vend, state: dict[str, Any]) -> None
 
 
 _snapshots = cast(Table, VendAccountSnapshot.__table__)
-_SNAPSHOT_EXISTS = select(_snapshots.c.vend_id).where(
-    _snapshots.c.vend_id == bindparam("snapshot_vend_id")
-)
 
 
 def get_vend(session: Session, receipt_number: str, *, lock: bool = False) -> Vend:

@@ -18,7 +18,7 @@ from tests.vending.world import drn
 from vending.balance.engine import take_emergency_credit
 from vending.counter import PaymentMethod, VendRequest, lock_for_vend, vend
 from vending.models import Account, CentralAccountState, LedgerEntry, RatedInterval
-from vending.reversals import account_state, reverse_vend, save_snapshot
+from vending.reversals import account_state, insert_snapshot, reverse_vend
 
 runner = CliRunner()
 
@@ -80,7 +80,7 @@ def test_a_reversed_central_top_up_still_matches(world: BalanceWorld) -> None:
             now=MORNING + timedelta(minutes=10),
             locked=locked,
         )
-        save_snapshot(session, made, before)
+        insert_snapshot(session, made, before)
     with world.session_factory() as session, session.begin():
         reverse_vend(
             session,
