@@ -23,6 +23,7 @@ from protocols.quantities import Quantity
 
 __all__ = [
     "MAX_CONSUMPTION_BATCH",
+    "SUMMARY_COLUMNS",
     "CommandOutcome",
     "ConsumptionEvent",
     "MeterSummary",
@@ -32,6 +33,7 @@ __all__ = [
     "find_meter",
     "latest_consumption",
     "load_offset",
+    "meter_number_column",
     "move_meter_key",
     "normalise_meter_number",
     "read_consumption",
@@ -95,6 +97,11 @@ _SUMMARY_COLUMNS = (
     Meter.tariff_index,
     Meter.key_revision,
 )
+# For callers that join the meter into a query of their own (a vend reads its meter with
+# the account it locks): the summary's columns in field order, the first the meter's id,
+# and the column a meter number is matched on (normalised first).
+SUMMARY_COLUMNS = _SUMMARY_COLUMNS
+meter_number_column = Meter.meter_number
 _BY_NUMBER = select(*_SUMMARY_COLUMNS).where(Meter.meter_number == bindparam("number"))
 _BY_ID = select(*_SUMMARY_COLUMNS).where(Meter.id == bindparam("summary_meter_id"))
 

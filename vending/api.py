@@ -87,6 +87,7 @@ from vending.shifts import (
     create_vending_point,
     currency_of,
     current_shift,
+    current_shift_id,
     open_shift,
 )
 from vending.tariff_documents import TariffDocument
@@ -543,8 +544,8 @@ def counter_vend(
     """
     scoped = f"{clerk_key}:{reference}"
     with session_factory() as session, session.begin():
-        shift = current_shift(session, clerk)
-        if shift is None:
+        shift_id = current_shift_id(session, clerk)
+        if shift_id is None:
             raise VendingError("no_open_shift", f"{clerk} has no open shift: open one first")
         try:
             # Locked once here (the snapshot needs the account as it was) and handed to
@@ -569,7 +570,7 @@ def counter_vend(
                 channel=COUNTER_CHANNEL,
                 reference=scoped,
                 operator=clerk,
-                shift_id=shift.id,
+                shift_id=shift_id,
                 key_change_acknowledged=key_change_acknowledged,
             ),
             security_module=security_module,

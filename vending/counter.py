@@ -21,7 +21,13 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.util import identity_key
 
 from headend.audit import AuditSink
-from headend.interface import MeterSummary, find_meter, normalise_meter_number
+from headend.interface import (
+    SUMMARY_COLUMNS,
+    MeterSummary,
+    find_meter,
+    meter_number_column,
+    normalise_meter_number,
+)
 from protocols.sts import CreditType, StsError
 from vending.accounts import load_tariff, pricing_state, write_pricing_state
 from vending.debt import recover_from_purchase
@@ -362,9 +368,18 @@ def _meter_and_account(
     session: Session, meter_number: str, *, lock: bool
 ) -> tuple[MeterSummary, Account]:
     try:
-        meter = find_meter(session, meter_number=meter_number)
+        number = normalise_meter_number(meter_number)
     except ValueError as exc:
         raise VendingError("invalid_meter_number", str(exc)) from None
+    if lock:
+        # The usual case in one query: a vendable meter on an active account.
+        row = session.execute(_LOCK_ACCOUNT_BY_NUMBER, {"locked_number": number}).first()
+        if row is not None:
+            summary = MeterSummary(*row[1:])
+            if summary.lifecycle in VENDABLE_LIFECYCLES and row[0].status == "active":
+                return summary, row[0]
+    # Otherwise the reason, step by step.
+    meter = find_meter(session, meter_number=number)
     if meter is None:
         raise VendingError("meter_not_found", f"meter {meter_number} is not registered")
     if meter.lifecycle not in VENDABLE_LIFECYCLES:
@@ -373,7 +388,7 @@ def _meter_and_account(
             f"meter {meter_number} is {meter.lifecycle}: it cannot be sold credit",
         )
     query = _LOCK_LINKED_ACCOUNT if lock else _LINKED_ACCOUNT
-    account = session.scalar(query, {"link_meter_id": meter.id})
+    account: Account | None = session.scalar(query, {"link_meter_id": meter.id})
     if account is None:
         raise VendingError("meter_not_on_account", f"meter {meter_number} is on no account")
     if account.status != "active":
@@ -393,6 +408,18 @@ _LINKED_ACCOUNT = select(Account).join(
 # row is locked.
 _LOCK_LINKED_ACCOUNT = _LINKED_ACCOUNT.with_for_update(of=Account).execution_options(
     populate_existing=True
+)
+# The meter (by number) with its account, locked, in one query.
+_LOCK_ACCOUNT_BY_NUMBER = (
+    select(Account, *SUMMARY_COLUMNS)
+    .join(
+        AccountMeter,
+        (AccountMeter.account_id == Account.id) & AccountMeter.unlinked_at.is_(None),
+    )
+    .join_from(AccountMeter, SUMMARY_COLUMNS[0].table, SUMMARY_COLUMNS[0] == AccountMeter.meter_id)
+    .where(meter_number_column == bindparam("locked_number"))
+    .with_for_update(of=Account)
+    .execution_options(populate_existing=True)
 )
 
 
@@ -426,15 +453,17 @@ class _Point:
 def _check_shift_and_point(
     session: Session, request: VendRequest, tendered: Money
 ) -> _Point | None:
-    point_id = request.vending_point_id
+    connection = session.connection()
+    row: Any
     if request.shift_id is not None:
-        shift = session.get(Shift, request.shift_id)
-        if shift is None or shift.closed_at is not None or shift.clerk != request.operator:
+        # The shift and its point in one query.
+        row = connection.execute(_READ_SHIFT_POINT, {"point_shift_id": request.shift_id}).first()
+        if row is None or row.closed_at is not None or row.clerk != request.operator:
             raise VendingError("no_open_shift", "open a shift before vending")
-        point_id = shift.vending_point_id
-    if point_id is None:
+    elif request.vending_point_id is not None:
+        row = connection.execute(_READ_POINT, {"point_id": request.vending_point_id}).first()
+    else:
         return None
-    row = session.connection().execute(_READ_POINT, {"point_id": point_id}).first()
     _refuse_point(row, tendered.minor)
     assert row is not None
     return _Point(row.id, row.code)
@@ -451,13 +480,21 @@ def _refuse_point(row: Any, amount_minor: int) -> None:
         )
 
 
-_READ_POINT = select(
+_POINT_COLUMNS = (
     _points.c.id,
     _points.c.code,
     _points.c.active,
     _points.c.outstanding_minor,
     _points.c.credit_limit_minor,
-).where(_points.c.id == bindparam("point_id"))
+)
+_READ_POINT = select(*_POINT_COLUMNS).where(_points.c.id == bindparam("point_id"))
+_shifts = cast(Table, Shift.__table__)
+_READ_SHIFT_POINT = (
+    select(_shifts.c.closed_at, _shifts.c.clerk, *_POINT_COLUMNS)
+    .select_from(_shifts)
+    .outerjoin(_points, _points.c.id == _shifts.c.vending_point_id)
+    .where(_shifts.c.id == bindparam("point_shift_id"))
+)
 
 
 def _credit_token(

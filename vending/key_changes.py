@@ -26,7 +26,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from headend.audit import AuditSink
-from headend.interface import MeterSummary, find_meter, move_meter_key
+from headend.interface import SUMMARY_COLUMNS, MeterSummary, find_meter, move_meter_key
 from protocols.sts import StsError
 from protocols.sts.keys import check_key_revision, check_supply_group_code, check_tariff_index
 from vending.errors import VendingError
@@ -220,6 +220,17 @@ _LOCK_PENDING_ID = (
 )
 
 
+_METER_AND_PENDING = select(
+    select(KeyChangeRecord.id)
+    .where(
+        KeyChangeRecord.meter_id == SUMMARY_COLUMNS[0],
+        KeyChangeRecord.status == KEY_CHANGE_PENDING,
+    )
+    .scalar_subquery(),
+    *SUMMARY_COLUMNS,
+).where(SUMMARY_COLUMNS[0] == bindparam("vend_meter_id"))
+
+
 def hand_out_with_vend(
     session: Session,
     meter: MeterSummary,
@@ -238,10 +249,15 @@ def hand_out_with_vend(
     order) when one is pending and the seller has not acknowledged it; with the
     acknowledgement the key change is completed and the meter moved to its new key.
     """
+    # Almost always nothing is pending: the meter as it is now (the key the token is made
+    # under) and whether a key change is pending, in one query. A key change requested
+    # after it orders after this vend; a pending one is locked before it is acted on.
+    row = session.execute(_METER_AND_PENDING, {"vend_meter_id": meter.id}).first()
+    if row is None or row[0] is None:
+        return (meter if row is None else MeterSummary(*row[1:])), []
     pending = pending_key_change(session, meter.id, lock=True)
     if pending is None:
-        # A technician may have completed a key change while this vend waited for the
-        # pending row's lock: the key the token is made under is the meter's as it is now.
+        # A technician completed it while this vend waited for the pending row's lock.
         current = find_meter(session, meter_id=meter.id, fresh=True)
         return (current or meter), []
     if not acknowledged:

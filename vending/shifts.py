@@ -135,10 +135,15 @@ def current_shift(session: Session, clerk: str) -> Shift | None:
     return session.scalar(_OPEN_SHIFT, {"shift_clerk": clerk})
 
 
+def current_shift_id(session: Session, clerk: str) -> int | None:
+    """The id of ``clerk``'s open shift (what a vend needs: no Shift object loaded)."""
+    return session.connection().execute(_OPEN_SHIFT_ID, {"shift_clerk": clerk}).scalar()
+
+
 # Built once: every counter vend asks (building the expression cost more than running it).
-_OPEN_SHIFT = select(Shift).where(
-    Shift.clerk == bindparam("shift_clerk"), Shift.closed_at.is_(None)
-)
+_IS_OPEN = (Shift.clerk == bindparam("shift_clerk"), Shift.closed_at.is_(None))
+_OPEN_SHIFT = select(Shift).where(*_IS_OPEN)
+_OPEN_SHIFT_ID = select(Shift.id).where(*_IS_OPEN)
 
 
 @dataclass(frozen=True, slots=True)
