@@ -18,6 +18,7 @@ from pwdlib import PasswordHash
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import (
     Boolean,
+    Connection,
     Engine,
     ForeignKey,
     Integer,
@@ -32,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from gridvend.audit import AuditLog
-from gridvend.db import make_read_only_session_factory
+from gridvend.db import READ_ONLY_OPTION
 from headend.models import NAMING_CONVENTION, BigId
 from headend.sqltypes import UtcDateTime
 
@@ -317,8 +318,8 @@ def _new_token(session: Session, user: User, now: datetime) -> TokenOut:
     return TokenOut(access_token=token, expires_at=expires_at, role=Role(user.role))
 
 
-def principal_for_token(session: Session, token: str, now: datetime) -> Principal | None:
-    row = session.execute(_BY_DIGEST, {"digest": _digest(token)}).first()
+def principal_for_token(connection: Connection, token: str, now: datetime) -> Principal | None:
+    row = connection.execute(_BY_DIGEST, {"digest": _digest(token)}).first()
     if row is None:
         return None
     if row.revoked or row.expires_at <= now or not row.active:
@@ -357,10 +358,11 @@ class Auth:
     def __init__(self, session_factory: sessionmaker[Session]) -> None:
         bind = session_factory.kw.get("bind")
         # A token check only reads: on SQLite it must not queue for the write lock behind
-        # every vend in progress.
-        self._session_factory = (
-            make_read_only_session_factory(bind) if isinstance(bind, Engine) else session_factory
+        # every vend in progress. A plain connection: no session needed for one select.
+        self._reader: Engine | None = (
+            bind.execution_options(**{READ_ONLY_OPTION: True}) if isinstance(bind, Engine) else None
         )
+        self._session_factory = session_factory
         self.bearer = HTTPBearer(auto_error=False)
 
     def require(self, *roles: Role | str) -> Any:
@@ -395,8 +397,13 @@ class Auth:
     def check(self, token: str, allowed: frozenset[Role]) -> Principal:
         """The caller with this bearer token, read from the database now (so a revoked
         or disabled user's token is refused on its very next request); HTTP 401 or 403."""
-        with self._session_factory() as session:
-            principal = principal_for_token(session, token, datetime.now(UTC))
+        now = datetime.now(UTC)
+        if self._reader is not None:
+            with self._reader.connect() as connection:
+                principal = principal_for_token(connection, token, now)
+        else:
+            with self._session_factory() as session:
+                principal = principal_for_token(session.connection(), token, now)
         if principal is None:
             raise _http_error(401, "invalid_token", "the token is unknown, expired or revoked")
         if principal.role not in allowed:

@@ -217,7 +217,9 @@ def load_tariff(session: Session, code: str) -> Tariff:
     Tariff versions never change once stored, so a tariff is parsed once per set of
     versions and cached (every vend needs one).
     """
-    version_ids = tuple(session.scalars(_VERSION_IDS, {"version_tariff_code": code}))
+    version_ids = tuple(
+        session.connection().execute(_VERSION_IDS, {"version_tariff_code": code}).scalars()
+    )
     engine = session.get_bind().engine
     with _tariff_cache_lock:
         cached = _tariff_cache.get(engine, {}).get(code)

@@ -78,14 +78,18 @@ def build_receipt(
         meter = find_meter(session, meter_id=vend.meter_id)
     breakdown: dict[str, Any] = vend.breakdown
     # Account, customer, vending point and tariff time zone in one query.
-    parts = session.execute(
-        _PARTS,
-        {
-            "account_id": vend.account_id,
-            "point_id": vend.vending_point_id,
-            "tariff_code": breakdown.get("tariff_code"),
-        },
-    ).one()
+    parts = (
+        session.connection()
+        .execute(
+            _PARTS,
+            {
+                "account_id": vend.account_id,
+                "point_id": vend.vending_point_id,
+                "tariff_code": breakdown.get("tariff_code"),
+            },
+        )
+        .one()
+    )
     zone = ZoneInfo(parts.timezone or "UTC")
     lines = tuple(
         ReceiptLine(label=line["label"], amount=line["amount"], kwh=line.get("kwh"))
