@@ -252,7 +252,7 @@ def hand_out_with_vend(
     # Almost always nothing is pending: the meter as it is now (the key the token is made
     # under) and whether a key change is pending, in one query. A key change requested
     # after it orders after this vend; a pending one is locked before it is acted on.
-    row = session.execute(_METER_AND_PENDING, {"vend_meter_id": meter.id}).first()
+    row = session.connection().execute(_METER_AND_PENDING, {"vend_meter_id": meter.id}).first()
     if row is None or row[0] is None:
         return (meter if row is None else MeterSummary(*row[1:])), []
     pending = pending_key_change(session, meter.id, lock=True)
