@@ -66,7 +66,7 @@ from vending.models import (
     Vend,
     VendingPoint,
 )
-from vending.receipts import Receipt, build_receipt, render_html, render_text
+from vending.receipts import Receipt, ReceiptParts, build_receipt, render_html, render_text
 from vending.reports import daily_sales, zone_or_error
 from vending.reversals import (
     AcceptanceCheck,
@@ -81,13 +81,14 @@ from vending.security_module import SecurityModule
 from vending.shifts import (
     POINT_CODE_PATTERN,
     CashUp,
+    OpenShift,
     bank_cash,
     cash_up,
     close_shift,
     create_vending_point,
     currency_of,
     current_shift,
-    current_shift_id,
+    current_shift_point,
     open_shift,
 )
 from vending.tariff_documents import TariffDocument
@@ -544,8 +545,8 @@ def counter_vend(
     """
     scoped = f"{clerk_key}:{reference}"
     with session_factory() as session, session.begin():
-        shift_id = current_shift_id(session, clerk)
-        if shift_id is None:
+        shift = current_shift_point(session, clerk)
+        if shift is None:
             raise VendingError("no_open_shift", f"{clerk} has no open shift: open one first")
         try:
             # Locked once here (the snapshot needs the account as it was) and handed to
@@ -570,7 +571,7 @@ def counter_vend(
                 channel=COUNTER_CHANNEL,
                 reference=scoped,
                 operator=clerk,
-                shift_id=shift_id,
+                shift_id=shift.id,
                 key_change_acknowledged=key_change_acknowledged,
             ),
             security_module=security_module,
@@ -580,13 +581,33 @@ def counter_vend(
             locked=locked,
         )
         made_now = made_in(session, record)
+        parts = None
         if made_now:
-            assert before is not None  # a vend is made only with the account locked
+            assert locked is not None and before is not None  # made only with the lock
             insert_snapshot(session, record, before)
+            parts = _receipt_parts(locked, shift)
         receipt = build_receipt(
-            session, record, utility=utility_name, meter=locked.meter if locked else None
+            session,
+            record,
+            utility=utility_name,
+            meter=locked.meter if locked else None,
+            parts=parts,
         )
         return CounterSale(record, made_now, receipt)
+
+
+def _receipt_parts(locked: LockedAccount, shift: OpenShift) -> ReceiptParts | None:
+    # A vend made now is for the locked account at the shift's point: what the lock and
+    # the shift queries read is what the receipt prints (None: not read with the lock).
+    if locked.customer_name is None:
+        return None
+    return ReceiptParts(
+        account_number=locked.account.account_number,
+        customer_name=locked.customer_name,
+        point_name=shift.point_name,
+        point_code=shift.point_code,
+        timezone=locked.timezone,
+    )
 
 
 _COUNTER_VEND_ID = select(Vend.id).where(

@@ -41,6 +41,7 @@ from vending.models import (
     LedgerEntry,
     MeterTidCursor,
     Shift,
+    TariffRecord,
     Vend,
     VendingPoint,
 )
@@ -309,10 +310,14 @@ def _take_cash(session: Session, point: _Point, amount_minor: int) -> None:
 
 @dataclass(frozen=True, slots=True)
 class LockedAccount:
-    """A vendable meter and its active account, locked for a vend in this transaction."""
+    """A vendable meter and its active account, locked for a vend in this transaction;
+    the customer's name and the tariff's time zone when read with them (for the
+    receipt)."""
 
     meter: MeterSummary
     account: Account
+    customer_name: str | None = None
+    timezone: str | None = None
 
 
 def lock_for_vend(session: Session, meter_number: str) -> LockedAccount:
@@ -321,6 +326,18 @@ def lock_for_vend(session: Session, meter_number: str) -> LockedAccount:
     VendingError invalid_meter_number, meter_not_found, meter_not_vendable,
     meter_not_on_account, account_closed (as :func:`vend`).
     """
+    try:
+        number = normalise_meter_number(meter_number)
+    except ValueError as exc:
+        raise VendingError("invalid_meter_number", str(exc)) from None
+    # The usual case in one query: a vendable meter on an active account.
+    row = session.execute(_LOCK_ACCOUNT_BY_NUMBER, {"locked_number": number}).first()
+    if row is not None:
+        account, customer_name, timezone = row[0], row[1], row[2]
+        meter = MeterSummary(*row[3:])
+        if meter.lifecycle in VENDABLE_LIFECYCLES and account.status == "active":
+            return LockedAccount(meter, account, customer_name, timezone)
+    # Otherwise the reason, step by step.
     meter, account = _meter_and_account(session, meter_number, lock=True)
     return LockedAccount(meter, account)
 
@@ -368,18 +385,9 @@ def _meter_and_account(
     session: Session, meter_number: str, *, lock: bool
 ) -> tuple[MeterSummary, Account]:
     try:
-        number = normalise_meter_number(meter_number)
+        meter = find_meter(session, meter_number=meter_number)
     except ValueError as exc:
         raise VendingError("invalid_meter_number", str(exc)) from None
-    if lock:
-        # The usual case in one query: a vendable meter on an active account.
-        row = session.execute(_LOCK_ACCOUNT_BY_NUMBER, {"locked_number": number}).first()
-        if row is not None:
-            summary = MeterSummary(*row[1:])
-            if summary.lifecycle in VENDABLE_LIFECYCLES and row[0].status == "active":
-                return summary, row[0]
-    # Otherwise the reason, step by step.
-    meter = find_meter(session, meter_number=number)
     if meter is None:
         raise VendingError("meter_not_found", f"meter {meter_number} is not registered")
     if meter.lifecycle not in VENDABLE_LIFECYCLES:
@@ -409,13 +417,16 @@ _LINKED_ACCOUNT = select(Account).join(
 _LOCK_LINKED_ACCOUNT = _LINKED_ACCOUNT.with_for_update(of=Account).execution_options(
     populate_existing=True
 )
-# The meter (by number) with its account, locked, in one query.
+# The meter (by number) with its account, locked, in one query, with what the receipt
+# prints of the customer and the tariff.
 _LOCK_ACCOUNT_BY_NUMBER = (
-    select(Account, *SUMMARY_COLUMNS)
+    select(Account, Customer.name, TariffRecord.timezone, *SUMMARY_COLUMNS)
     .join(
         AccountMeter,
         (AccountMeter.account_id == Account.id) & AccountMeter.unlinked_at.is_(None),
     )
+    .join(Customer, Customer.id == Account.customer_id)
+    .outerjoin(TariffRecord, TariffRecord.code == Account.tariff_code)
     .join_from(AccountMeter, SUMMARY_COLUMNS[0].table, SUMMARY_COLUMNS[0] == AccountMeter.meter_id)
     .where(meter_number_column == bindparam("locked_number"))
     .with_for_update(of=Account)

@@ -25,6 +25,7 @@ The rules (see docs/tariffs.md for worked examples):
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from decimal import Decimal
@@ -195,7 +196,15 @@ def total(amounts: list[Money] | tuple[Money, ...], currency: Currency) -> Money
 
 def exact(value: Exact) -> Fraction:
     """`value` as an exact fraction (Decimal and int convert without loss)."""
-    return value if isinstance(value, Fraction) else Fraction(value)
+    return value if isinstance(value, Fraction) else _fraction(value)
+
+
+# Pricing converts the same tariff rates, VAT and levy figures on every vend; a
+# Decimal's conversion costs ten times a cache look-up. Equal values (1.0 and 1.00) are
+# the same fraction, so sharing an entry is exact.
+@functools.lru_cache(maxsize=4096)
+def _fraction(value: Decimal | int) -> Fraction:
+    return Fraction(value)
 
 
 def major_to_minor(value: Exact, currency: Currency) -> Fraction:

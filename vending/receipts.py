@@ -35,6 +35,18 @@ class ReceiptLine:
 
 
 @dataclass(frozen=True, slots=True)
+class ReceiptParts:
+    """What a receipt prints beside the vend row: its account, customer, vending point
+    (none for a channel's vend) and the tariff's time zone."""
+
+    account_number: str
+    customer_name: str
+    point_name: str | None
+    point_code: str | None
+    timezone: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Receipt:
     """What a receipt shows; money as major-unit text in ``currency``."""
 
@@ -71,25 +83,29 @@ def build_receipt(
     utility: str,
     copy_number: int = 0,
     meter: MeterSummary | None = None,
+    parts: ReceiptParts | None = None,
 ) -> Receipt:
-    """The receipt of ``vend`` (``copy_number`` > 0 for a reprint). ``meter``: the vend's
-    meter when the caller holds it (saves a query)."""
+    """The receipt of ``vend`` (``copy_number`` > 0 for a reprint). ``meter`` and
+    ``parts``: the vend's meter and receipt parts when the caller holds them (each saves
+    a query)."""
     if meter is None or meter.id != vend.meter_id:
         meter = find_meter(session, meter_id=vend.meter_id)
     breakdown: dict[str, Any] = vend.breakdown
-    # Account, customer, vending point and tariff time zone in one query.
-    parts = (
-        session.connection()
-        .execute(
-            _PARTS,
-            {
-                "account_id": vend.account_id,
-                "point_id": vend.vending_point_id,
-                "tariff_code": breakdown.get("tariff_code"),
-            },
+    if parts is None:
+        # Account, customer, vending point and tariff time zone in one query.
+        row = (
+            session.connection()
+            .execute(
+                _PARTS,
+                {
+                    "account_id": vend.account_id,
+                    "point_id": vend.vending_point_id,
+                    "tariff_code": breakdown.get("tariff_code"),
+                },
+            )
+            .one()
         )
-        .one()
-    )
+        parts = ReceiptParts(*row)
     zone = ZoneInfo(parts.timezone or "UTC")
     lines = tuple(
         ReceiptLine(label=line["label"], amount=line["amount"], kwh=line.get("kwh"))
@@ -131,6 +147,7 @@ _accounts = cast(Table, Account.__table__)
 _customers = cast(Table, Customer.__table__)
 _points = cast(Table, VendingPoint.__table__)
 _tariffs = cast(Table, TariffRecord.__table__)
+# ReceiptParts' fields, in order.
 _PARTS = (
     select(
         _accounts.c.account_number,

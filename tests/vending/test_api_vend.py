@@ -228,6 +228,17 @@ def test_receipts_show_the_utility_point_clerk_and_local_time(world: World) -> N
     assert "Thandi Mokoena" in html.text and vend["token_grouped"] in html.text
 
 
+def test_the_vend_answer_prints_the_receipt_its_stored_vend_gives(world: World) -> None:
+    # The vend builds its receipt from what its locks read; the stored vend's receipt is
+    # read back from the database: the two must print the same.
+    vend = world.vend("100.00").json()
+    shown = world.client.get(
+        f"/api/vending/vends/{vend['receipt_number']}", headers=world.as_("clerk")
+    )
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["receipt"] == vend["receipt"]
+
+
 def _head_end_saw_acceptance(session: Session, meter_id: int, tid: int) -> bool:
     """What the head-end's interface would answer from its meter events."""
     events = session.scalars(
