@@ -177,6 +177,7 @@ def vend(
             sale = replace(sale, document={**sale.document, "key_change_tokens": key_change_tokens})
     token = sale.token
     values: dict[str, Any] = {
+        # Unique until the number is known (a vend without a point: once inserted).
         "receipt_number": f"pending-{request.channel}-{request.reference}"[:32],
         "channel": request.channel,
         "reference": request.reference,
@@ -202,8 +203,13 @@ def vend(
     # The writes. The vending point's row is shared by every clerk at that point: it is
     # locked here, by its first write, and not while pricing and making the token.
     if point is not None:
-        _take_cash(session, point, tendered.minor)
-    record = _insert_vend(session, values, point.code if point else request.channel)
+        # The point's receipt count comes back with the cash: the number goes in with the
+        # vend's row.
+        count = _take_cash(session, point, tendered.minor)
+        values["receipt_number"] = _receipt_number(point.code, count)
+        record = _insert_vend(session, values)
+    else:
+        record = _insert_vend(session, values, number_after_with_prefix=request.channel)
     if sale.tid_write is not None:
         _write_tid(session, sale.tid_write)
     write_pricing_state(session, account, sale.account_after)
@@ -244,7 +250,11 @@ _TAKE_CASH = (
         _points.c.active.is_(True),
         _points.c.outstanding_minor + bindparam("amount_minor") <= _points.c.credit_limit_minor,
     )
-    .values(outstanding_minor=_points.c.outstanding_minor + bindparam("amount_minor"))
+    .values(
+        outstanding_minor=_points.c.outstanding_minor + bindparam("amount_minor"),
+        receipts_issued=_points.c.receipts_issued + 1,
+    )
+    .returning(_points.c.receipts_issued)
 )
 _SET_TID = (
     update(_tid_cursors)
@@ -258,9 +268,17 @@ _SET_TID = (
 )
 
 
-def _insert_vend(session: Session, values: dict[str, Any], receipt_prefix: str) -> Vend:
-    """Insert the vend, give it its receipt number (which needs the id) and return it as
-    a persistent object of ``session``. VendingError concurrent_duplicate."""
+def _receipt_number(prefix: str, count: int) -> str:
+    return f"{prefix}-{count:010d}"
+
+
+def _insert_vend(
+    session: Session, values: dict[str, Any], *, number_after_with_prefix: str | None = None
+) -> Vend:
+    """Insert the vend and return it as a persistent object of ``session``; with
+    ``number_after_with_prefix`` (a vend without a vending point) its receipt number is
+    made from that prefix and the vend's id, once inserted. VendingError
+    concurrent_duplicate."""
     # Anything the caller left pending goes first (Core statements do not flush it).
     session.flush()
     connection = session.connection()
@@ -274,9 +292,12 @@ def _insert_vend(session: Session, values: dict[str, Any], receipt_prefix: str) 
         ) from None
     assert primary_key is not None  # an INSERT of one row
     vend_id = int(primary_key[0])
-    receipt_number = f"{receipt_prefix}-{vend_id:010d}"
-    connection.execute(_SET_RECEIPT, {"vend_id": vend_id, "new_receipt_number": receipt_number})
-    record = Vend(**{**values, "id": vend_id, "receipt_number": receipt_number})
+    if number_after_with_prefix is not None:
+        values = {**values, "receipt_number": _receipt_number(number_after_with_prefix, vend_id)}
+        connection.execute(
+            _SET_RECEIPT, {"vend_id": vend_id, "new_receipt_number": values["receipt_number"]}
+        )
+    record = Vend(**{**values, "id": vend_id})
     # As though loaded from the row just written.
     make_transient_to_detached(record)
     session.add(record)
@@ -293,19 +314,23 @@ def made_in(session: Session, record: Vend) -> bool:
     return record.id in session.info.get(_MADE_HERE, ())
 
 
-def _take_cash(session: Session, point: _Point, amount_minor: int) -> None:
+def _take_cash(session: Session, point: _Point, amount_minor: int) -> int:
     """Add the cash to the point's outstanding amount if the point is still active and
     under its credit limit (checked again here, under the row's lock, since the first
-    check read it unlocked). VendingError vending_point_inactive, vending_point_limit."""
+    check read it unlocked), and count the receipt: the point's new receipt count.
+    VendingError vending_point_inactive, vending_point_limit."""
     connection = session.connection()
-    taken = connection.execute(_TAKE_CASH, {"point_id": point.id, "amount_minor": amount_minor})
-    if taken.rowcount != 1:
+    count = connection.execute(
+        _TAKE_CASH, {"point_id": point.id, "amount_minor": amount_minor}
+    ).scalar()
+    if count is None:
         row = connection.execute(_READ_POINT, {"point_id": point.id}).first()
         _refuse_point(row, amount_minor)
         raise VendingError("vending_point_limit", "the vending point cannot take this cash")
     held = session.identity_map.get(identity_key(VendingPoint, point.id))
     if held is not None:
-        session.expire(held, ["outstanding_minor"])
+        session.expire(held, ["outstanding_minor", "receipts_issued"])
+    return int(count)
 
 
 @dataclass(frozen=True, slots=True)

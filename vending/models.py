@@ -159,6 +159,8 @@ class VendingPoint(Base):
     credit_limit_minor: Mapped[int] = mapped_column(BigInteger)
     outstanding_minor: Mapped[int] = mapped_column(BigInteger, default=0)
     active: Mapped[bool] = mapped_column(default=True)
+    # The last receipt number's count: a counter vend's receipt is "<code>-<count>".
+    receipts_issued: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Shift(Base):

@@ -228,6 +228,15 @@ def test_receipts_show_the_utility_point_clerk_and_local_time(world: World) -> N
     assert "Thandi Mokoena" in html.text and vend["token_grouped"] in html.text
 
 
+def test_a_points_receipts_are_numbered_in_turn_without_gaps(world: World) -> None:
+    first = world.vend("100.00").json()["receipt_number"]
+    refused = world.vend("0.00")
+    assert refused.status_code == 422, refused.text
+    second = world.vend("50.00").json()["receipt_number"]
+    assert first.startswith("CTR1-") and second.startswith("CTR1-")
+    assert int(second.removeprefix("CTR1-")) == int(first.removeprefix("CTR1-")) + 1
+
+
 def test_the_vend_answer_prints_the_receipt_its_stored_vend_gives(world: World) -> None:
     # The vend builds its receipt from what its locks read; the stored vend's receipt is
     # read back from the database: the two must print the same.
