@@ -11,8 +11,8 @@ from enum import StrEnum
 from typing import Annotated, cast
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Engine, Table, bindparam, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Engine, ScalarSelect, Table, bindparam, func, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from headend.interface import find_meter
@@ -211,30 +211,34 @@ def save_tariff(session: Session, document: TariffDocument, *, actor: str, now: 
     return load_tariff(session, document.code) if stored else tariff
 
 
-def load_tariff(session: Session, code: str) -> Tariff:
+def load_tariff(session: Session, code: str, *, newest_version_id: int | None = None) -> Tariff:
     """The stored tariff with all its versions; VendingError tariff_not_found.
 
-    Tariff versions never change once stored, so a tariff is parsed once per set of
-    versions and cached (every vend needs one).
+    Versions are only ever added (never changed or deleted, see ``save_tariff``), so the
+    newest version's id names a tariff's set of versions: a tariff is parsed once per set
+    and cached (every vend needs one). ``newest_version_id``: that id, when the caller
+    read it with a query of its own in this transaction (saves one here).
     """
-    version_ids = tuple(
-        session.connection().execute(_VERSION_IDS, {"version_tariff_code": code}).scalars()
-    )
+    if newest_version_id is None:
+        newest_version_id = (
+            session.connection().execute(_NEWEST_VERSION_ID, {"version_tariff_code": code}).scalar()
+        )
     engine = session.get_bind().engine
     with _tariff_cache_lock:
         cached = _tariff_cache.get(engine, {}).get(code)
-    if version_ids and cached is not None and cached[0] == version_ids:
+    if newest_version_id is not None and cached is not None and cached[0] == newest_version_id:
         # Versions exist only under their tariff's row (foreign key), and that row's
         # fields never change, so the cached tariff stands without reading it.
         return cached[1]
     record = session.get(TariffRecord, code)
     if record is None:
         raise VendingError("tariff_not_found", f"no tariff {code!r}")
-    documents = session.scalars(
-        select(TariffVersionRecord.document)
+    rows = session.execute(
+        select(TariffVersionRecord.id, TariffVersionRecord.document)
         .where(TariffVersionRecord.tariff_code == code)
         .order_by(TariffVersionRecord.effective_from)
     ).all()
+    documents = [row.document for row in rows]
     tariff = TariffDocument(
         code=record.code,
         name=record.name,
@@ -243,23 +247,35 @@ def load_tariff(session: Session, code: str) -> Tariff:
         timezone=record.timezone,
         versions=[TariffVersionDocument.model_validate(v) for v in documents],
     ).to_tariff()
-    with _tariff_cache_lock:
-        _tariff_cache.setdefault(engine, {})[code] = (version_ids, tariff)
+    if rows:
+        with _tariff_cache_lock:
+            _tariff_cache.setdefault(engine, {})[code] = (max(row.id for row in rows), tariff)
     return tariff
 
 
-# Per database (engine), then per tariff code: version ids are a database's own.
-_tariff_cache: weakref.WeakKeyDictionary[Engine, dict[str, tuple[tuple[int, ...], Tariff]]] = (
+# Per database (engine), then per tariff code: (newest version id, tariff); version ids
+# are a database's own.
+_tariff_cache: weakref.WeakKeyDictionary[Engine, dict[str, tuple[int, Tariff]]] = (
     weakref.WeakKeyDictionary()
 )
 _tariff_cache_lock = threading.Lock()
 
 
-_VERSION_IDS = (
-    select(TariffVersionRecord.id)
-    .where(TariffVersionRecord.tariff_code == bindparam("version_tariff_code"))
-    .order_by(TariffVersionRecord.effective_from)
+_NEWEST_VERSION_ID = select(func.max(TariffVersionRecord.id)).where(
+    TariffVersionRecord.tariff_code == bindparam("version_tariff_code")
 )
+
+
+def newest_version_id_of(
+    tariff_code: ColumnElement[str] | InstrumentedAttribute[str],
+) -> ScalarSelect[int]:
+    """The newest version id of the tariff ``tariff_code`` names, as a column for a
+    caller's own query (see ``load_tariff``)."""
+    return (
+        select(func.max(TariffVersionRecord.id))
+        .where(TariffVersionRecord.tariff_code == tariff_code)
+        .scalar_subquery()
+    )
 
 
 def pricing_state(account: Account, currency: Currency) -> VendAccount:

@@ -29,7 +29,12 @@ from headend.interface import (
     normalise_meter_number,
 )
 from protocols.sts import CreditType, StsError
-from vending.accounts import load_tariff, pricing_state, write_pricing_state
+from vending.accounts import (
+    load_tariff,
+    newest_version_id_of,
+    pricing_state,
+    write_pricing_state,
+)
 from vending.debt import recover_from_purchase
 from vending.errors import VendingError
 from vending.key_changes import current_key_ref, hand_out_with_vend
@@ -106,7 +111,7 @@ class Quote:
 def lookup(session: Session, meter_number: str, now: datetime, limits: VendLimits) -> Quote:
     """The pre-vend lookup; no side effect. VendingError as for :func:`vend`."""
     meter, account = _meter_and_account(session, meter_number, lock=False)
-    tariff = _tariff(session, account)
+    tariff = load_tariff(session, account.tariff_code)
     state = pricing_state(account, tariff.currency)
     try:
         minimum = minimum_tender(tariff, state, now)
@@ -154,7 +159,9 @@ def vend(
         # A concurrent vend committed while this one waited for the account: this sale
         # happens after it.
         now = account.last_purchase_at
-    tariff = _tariff(session, account)
+    tariff = load_tariff(
+        session, account.tariff_code, newest_version_id=locked.newest_tariff_version
+    )
     tendered = _tendered(request.amount, tariff, limits)
     point = _check_shift_and_point(session, request, tendered)
     state = pricing_state(account, tariff.currency)
@@ -343,6 +350,7 @@ class LockedAccount:
     account: Account
     customer_name: str | None = None
     timezone: str | None = None
+    newest_tariff_version: int | None = None
 
 
 def lock_for_vend(session: Session, meter_number: str) -> LockedAccount:
@@ -358,10 +366,10 @@ def lock_for_vend(session: Session, meter_number: str) -> LockedAccount:
     # The usual case in one query: a vendable meter on an active account.
     row = session.execute(_LOCK_ACCOUNT_BY_NUMBER, {"locked_number": number}).first()
     if row is not None:
-        account, customer_name, timezone = row[0], row[1], row[2]
-        meter = MeterSummary(*row[3:])
+        account, customer_name, timezone, newest_tariff_version, *summary = row
+        meter = MeterSummary(*summary)
         if meter.lifecycle in VENDABLE_LIFECYCLES and account.status == "active":
-            return LockedAccount(meter, account, customer_name, timezone)
+            return LockedAccount(meter, account, customer_name, timezone, newest_tariff_version)
     # Otherwise the reason, step by step.
     meter, account = _meter_and_account(session, meter_number, lock=True)
     return LockedAccount(meter, account)
@@ -443,9 +451,15 @@ _LOCK_LINKED_ACCOUNT = _LINKED_ACCOUNT.with_for_update(of=Account).execution_opt
     populate_existing=True
 )
 # The meter (by number) with its account, locked, in one query, with what the receipt
-# prints of the customer and the tariff.
+# prints of the customer and the tariff, and the tariff's newest version (load_tariff).
 _LOCK_ACCOUNT_BY_NUMBER = (
-    select(Account, Customer.name, TariffRecord.timezone, *SUMMARY_COLUMNS)
+    select(
+        Account,
+        Customer.name,
+        TariffRecord.timezone,
+        newest_version_id_of(Account.tariff_code),
+        *SUMMARY_COLUMNS,
+    )
     .join(
         AccountMeter,
         (AccountMeter.account_id == Account.id) & AccountMeter.unlinked_at.is_(None),
@@ -457,10 +471,6 @@ _LOCK_ACCOUNT_BY_NUMBER = (
     .with_for_update(of=Account)
     .execution_options(populate_existing=True)
 )
-
-
-def _tariff(session: Session, account: Account) -> Tariff:
-    return load_tariff(session, account.tariff_code)
 
 
 def _tendered(amount: Decimal, tariff: Tariff, limits: VendLimits) -> Money:

@@ -4,6 +4,7 @@ are safe, reprints give the same token, reversed vends cannot be reprinted."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 
@@ -14,7 +15,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from headend.models import MeterEventRecord
 from protocols.sts import TokenStatus, process_token
 from tests.vending.counter_world import NOW, World, make_world
+from tests.vending.factories import residential_stepped
 from vending.models import Vend
+from vending.tariff_documents import TariffDocument
 
 
 @pytest.fixture
@@ -235,6 +238,19 @@ def test_a_points_receipts_are_numbered_in_turn_without_gaps(world: World) -> No
     second = world.vend("50.00").json()["receipt_number"]
     assert first.startswith("CTR1-") and second.startswith("CTR1-")
     assert int(second.removeprefix("CTR1-")) == int(first.removeprefix("CTR1-")) + 1
+
+
+def test_a_tariff_version_added_between_two_vends_prices_the_second(world: World) -> None:
+    assert (
+        world.vend("100.00").json()["breakdown"]["tariff_effective_from"] != NOW.date().isoformat()
+    )
+    tariff = residential_stepped()
+    newer = replace(tariff, versions=(replace(tariff.versions[0], effective_from=NOW.date()),))
+    document = TariffDocument.from_tariff(newer).model_dump(mode="json")
+    assert world.post("/tariffs", "supervisor", document).status_code == 201
+    assert (
+        world.vend("100.00").json()["breakdown"]["tariff_effective_from"] == NOW.date().isoformat()
+    )
 
 
 def test_the_vend_answer_prints_the_receipt_its_stored_vend_gives(world: World) -> None:
