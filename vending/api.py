@@ -70,9 +70,7 @@ from vending.receipts import Receipt, ReceiptParts, build_receipt, render_html, 
 from vending.reports import daily_sales, zone_or_error
 from vending.reversals import (
     AcceptanceCheck,
-    account_state,
     get_vend,
-    insert_snapshot,
     record_token_accepted,
     reprint,
     reverse_vend,
@@ -549,16 +547,15 @@ def counter_vend(
         if shift is None:
             raise VendingError("no_open_shift", f"{clerk} has no open shift: open one first")
         try:
-            # Locked once here (the snapshot needs the account as it was) and handed to
-            # the vend, which would otherwise look the meter and account up again; the
-            # vend looks for an earlier one with this reference under the lock.
+            # Locked once here (with what the receipt prints) and handed to the vend,
+            # which would otherwise look the meter and account up again; the vend looks
+            # for an earlier one with this reference under the lock.
             locked: LockedAccount | None = lock_for_vend(session, meter_number)
         except VendingError:
             # A retry whose meter can no longer be sold credit still gets its vend.
             if session.scalar(_COUNTER_VEND_ID, {"counter_reference": scoped}) is None:
                 raise
             locked = None
-        before = None if locked is None else account_state(locked.account)
         # The time of sale is read once the account is locked: a request that waited for
         # the lock must not carry a time before the purchase it waited for.
         now = clock()
@@ -579,12 +576,12 @@ def counter_vend(
             now=now,
             limits=limits,
             locked=locked,
+            reversible_here=True,
         )
         made_now = made_in(session, record)
         parts = None
         if made_now:
-            assert locked is not None and before is not None  # made only with the lock
-            insert_snapshot(session, record, before)
+            assert locked is not None  # a vend is made only with the account locked
             parts = _receipt_parts(locked, shift)
         receipt = build_receipt(
             session,

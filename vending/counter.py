@@ -59,6 +59,7 @@ from vending.pricing import (
     minimum_tender,
     price_vend,
 )
+from vending.reversals import account_state
 from vending.security_module import IssuedToken, SecurityModule
 from vending.tariffs import Tariff, TariffError
 from vending.tids import tid_after
@@ -138,6 +139,7 @@ def vend(
     now: datetime,
     limits: VendLimits = VendLimits(),
     locked: LockedAccount | None = None,
+    reversible_here: bool = False,
 ) -> Vend:
     """Sell ``request.amount`` of credit for a meter; see the module docstring.
 
@@ -146,8 +148,9 @@ def vend(
     the key change and its breakdown carries ``key_change_tokens`` (vending.key_changes).
 
     ``locked``: the meter and account :func:`lock_for_vend` returned for
-    ``request.meter_number`` earlier in this transaction (a caller that needs the account
-    before the vend, e.g. for a reversal snapshot), so they are not looked up again.
+    ``request.meter_number`` earlier in this transaction, so they are not looked up again.
+    ``reversible_here``: keep the account's state before the vend on the vend's row, for
+    ``vending.reversals.reverse_vend`` (a counter vend; a channel reverses its own).
     """
     earlier = _find_by_reference(session, request.channel, request.reference)
     if earlier is not None:
@@ -155,6 +158,7 @@ def vend(
     if locked is None:
         locked = lock_for_vend(session, request.meter_number)
     meter, account = locked.meter, locked.account
+    account_before = account_state(account) if reversible_here else None
     if account.last_purchase_at is not None and account.last_purchase_at > now:
         # A concurrent vend committed while this one waited for the account: this sale
         # happens after it.
@@ -206,6 +210,7 @@ def vend(
         "reversed_at": None,
         "reversed_by": None,
         "reversal_reason": None,
+        "account_before": account_before,
     }
     # The writes. The vending point's row is shared by every clerk at that point: it is
     # locked here, by its first write, and not while pricing and making the token.

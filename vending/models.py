@@ -221,6 +221,10 @@ class Vend(Base):
     reversed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     reversed_by: Mapped[str | None] = mapped_column(String(64))
     reversal_reason: Mapped[str | None] = mapped_column(Text)
+    # The account's pricing state just before a counter vend (vending.reversals.
+    # account_state), so that a reversal puts it back exactly; None for a channel's vend,
+    # which is reversed in its channel.
+    account_before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class MeterTidCursor(Base):

@@ -8,28 +8,13 @@ covers every vending table.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from headend.models import BigId
 from headend.sqltypes import UtcDateTime
 from vending.models import Base
-
-
-class VendAccountSnapshot(Base):
-    """The account's pricing state just before a counter vend, so that a reversal can put
-    it back exactly (debt, change carried, month-to-date kWh, fixed charges paid through).
-    """
-
-    __tablename__ = "vend_account_snapshots"
-
-    vend_id: Mapped[int] = mapped_column(
-        ForeignKey("vends.id"), primary_key=True, autoincrement=False
-    )
-    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
-    state: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
 class TokenAcceptance(Base):

@@ -23,15 +23,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, insert, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from vending.errors import VendingError
 from vending.models import Account, LedgerEntry, Vend, VendingPoint
-from vending.models_counter import TokenAcceptance, VendAccountSnapshot
+from vending.models_counter import TokenAcceptance
 
 REVERSED = "reversed"
 
@@ -63,18 +63,6 @@ def _restore(account: Account, state: dict[str, Any]) -> None:
     account.last_purchase_at = None if last is None else datetime.fromisoformat(last)
     through = state["fixed_charged_through"]
     account.fixed_charged_through = None if through is None else date.fromisoformat(through)
-
-
-def insert_snapshot(session: Session, vend: Vend, state: dict[str, Any]) -> None:
-    """Keep the account's state before ``vend``, a vend this transaction has just made
-    (so no snapshot can exist yet: no look first)."""
-    # A Core statement: this runs in every counter vend, after the vend's own Core writes.
-    session.connection().execute(
-        insert(_snapshots), {"vend_id": vend.id, "account_id": vend.account_id, "state": state}
-    )
-
-
-_snapshots = cast(Table, VendAccountSnapshot.__table__)
 
 
 def get_vend(session: Session, receipt_number: str, *, lock: bool = False) -> Vend:
@@ -167,13 +155,12 @@ def reverse_vend(
             "token_accepted",
             f"the meter has accepted the token of {receipt_number}: it cannot be reversed",
         )
-    snapshot = session.get(VendAccountSnapshot, vend.id)
-    if snapshot is None:
+    if vend.account_before is None:
         raise VendingError(
             "reversal_without_snapshot",
             f"vend {receipt_number} was not made at the counter; reverse it in its channel",
         )
-    _restore(account, snapshot.state)
+    _restore(account, vend.account_before)
     if vend.vending_point_id is not None:
         point = session.scalar(
             select(VendingPoint).where(VendingPoint.id == vend.vending_point_id).with_for_update()

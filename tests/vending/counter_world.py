@@ -57,7 +57,7 @@ from vending.models import (
     Vend,
     VendingPoint,
 )
-from vending.models_counter import TokenAcceptance, VendAccountSnapshot, VendingPointBanking
+from vending.models_counter import TokenAcceptance, VendingPointBanking
 from vending.reversals import AcceptanceCheck
 from vending.security_module import SoftwareSecurityModule
 from vending.tariff_documents import TariffDocument
@@ -221,7 +221,6 @@ COUNTED = (
     LedgerEntry,
     AuditEntry,
     TokenAcceptance,
-    VendAccountSnapshot,
     VendingPointBanking,
 )
 
