@@ -576,6 +576,7 @@ def counter_vend(
             now=now,
             limits=limits,
             locked=locked,
+            shift=shift,
             reversible_here=True,
         )
         made_now = made_in(session, record)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -63,6 +63,9 @@ from vending.reversals import account_state
 from vending.security_module import IssuedToken, SecurityModule
 from vending.tariffs import Tariff, TariffError
 from vending.tids import tid_after
+
+if TYPE_CHECKING:  # shifts imports this module
+    from vending.shifts import OpenShift
 
 VENDABLE_LIFECYCLES = ("installed", "commissioned", "active")
 
@@ -139,6 +142,7 @@ def vend(
     now: datetime,
     limits: VendLimits = VendLimits(),
     locked: LockedAccount | None = None,
+    shift: OpenShift | None = None,
     reversible_here: bool = False,
 ) -> Vend:
     """Sell ``request.amount`` of credit for a meter; see the module docstring.
@@ -148,7 +152,8 @@ def vend(
     the key change and its breakdown carries ``key_change_tokens`` (vending.key_changes).
 
     ``locked``: the meter and account :func:`lock_for_vend` returned for
-    ``request.meter_number`` earlier in this transaction, so they are not looked up again.
+    ``request.meter_number`` earlier in this transaction, so they are not looked up again;
+    ``shift``: likewise the open shift ``request.shift_id`` names, with its point.
     ``reversible_here``: keep the account's state before the vend on the vend's row, for
     ``vending.reversals.reverse_vend`` (a counter vend; a channel reverses its own).
     """
@@ -167,7 +172,7 @@ def vend(
         session, account.tariff_code, newest_version_id=locked.newest_tariff_version
     )
     tendered = _tendered(request.amount, tariff, limits)
-    point = _check_shift_and_point(session, request, tendered)
+    point = _check_shift_and_point(session, request, tendered, shift)
     state = pricing_state(account, tariff.currency)
     if meter.prepaid_mode == "central":
         sale = _central_top_up(tendered, state)
@@ -502,11 +507,21 @@ class _Point:
 
 
 def _check_shift_and_point(
-    session: Session, request: VendRequest, tendered: Money
+    session: Session, request: VendRequest, tendered: Money, shift: OpenShift | None
 ) -> _Point | None:
     connection = session.connection()
     row: Any
-    if request.shift_id is not None:
+    if shift is not None and shift.id == request.shift_id:
+        if shift.clerk != request.operator:
+            raise VendingError("no_open_shift", "open a shift before vending")
+        row = _PointRow(
+            shift.point_id,
+            shift.point_code,
+            shift.point_active,
+            shift.point_outstanding_minor,
+            shift.point_credit_limit_minor,
+        )
+    elif request.shift_id is not None:
         # The shift and its point in one query.
         row = connection.execute(_READ_SHIFT_POINT, {"point_shift_id": request.shift_id}).first()
         if row is None or row.closed_at is not None or row.clerk != request.operator:
@@ -518,6 +533,16 @@ def _check_shift_and_point(
     _refuse_point(row, tendered.minor)
     assert row is not None
     return _Point(row.id, row.code)
+
+
+class _PointRow(NamedTuple):
+    """A vending point as _READ_POINT reads it."""
+
+    id: int
+    code: str
+    active: bool
+    outstanding_minor: int
+    credit_limit_minor: int
 
 
 def _refuse_point(row: Any, amount_minor: int) -> None:

@@ -137,15 +137,20 @@ def current_shift(session: Session, clerk: str) -> Shift | None:
 
 @dataclass(frozen=True, slots=True)
 class OpenShift:
-    """What a vend needs of the clerk's open shift: its id and its vending point."""
+    """What a vend needs of a clerk's open shift: its id and its vending point as read."""
 
     id: int
+    clerk: str
+    point_id: int
     point_code: str
     point_name: str
+    point_active: bool
+    point_outstanding_minor: int
+    point_credit_limit_minor: int
 
 
 def current_shift_point(session: Session, clerk: str) -> OpenShift | None:
-    """``clerk``'s open shift with its point's code and name, in one query (no objects)."""
+    """``clerk``'s open shift with its point, in one query (no objects loaded)."""
     row = session.connection().execute(_OPEN_SHIFT_POINT, {"shift_clerk": clerk}).first()
     return None if row is None else OpenShift(*row)
 
@@ -154,7 +159,16 @@ def current_shift_point(session: Session, clerk: str) -> OpenShift | None:
 _IS_OPEN = (Shift.clerk == bindparam("shift_clerk"), Shift.closed_at.is_(None))
 _OPEN_SHIFT = select(Shift).where(*_IS_OPEN)
 _OPEN_SHIFT_POINT = (
-    select(Shift.id, VendingPoint.code, VendingPoint.name)
+    select(
+        Shift.id,
+        Shift.clerk,
+        VendingPoint.id,
+        VendingPoint.code,
+        VendingPoint.name,
+        VendingPoint.active,
+        VendingPoint.outstanding_minor,
+        VendingPoint.credit_limit_minor,
+    )
     .join(VendingPoint, VendingPoint.id == Shift.vending_point_id)
     .where(*_IS_OPEN)
 )
