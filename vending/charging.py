@@ -15,6 +15,7 @@ value of each line so that callers and tests can check how far rounding moved it
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -197,7 +198,10 @@ def fraction_to_decimal(value: Fraction, places: int = 12) -> Decimal:
 _Regime = tuple[Fraction, tuple[int, str], Decimal]
 
 
-def _regimes(version: TariffVersion, band: str | None, free_units: bool) -> list[_Regime]:
+# Every pricing asks this several times for the same version (an immutable value), so
+# the answer is kept; a tuple, so no caller can change the kept answer.
+@functools.lru_cache(maxsize=1024)
+def _regimes(version: TariffVersion, band: str | None, free_units: bool) -> tuple[_Regime, ...]:
     """Where the price changes along the month's kWh axis: (start kWh, line key, rate).
 
     Block positions count the whole month's kWh, free units included, so free units are
@@ -223,7 +227,7 @@ def _regimes(version: TariffVersion, band: str | None, free_units: bool) -> list
         if i + 1 < len(starts) and starts[i + 1] <= free:
             continue
         regimes.append((max(start, free), (i + 1, label), rate))
-    return regimes
+    return tuple(regimes)
 
 
 def price_breaks(version: TariffVersion, band: str | None, free_units: bool) -> list[Fraction]:
