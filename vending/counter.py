@@ -45,7 +45,6 @@ from vending.models import (
     Customer,
     LedgerEntry,
     MeterTidCursor,
-    Shift,
     TariffRecord,
     Vend,
     VendingPoint,
@@ -153,7 +152,8 @@ def vend(
 
     ``locked``: the meter and account :func:`lock_for_vend` returned for
     ``request.meter_number`` earlier in this transaction, so they are not looked up again;
-    ``shift``: likewise the open shift ``request.shift_id`` names, with its point.
+    ``shift``: the open shift ``request.shift_id`` names, with its point, as the caller
+    read it in this transaction (required with a ``shift_id``).
     ``reversible_here``: keep the account's state before the vend on the vend's row, for
     ``vending.reversals.reverse_vend`` (a counter vend; a channel reverses its own).
     """
@@ -509,9 +509,10 @@ class _Point:
 def _check_shift_and_point(
     session: Session, request: VendRequest, tendered: Money, shift: OpenShift | None
 ) -> _Point | None:
-    connection = session.connection()
     row: Any
-    if shift is not None and shift.id == request.shift_id:
+    if request.shift_id is not None:
+        if shift is None or shift.id != request.shift_id:
+            raise ValueError("a vend on a shift is given the open shift it names")
         if shift.clerk != request.operator:
             raise VendingError("no_open_shift", "open a shift before vending")
         row = _PointRow(
@@ -521,13 +522,12 @@ def _check_shift_and_point(
             shift.point_outstanding_minor,
             shift.point_credit_limit_minor,
         )
-    elif request.shift_id is not None:
-        # The shift and its point in one query.
-        row = connection.execute(_READ_SHIFT_POINT, {"point_shift_id": request.shift_id}).first()
-        if row is None or row.closed_at is not None or row.clerk != request.operator:
-            raise VendingError("no_open_shift", "open a shift before vending")
     elif request.vending_point_id is not None:
-        row = connection.execute(_READ_POINT, {"point_id": request.vending_point_id}).first()
+        row = (
+            session.connection()
+            .execute(_READ_POINT, {"point_id": request.vending_point_id})
+            .first()
+        )
     else:
         return None
     _refuse_point(row, tendered.minor)
@@ -564,13 +564,6 @@ _POINT_COLUMNS = (
     _points.c.credit_limit_minor,
 )
 _READ_POINT = select(*_POINT_COLUMNS).where(_points.c.id == bindparam("point_id"))
-_shifts = cast(Table, Shift.__table__)
-_READ_SHIFT_POINT = (
-    select(_shifts.c.closed_at, _shifts.c.clerk, *_POINT_COLUMNS)
-    .select_from(_shifts)
-    .outerjoin(_points, _points.c.id == _shifts.c.vending_point_id)
-    .where(_shifts.c.id == bindparam("point_shift_id"))
-)
 
 
 def _credit_token(
