@@ -926,15 +926,7 @@ class _StoredReads:
         statement = _READINGS_IN_WINDOW if model is Reading else _ESTIMATES_IN_WINDOW
         rows: list[Any] = list(self._session.connection().execute(statement, parameters))
         if model is ReadingEstimate:
-            for key in keys:
-                history = self._histories[key]
-                # What the filters below keep: within the history's bounds, and (where its
-                # low bound is the installation) not before the installation.
-                low = (
-                    history.low if history.low is not None else self._profiles[key[0]].installed_at
-                )
-                assert low is not None and history.high is not None
-                history.estimates_span = (max(lo, low), min(hi, history.high))
+            self._note_estimates_span(keys, lo, hi)
         for row in rows:
             key: _Key = (int(row[0]), str(row[1]))
             history = self._histories.get(key)
@@ -948,6 +940,16 @@ class _StoredReads:
                 history.estimates.append(read)
             else:
                 history.add(read)
+
+    def _note_estimates_span(self, keys: list[_Key], lo: datetime, hi: datetime) -> None:
+        """Record where the estimates loaded from ``[lo, hi]`` are all there are."""
+        for meter_id, quantity in keys:
+            history = self._histories[(meter_id, quantity)]
+            # What _fill keeps: within the history's bounds, and (where its low bound is
+            # the installation) not before the installation.
+            low = history.low if history.low is not None else self._profiles[meter_id].installed_at
+            assert low is not None and history.high is not None
+            history.estimates_span = (max(lo, low), min(hi, history.high))
 
     def _stored(
         self, key: _Key, ts: datetime, value: Decimal, quality: Quality
