@@ -1207,6 +1207,9 @@ def _load_profiles(session: Session, meter_ids: set[int]) -> dict[int, MeterProf
     }
 
 
+# Frozen, and the same for every batch of a meter until its registry row changes: built
+# once, not per batch.
+@functools.lru_cache(maxsize=65_536)
 def _profile(
     meter_id: int, phases: int | None, rated_a: int | None, installed: datetime | None
 ) -> MeterProfile:
