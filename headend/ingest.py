@@ -19,10 +19,11 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Insert, Table, Update, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Insert, Table, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from headend.bulk_write import BulkStatement
 from headend.consumption import (
     IntervalConsumption,
     derivation_span,
@@ -260,16 +261,8 @@ class Ingestor:
                 if poll.meter_id not in known:
                     continue  # quarantined as an unknown meter
                 _keep_latest(last_seen, poll.meter_id, poll.received_at)
-            if last_seen:
-                # One executemany (bulk UPDATE by primary key), not a statement per meter:
-                # per-meter round trips made this the poller's bottleneck on PostgreSQL.
-                session.execute(
-                    update(Meter),
-                    [
-                        {"id": meter_id, "last_seen_at": seen, "online": True}
-                        for meter_id, seen in last_seen.items()
-                    ],
-                )
+            # A meter that answered a poll is online.
+            self._update_meters(session, last_seen, dict.fromkeys(last_seen, True))
         self.stats.add(batch)
         return batch
 
@@ -398,13 +391,12 @@ class Ingestor:
                     }
                 )
         if rows:
-            # Core on the table: the ORM's bulk path costs more than the database here.
-            # RETURNING counts what went in (executemany's rowcount is not portable).
-            table = _table(Reading)
-            result = session.connection().execute(
-                _insert_ignoring_duplicates(session, table).returning(table.c.id), rows
-            )
-            inserted = len(result.all())
+            # Straight to the driver (see headend.bulk_write): SQLAlchemy's per-row parameter
+            # processing cost more than the database's insert. Both drivers sum an
+            # executemany's rowcount, and a skipped conflicting row changes nothing.
+            connection = session.connection()
+            insert_readings = _bulk_insert_ignoring(connection.dialect.name, _table(Reading))
+            inserted = insert_readings.execute(connection, rows)
             batch.readings_stored += inserted
             # The meter rows are locked, so no other worker can have stored these first; a
             # shortfall would mean a writer outside the ingestion path. Count, don't lose.
@@ -480,7 +472,8 @@ class Ingestor:
         for plan in plans:
             meter_id, quantity = plan.key
             first, last = plan.window[0].timestamp, plan.window[-1].timestamp
-            deletes.append({"m": meter_id, "q": quantity, "lo": first, "hi": last})
+            if stored.may_hold_estimates(plan.key, first, last):
+                deletes.append({"m": meter_id, "q": quantity, "lo": first, "hi": last})
             estimates += [
                 {
                     "meter_id": meter_id,
@@ -518,13 +511,13 @@ class Ingestor:
                         "created_at": created_at,
                     }
                 )
-        session.connection().execute(_DELETE_ESTIMATES_BETWEEN, deletes)
-        if estimates:
-            session.connection().execute(insert(_table(ReadingEstimate)), estimates)
-            batch.estimates_stored += len(estimates)
+        connection = session.connection()
+        _DELETE_ESTIMATES_BETWEEN.execute(connection, deletes)
+        _INSERT_ESTIMATES.execute(connection, estimates)
+        batch.estimates_stored += len(estimates)
         if events:
             _lock_stream(session)
-            session.connection().execute(insert(_table(ConsumptionEventRecord)), events)
+            _INSERT_CONSUMPTION.execute(connection, events)
             batch.consumption_published += len(events)
 
     def _store_polled_events(
@@ -611,7 +604,7 @@ class Ingestor:
                 values["last_seen_at"] = last_seen[meter_id]
             by_columns.setdefault(tuple(values), []).append(values)
         for columns, rows in by_columns.items():
-            session.connection().execute(_meter_update(columns[1:]), rows)
+            _meter_update(columns[1:]).execute(session.connection(), rows)
 
     @staticmethod
     def _reject(
@@ -650,15 +643,25 @@ def _table(model: type[Any]) -> Table:
 
 
 @functools.cache
-def _meter_update(columns: tuple[str, ...]) -> Update:
-    """UPDATE meters SET the columns by id, as Core executemany, built once per column set
+def _meter_update(columns: tuple[str, ...]) -> BulkStatement:
+    """UPDATE meters SET the columns by id, as one executemany, built once per column set
     (the ORM's bulk update by primary key cost more than the statement)."""
     table = _table(Meter)
-    return (
+    return BulkStatement(
         update(table)
         .where(table.c.id == bindparam("meter_id"))
         .values({name: bindparam(name) for name in columns})
     )
+
+
+def _inserted_columns(table: Table) -> list[str]:
+    """Every column of ``table`` but its autoincrement key: what a bulk insert's rows give."""
+    return [c.key for c in table.columns if c is not table.autoincrement_column]
+
+
+@functools.cache
+def _bulk_insert_ignoring(dialect: str, table: Table) -> BulkStatement:
+    return BulkStatement(_insert_ignoring(dialect, table), _inserted_columns(table))
 
 
 def _insert_ignoring_duplicates(session: Session, model: type[Any] | Table) -> Insert:
@@ -729,12 +732,17 @@ _EARLIEST_ESTIMATE_WITH_VALUE = (
 # The batch's statements, built once with bound parameters (lists expand into IN): building
 # a select per batch cost more CPU than SQLite took to run it.
 _ESTIMATES = _table(ReadingEstimate)
-_DELETE_ESTIMATES_BETWEEN = delete(_ESTIMATES).where(
-    _ESTIMATES.c.meter_id == bindparam("m"),
-    _ESTIMATES.c.quantity == bindparam("q"),
-    _ESTIMATES.c.ts > bindparam("lo"),
-    _ESTIMATES.c.ts < bindparam("hi"),
+_DELETE_ESTIMATES_BETWEEN = BulkStatement(
+    delete(_ESTIMATES).where(
+        _ESTIMATES.c.meter_id == bindparam("m"),
+        _ESTIMATES.c.quantity == bindparam("q"),
+        _ESTIMATES.c.ts > bindparam("lo"),
+        _ESTIMATES.c.ts < bindparam("hi"),
+    )
 )
+_INSERT_ESTIMATES = BulkStatement(insert(_ESTIMATES), _inserted_columns(_ESTIMATES))
+_CONSUMPTION = _table(ConsumptionEventRecord)
+_INSERT_CONSUMPTION = BulkStatement(insert(_CONSUMPTION), _inserted_columns(_CONSUMPTION))
 _LOCK_METERS_BY_COMM_ID = (
     select(Meter.comm_id, Meter.id)
     .where(Meter.comm_id.in_(bindparam("comm_ids", expanding=True)))
@@ -830,7 +838,7 @@ class _Derivation:
 class _History:
     """The real reads of one register, complete over ``[low, high]`` (None: unbounded)."""
 
-    __slots__ = ("estimates", "extra", "high", "low", "reads", "times")
+    __slots__ = ("estimates", "estimates_span", "extra", "high", "low", "reads", "times")
 
     def __init__(self, low: datetime | None, high: datetime | None) -> None:
         self.low = low
@@ -840,6 +848,8 @@ class _History:
         # Context only, outside [low, high]: the start of a run of unchanged values.
         self.extra: list[StoredRead] = []
         self.estimates: list[StoredRead] = []
+        # Where ``estimates`` holds every stored estimate of the register (None: unknown).
+        self.estimates_span: tuple[datetime, datetime] | None = None
 
     def add(self, read: StoredRead) -> None:
         i = bisect.bisect_right(self.times, read.timestamp)
@@ -915,6 +925,8 @@ class _StoredReads:
         }
         statement = _READINGS_IN_WINDOW if model is Reading else _ESTIMATES_IN_WINDOW
         rows: list[Any] = list(self._session.connection().execute(statement, parameters))
+        if model is ReadingEstimate:
+            self._note_estimates_span(keys, lo, hi)
         for row in rows:
             key: _Key = (int(row[0]), str(row[1]))
             history = self._histories.get(key)
@@ -928,6 +940,16 @@ class _StoredReads:
                 history.estimates.append(read)
             else:
                 history.add(read)
+
+    def _note_estimates_span(self, keys: list[_Key], lo: datetime, hi: datetime) -> None:
+        """Record where the estimates loaded from ``[lo, hi]`` are all there are."""
+        for meter_id, quantity in keys:
+            history = self._histories[(meter_id, quantity)]
+            # What _fill keeps: within the history's bounds, and (where its low bound is
+            # the installation) not before the installation.
+            low = history.low if history.low is not None else self._profiles[meter_id].installed_at
+            assert low is not None and history.high is not None
+            history.estimates_span = (max(lo, low), min(hi, history.high))
 
     def _stored(
         self, key: _Key, ts: datetime, value: Decimal, quality: Quality
@@ -1054,6 +1076,15 @@ class _StoredReads:
     def add(self, key: _Key, read: StoredRead) -> None:
         self._histories[key].add(read)
 
+    def may_hold_estimates(self, key: _Key, first: datetime, last: datetime) -> bool:
+        """Whether estimates may be stored strictly between ``first`` and ``last``: False
+        only when the loaded estimates cover that span and none of them lies inside it."""
+        history = self._histories[key]
+        span = history.estimates_span
+        if span is None or first < span[0] or last > span[1]:
+            return True
+        return any(first < e.timestamp < last for e in history.estimates)
+
     def value_at(self, key: _Key, ts: datetime) -> Decimal | None:
         history = self._histories.get(key)
         if history is None:
@@ -1176,6 +1207,9 @@ def _load_profiles(session: Session, meter_ids: set[int]) -> dict[int, MeterProf
     }
 
 
+# Frozen, and the same for every batch of a meter until its registry row changes: built
+# once, not per batch.
+@functools.lru_cache(maxsize=65_536)
 def _profile(
     meter_id: int, phases: int | None, rated_a: int | None, installed: datetime | None
 ) -> MeterProfile:

@@ -833,12 +833,13 @@ def _consumption_findings(
         index, previous = found
         elapsed = ts - previous.timestamp
         delta = value - previous.value
-        since = f"the read of {previous.value} {unit} at {_fmt_ts(previous.timestamp)}"
         if delta < 0:
             findings.append(_backwards(quantity, previous, ts, value, profile, settings))
         else:
             spike = _spike(quantity, delta, elapsed, profile, settings, previous.value, value)
             if spike:
+                # Formatted only for a finding: most reads have none.
+                since = f"the read of {previous.value} {unit} at {_fmt_ts(previous.timestamp)}"
                 findings.append(Finding(Flag.SPIKE, f"{spike} since {since}"))
             if delta == 0 and settings.zero_consumption_after is not None:
                 unchanged_since = register.unchanged_since(index)

@@ -431,3 +431,24 @@ def test_a_run_that_starts_inside_the_loaded_window_needs_no_look_up_and_is_not_
         ingestor.ingest([_message(serial, _read(minutes, value))])
     flags = _flags_by_minute(session_factory, meter_id)
     assert set(flags.values()) == {""}
+
+
+def test_estimates_far_outside_the_loaded_window_are_replaced_when_their_gap_is_rederived(
+    session_factory: sessionmaker[Session],
+) -> None:
+    meter_id, serial = _meter(session_factory)
+    ingestor = Ingestor(session_factory, SCHEME)
+    ingestor.ingest([_message(serial, _read(0, "10.000")), _message(serial, _read(300, "12.000"))])
+    with session_factory() as session:
+        assert len(_estimates(session, meter_id)) == 19
+    # Its neighbours (and most estimates) lie beyond the few intervals loaded around it.
+    ingestor.ingest([_message(serial, _read(150, "10.500"))])
+    # A new read after another gap: re-derivation reaches back over the first gap, whose
+    # estimates lie far outside the window loaded around the new read.
+    ingestor.ingest([_message(serial, _read(600, "13.000"))])
+    with session_factory() as session:
+        reads = _stored_reads(session, meter_id)
+        estimates = _estimates(session, meter_id)
+    assert len(reads) == 4
+    assert estimates == {e.timestamp: e.value for e in estimate_gaps(reads, INTERVAL, VEE)}
+    assert len(estimates) == 37
