@@ -90,16 +90,7 @@ def _counted(tree: Path, database: Path, pristine: Path, setup_file: Path, vends
                 "valgrind",
                 "--tool=callgrind",
                 f"--callgrind-out-file={scratch}/callgrind.out",
-                sys.executable,
-                __file__,
-                "--vend",
-                str(vends),
-                "--tree",
-                str(tree),
-                "--url",
-                f"sqlite:///{database}",
-                "--setup-file",
-                str(setup_file),
+                *_this_script(tree, database, setup_file, "--vend", str(vends)),
             ],
             capture_output=True,
             text=True,
@@ -111,24 +102,25 @@ def _counted(tree: Path, database: Path, pristine: Path, setup_file: Path, vends
     return int(found.group(1))
 
 
+def _this_script(tree: Path, database: Path, setup_file: Path, *mode: str) -> list[str]:
+    return [
+        sys.executable,
+        __file__,
+        *mode,
+        "--tree",
+        str(tree),
+        "--url",
+        f"sqlite:///{database}",
+        "--setup-file",
+        str(setup_file),
+    ]
+
+
 def measure(tree: Path) -> int:
     with tempfile.TemporaryDirectory() as work:
         database = Path(work) / "vends.db"
         setup_file = Path(work) / "setup.json"
-        subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--setup-only",
-                "--tree",
-                str(tree),
-                "--url",
-                f"sqlite:///{database}",
-                "--setup-file",
-                str(setup_file),
-            ],
-            check=True,
-        )
+        subprocess.run(_this_script(tree, database, setup_file, "--setup-only"), check=True)
         pristine = Path(work) / "pristine.db"
         shutil.copyfile(database, pristine)
         few = _counted(tree, database, pristine, setup_file, 10)

@@ -8,10 +8,20 @@ import weakref
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, cast
+from typing import Annotated, Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import ColumnElement, Engine, ScalarSelect, Table, bindparam, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    ScalarSelect,
+    Select,
+    Table,
+    bindparam,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -261,9 +271,13 @@ _tariff_cache: weakref.WeakKeyDictionary[Engine, dict[str, tuple[int, Tariff]]] 
 _tariff_cache_lock = threading.Lock()
 
 
-_NEWEST_VERSION_ID = select(func.max(TariffVersionRecord.id)).where(
-    TariffVersionRecord.tariff_code == bindparam("version_tariff_code")
-)
+def _newest_version(tariff_code: ColumnElement[str] | InstrumentedAttribute[str]) -> Select[Any]:
+    return select(func.max(TariffVersionRecord.id)).where(
+        TariffVersionRecord.tariff_code == tariff_code
+    )
+
+
+_NEWEST_VERSION_ID = _newest_version(bindparam("version_tariff_code"))
 
 
 def newest_version_id_of(
@@ -271,11 +285,7 @@ def newest_version_id_of(
 ) -> ScalarSelect[int]:
     """The newest version id of the tariff ``tariff_code`` names, as a column for a
     caller's own query (see ``load_tariff``)."""
-    return (
-        select(func.max(TariffVersionRecord.id))
-        .where(TariffVersionRecord.tariff_code == tariff_code)
-        .scalar_subquery()
-    )
+    return _newest_version(tariff_code).scalar_subquery()
 
 
 def pricing_state(account: Account, currency: Currency) -> VendAccount:

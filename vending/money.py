@@ -196,14 +196,18 @@ def total(amounts: list[Money] | tuple[Money, ...], currency: Currency) -> Money
 
 def exact(value: Exact) -> Fraction:
     """`value` as an exact fraction (Decimal and int convert without loss)."""
-    return value if isinstance(value, Fraction) else _fraction(value)
+    if isinstance(value, Fraction):
+        return value
+    if isinstance(value, Decimal) and value.is_finite():
+        return _fraction(value)
+    return Fraction(value)  # an int, or a NaN or infinity for Fraction to refuse
 
 
 # Pricing converts the same tariff rates, VAT and levy figures on every vend; a
 # Decimal's conversion costs ten times a cache look-up. Equal values (1.0 and 1.00) are
 # the same fraction, so sharing an entry is exact.
 @functools.lru_cache(maxsize=4096)
-def _fraction(value: Decimal | int) -> Fraction:
+def _fraction(value: Decimal) -> Fraction:
     return Fraction(value)
 
 
