@@ -18,9 +18,7 @@ same meters. Prints a table of vends/s, latency percentiles, the server's CPU pe
 wall-clock rates on a shared machine) and the load generator's (this process's) CPU per
 vend; checks that every answer was 201 and no TID repeats. ``--workers N`` runs N uvicorn
 worker processes; ``--points N`` spreads the clerks over N vending points (with one,
-every vend takes cash for the same point and waits for its row lock). Each server worker
-tunes its garbage collector once the app is built, as ``gridvend serve`` does
-(``gridvend.collector.tune_for_service``; ``--default-gc`` keeps CPython's settings).
+every vend takes cash for the same point and waits for its row lock).
 
 ``--in-process N`` measures the vend transaction alone instead (N vends through
 ``vending.api.counter_vend``, one thread, no HTTP): SQL statements and CPU per vend.
@@ -54,7 +52,6 @@ from sqlalchemy.exc import OperationalError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gridvend.collector import tune_for_service
 from gridvend.db import (
     make_engine,
     make_read_only_session_factory,
@@ -228,8 +225,6 @@ def app_factory() -> Any:
             audit=AuditLog(),
         )
     )
-    if not os.environ.get("BENCH_DEFAULT_GC"):
-        tune_for_service()  # as `gridvend serve` does once the system is up
     return app
 
 
@@ -277,7 +272,6 @@ def in_process(name: str, url: str, vends: int) -> None:
 
     for i in range(len(setup.meters)):  # warm-up: every meter's key cached
         one(i)
-    tune_for_service()  # as `gridvend serve` does
     statements = 0
     cpu = time.process_time()
     wall = time.perf_counter()
@@ -429,7 +423,6 @@ def bench(name: str, url: str, args: argparse.Namespace) -> list[dict[str, Any]]
             **os.environ,
             "BENCH_DATABASE_URL": url,
             "BENCH_KEK": setup.kek_b64,
-            **({"BENCH_DEFAULT_GC": "1"} if args.default_gc else {}),
             "PYTHONPATH": str(root),
         },
     )
@@ -498,9 +491,6 @@ def main() -> None:
         "--plain-server",
         action="store_true",
         help="run uvicorn on asyncio's loop and h11 instead of uvloop and httptools",
-    )
-    parser.add_argument(
-        "--default-gc", action="store_true", help="keep CPython's collector settings"
     )
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--skip-sqlite", action="store_true")
