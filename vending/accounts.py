@@ -218,6 +218,10 @@ def save_tariff(session: Session, document: TariffDocument, *, actor: str, now: 
             )
         )
     session.flush()
+    # Not cached from this session: if the transaction rolls back, SQLite gives the
+    # versions' ids to the next versions saved, and a cached tariff would price with the
+    # rolled-back rates.
+    session.info.setdefault(_TARIFFS_WRITTEN, set()).add(document.code)
     return load_tariff(session, document.code) if stored else tariff
 
 
@@ -234,8 +238,9 @@ def load_tariff(session: Session, code: str, *, newest_version_id: int | None = 
             session.connection().execute(_NEWEST_VERSION_ID, {"version_tariff_code": code}).scalar()
         )
     engine = session.get_bind().engine
+    cacheable = code not in session.info.get(_TARIFFS_WRITTEN, ())
     with _tariff_cache_lock:
-        cached = _tariff_cache.get(engine, {}).get(code)
+        cached = _tariff_cache.get(engine, {}).get(code) if cacheable else None
     if newest_version_id is not None and cached is not None and cached[0] == newest_version_id:
         # Versions exist only under their tariff's row (foreign key), and that row's
         # fields never change, so the cached tariff stands without reading it.
@@ -257,14 +262,16 @@ def load_tariff(session: Session, code: str, *, newest_version_id: int | None = 
         timezone=record.timezone,
         versions=[TariffVersionDocument.model_validate(v) for v in documents],
     ).to_tariff()
-    if rows:
+    if rows and cacheable:
         with _tariff_cache_lock:
             _tariff_cache.setdefault(engine, {})[code] = (max(row.id for row in rows), tariff)
     return tariff
 
 
 # Per database (engine), then per tariff code: (newest version id, tariff); version ids
-# are a database's own.
+# are a database's own. Sessions that saved a tariff's versions neither read nor fill its
+# entry (see save_tariff).
+_TARIFFS_WRITTEN = "gridvend.tariffs_written"
 _tariff_cache: weakref.WeakKeyDictionary[Engine, dict[str, tuple[int, Tariff]]] = (
     weakref.WeakKeyDictionary()
 )

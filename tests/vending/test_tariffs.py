@@ -287,3 +287,32 @@ def test_a_tariff_is_cached_per_database_not_by_its_version_ids_alone(tmp_path: 
 
 
 OPENED = datetime(2026, 11, 24, 6, 0, tzinfo=UTC)
+
+
+def test_a_tariff_saved_in_a_rolled_back_transaction_is_not_priced_later(
+    tmp_path: Path,
+) -> None:
+    # SQLite hands a rolled-back insert's id to the next insert: a version saved and rolled
+    # back must not stay cached under that id for the version saved after it.
+    engine = make_engine(f"sqlite:///{tmp_path}/t.db")
+    upgrade(engine)
+    factory = make_session_factory(engine)
+    base = residential_stepped()
+    with factory() as session, session.begin():
+        save_tariff(session, TariffDocument.from_tariff(base), actor="t", now=OPENED)
+
+    def later(rate: str) -> TariffDocument:
+        energy = replace(base.versions[0].energy, blocks=(Block(None, Decimal(rate)),))
+        version = replace(base.versions[0], effective_from=date(2026, 12, 1), energy=energy)
+        return TariffDocument.from_tariff(replace(base, versions=(version,)))
+
+    with factory() as session:
+        session.begin()
+        save_tariff(session, later("9.99"), actor="t", now=OPENED)
+        session.rollback()
+    with factory() as session, session.begin():
+        save_tariff(session, later("1.11"), actor="t", now=OPENED)
+    with factory() as session:
+        loaded = load_tariff(session, base.code)
+    assert loaded.versions[-1].energy.blocks[0].rate_per_kwh == Decimal("1.11")
+    engine.dispose()
