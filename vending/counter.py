@@ -556,14 +556,13 @@ def _refuse_point(row: Any, amount_minor: int) -> None:
         )
 
 
-_POINT_COLUMNS = (
+_READ_POINT = select(
     _points.c.id,
     _points.c.code,
     _points.c.active,
     _points.c.outstanding_minor,
     _points.c.credit_limit_minor,
-)
-_READ_POINT = select(*_POINT_COLUMNS).where(_points.c.id == bindparam("point_id"))
+).where(_points.c.id == bindparam("point_id"))
 
 
 def _credit_token(
