@@ -18,7 +18,9 @@ same meters. Prints a table of vends/s, latency percentiles, the server's CPU pe
 wall-clock rates on a shared machine) and the load generator's (this process's) CPU per
 vend; checks that every answer was 201 and no TID repeats. ``--workers N`` runs N uvicorn
 worker processes; ``--points N`` spreads the clerks over N vending points (with one,
-every vend takes cash for the same point and waits for its row lock).
+every vend takes cash for the same point and waits for its row lock). ``--vend-threads N``
+sets how many worker threads a server process vends on (vending.lanes; default one on
+SQLite, eight on PostgreSQL).
 
 ``--in-process N`` measures the vend transaction alone instead (N vends through
 ``vending.api.counter_vend``, one thread, no HTTP): SQL statements and CPU per vend.
@@ -223,6 +225,7 @@ def app_factory() -> Any:
             require_later=auth.require_later,
             security_module=module,
             audit=AuditLog(),
+            vend_threads=int(os.environ.get("BENCH_VEND_THREADS", 0)) or None,
         )
     )
     return app
@@ -423,6 +426,7 @@ def bench(name: str, url: str, args: argparse.Namespace) -> list[dict[str, Any]]
             **os.environ,
             "BENCH_DATABASE_URL": url,
             "BENCH_KEK": setup.kek_b64,
+            "BENCH_VEND_THREADS": str(args.vend_threads or 0),
             "PYTHONPATH": str(root),
         },
     )
@@ -491,6 +495,11 @@ def main() -> None:
         "--plain-server",
         action="store_true",
         help="run uvicorn on asyncio's loop and h11 instead of uvloop and httptools",
+    )
+    parser.add_argument(
+        "--vend-threads",
+        type=int,
+        help="worker threads a server process vends on (default: the API's, see vending.lanes)",
     )
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--skip-sqlite", action="store_true")

@@ -54,6 +54,7 @@ from vending.customer_grades import grade_of_customer
 from vending.errors import VendingError
 from vending.grading import GradingPolicy
 from vending.key_change_views import pending_key_change_json
+from vending.lanes import ThreadLane, lane_size_for
 from vending.models import (
     Account,
     AccountMeter,
@@ -628,13 +629,17 @@ def make_router(
     grading_policy: GradingPolicy | None = None,
     token_acceptance: AcceptanceCheck | None = None,
     require_later: Callable[..., Any],
+    vend_threads: int | None = None,
 ) -> APIRouter:
     """The counter routes; ``require(*roles)`` is the caller-check dependency giving a
     principal with ``username``, ``user_id`` and ``role``; ``require_later(*roles)``
     (``gridvend.auth.Auth.require_later``) checks the vend's caller in the vend's own
     worker thread instead. ``token_acceptance(session,
-    meter_id, tid)`` tells reversals whether the head-end saw the meter accept a token."""
+    meter_id, tid)`` tells reversals whether the head-end saw the meter accept a token.
+    Vends run on at most ``vend_threads`` worker threads at once (default: one on SQLite,
+    eight on a server database; see ``vending.lanes``)."""
     router = APIRouter(prefix=PREFIX, tags=["vending"])
+    vend_lane = ThreadLane(vend_threads or lane_size_for(session_factory))
 
     def reading() -> AbstractContextManager[Session]:
         return read_session(session_factory)
@@ -1099,9 +1104,12 @@ def make_router(
     vend_caller = require_later(*CLERKS)
 
     @router.post("/vends", status_code=status.HTTP_201_CREATED)
-    def sell(caller: Any = vend_caller, raw: bytes = Depends(_raw_body)) -> JSONResponse:
+    async def sell(caller: Any = vend_caller, raw: bytes = Depends(_raw_body)) -> JSONResponse:
         """Vend at the counter (see ``counter_vend``). A retry with the same reference
         answers 200 with the vend already made."""
+        return await vend_lane.run(sell_now, caller, raw)
+
+    def sell_now(caller: Any, raw: bytes) -> JSONResponse:
         # The caller first: a request with a bad token learns nothing about its body.
         principal = caller.principal()
         request = _parse_json(VendBody, raw)
