@@ -23,6 +23,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, SessionTransaction,
 
 from headend.models import NAMING_CONVENTION, BigId
 from headend.sqltypes import UtcDateTime
+from vending.driver_statements import DriverStatement
 
 GENESIS_HASH = "0" * 64
 
@@ -91,7 +92,11 @@ _PENDING_KEY = "gridvend.audit.pending"
 # ingest stream use other keys).
 _APPEND_LOCK_KEY = 7243001
 _table = cast(Table, AuditEntry.__table__)
-_last_hash = select(_table.c.hash).order_by(_table.c.id.desc()).limit(1)
+# Run on the driver directly: every vend appends an entry (vending.driver_statements).
+_LAST_HASH = DriverStatement(select(_table.c.hash).order_by(_table.c.id.desc()).limit(1))
+_INSERT = DriverStatement(
+    _table.insert(), columns=["ts", "actor", "action", "subject", "detail", "prev_hash", "hash"]
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +124,7 @@ def _write_pending(session: Session) -> None:
         # Serialise appends so concurrent writers queue instead of failing on prev_hash;
         # held to the commit that follows.
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _APPEND_LOCK_KEY})
-    prev_hash = connection.execute(_last_hash).scalar() or GENESIS_HASH
+    prev_hash = _LAST_HASH.scalar(session, {}) or GENESIS_HASH
     rows = []
     for entry in pending:
         entry_hash = _entry_hash(
@@ -139,7 +144,7 @@ def _write_pending(session: Session) -> None:
         prev_hash = entry_hash
     # One row per statement: ids follow the chain's order on every backend.
     for row in rows:
-        connection.execute(_table.insert(), row)
+        _INSERT.execute(session, row)
     pending.clear()
 
 

@@ -28,6 +28,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from headend.interface import find_meter
 from vending import localtime
 from vending.debt import DebtRecoveryDocument, DebtRecoveryRule, DebtRuleError
+from vending.driver_statements import DriverStatement
 from vending.errors import VendingError
 from vending.models import (
     Account,
@@ -328,15 +329,15 @@ def write_pricing_state(session: Session, account: Account, state: VendAccount) 
         "last_purchase_at": state.last_purchase_at,
         "fixed_charged_through": state.fixed_charged_through,
     }
-    session.connection().execute(
-        _ACCOUNT_UPDATE, {"account_id": account.id, **{f"new_{k}": v for k, v in values.items()}}
+    _ACCOUNT_UPDATE.execute(
+        session, {"account_id": account.id, **{f"new_{k}": v for k, v in values.items()}}
     )
     for name, value in values.items():
         set_committed_value(account, name, value)
 
 
 _accounts = cast(Table, Account.__table__)
-_ACCOUNT_UPDATE = (
+_ACCOUNT_UPDATE = DriverStatement(
     update(_accounts)
     .where(_accounts.c.id == bindparam("account_id"))
     .values(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
 from headend.audit import AuditSink
@@ -36,6 +37,7 @@ from vending.accounts import (
     write_pricing_state,
 )
 from vending.debt import recover_from_purchase
+from vending.driver_statements import DriverStatement
 from vending.errors import VendingError
 from vending.key_changes import current_key_ref, hand_out_with_vend
 from vending.keystore import KeyStoreError
@@ -250,17 +252,22 @@ def vend(
 
 
 # The vend's writes are Core statements: the ORM's unit of work cost more than the rest of
-# the transaction's statements together. The objects the caller holds are kept in step
+# the transaction's statements together. The ones every vend runs go to the driver
+# directly (vending.driver_statements). The objects the caller holds are kept in step
 # (set_committed_value, a persistent Vend), so nothing is left pending for a flush.
 _vends = cast(Table, Vend.__table__)
 _points = cast(Table, VendingPoint.__table__)
 _tid_cursors = cast(Table, MeterTidCursor.__table__)
+_INSERT_VEND = DriverStatement(
+    insert(_vends).returning(_vends.c.id),
+    columns=[c.key for c in _vends.columns if c.key != "id"],
+)
 _SET_RECEIPT = (
     update(_vends)
     .where(_vends.c.id == bindparam("vend_id"))
     .values(receipt_number=bindparam("new_receipt_number"))
 )
-_TAKE_CASH = (
+_TAKE_CASH = DriverStatement(
     update(_points)
     .where(
         _points.c.id == bindparam("point_id"),
@@ -273,7 +280,7 @@ _TAKE_CASH = (
     )
     .returning(_points.c.receipts_issued)
 )
-_SET_TID = (
+_SET_TID = DriverStatement(
     update(_tid_cursors)
     .where(_tid_cursors.c.meter_id == bindparam("cursor_meter_id"))
     .values(
@@ -298,20 +305,17 @@ def _insert_vend(
     concurrent_duplicate."""
     # Anything the caller left pending goes first (Core statements do not flush it).
     session.flush()
-    connection = session.connection()
     try:
-        primary_key = connection.execute(insert(_vends), values).inserted_primary_key
+        vend_id = int(_INSERT_VEND.scalar(session, values))
     except IntegrityError:
         # A concurrent request with the same reference won the race; it will be found
         # by the retry, which returns its vend.
         raise VendingError(
             "concurrent_duplicate", "the same request is being processed; retry to get its answer"
         ) from None
-    assert primary_key is not None  # an INSERT of one row
-    vend_id = int(primary_key[0])
     if number_after_with_prefix is not None:
         values = {**values, "receipt_number": _receipt_number(number_after_with_prefix, vend_id)}
-        connection.execute(
+        session.connection().execute(
             _SET_RECEIPT, {"vend_id": vend_id, "new_receipt_number": values["receipt_number"]}
         )
     record = Vend(**{**values, "id": vend_id})
@@ -336,12 +340,9 @@ def _take_cash(session: Session, point: _Point, amount_minor: int) -> int:
     under its credit limit (checked again here, under the row's lock, since the first
     check read it unlocked), and count the receipt: the point's new receipt count.
     VendingError vending_point_inactive, vending_point_limit."""
-    connection = session.connection()
-    count = connection.execute(
-        _TAKE_CASH, {"point_id": point.id, "amount_minor": amount_minor}
-    ).scalar()
+    count = _TAKE_CASH.scalar(session, {"point_id": point.id, "amount_minor": amount_minor})
     if count is None:
-        row = connection.execute(_READ_POINT, {"point_id": point.id}).first()
+        row = session.connection().execute(_READ_POINT, {"point_id": point.id}).first()
         _refuse_point(row, amount_minor)
         raise VendingError("vending_point_limit", "the vending point cannot take this cash")
     held = session.identity_map.get(identity_key(VendingPoint, point.id))
@@ -374,30 +375,46 @@ def lock_for_vend(session: Session, meter_number: str) -> LockedAccount:
     except ValueError as exc:
         raise VendingError("invalid_meter_number", str(exc)) from None
     # The usual case in one query: a vendable meter on an active account.
-    row = session.execute(_LOCK_ACCOUNT_BY_NUMBER, {"locked_number": number}).first()
+    row = _LOCK_ACCOUNT_BY_NUMBER.first(session, {"locked_number": number})
     if row is not None:
-        account, customer_name, timezone, newest_tariff_version, *summary = row
-        meter = MeterSummary(*summary)
-        if meter.lifecycle in VENDABLE_LIFECYCLES and account.status == "active":
+        customer_name, timezone, newest_tariff_version, *rest = row
+        account_row, meter = rest[:_ACCOUNT_WIDTH], MeterSummary(*rest[_ACCOUNT_WIDTH:])
+        if meter.lifecycle in VENDABLE_LIFECYCLES and account_row[_ACCOUNT_STATUS] == "active":
+            account = _held_account(session, dict(zip(_ACCOUNT_KEYS, account_row, strict=True)))
             return LockedAccount(meter, account, customer_name, timezone, newest_tariff_version)
     # Otherwise the reason, step by step.
     meter, account = _meter_and_account(session, meter_number, lock=True)
     return LockedAccount(meter, account)
 
 
+def _held_account(session: Session, values: dict[str, Any]) -> Account:
+    """The account as a persistent object of ``session`` holding ``values`` (its row, read
+    under the lock): the object the session already holds, refreshed, or a new one. The
+    lock's query reads columns, not an entity: the ORM's loading cost more than the rest
+    of the query."""
+    held = session.identity_map.get(identity_key(Account, values["id"]))
+    if held is not None:
+        # As populate_existing would: what the row says now, loaded (not a change).
+        for name, value in values.items():
+            set_committed_value(held, name, value)
+        return cast(Account, held)
+    account = Account(**values)
+    make_transient_to_detached(account)
+    session.add(account)
+    return account
+
+
 def _find_by_reference(session: Session, channel: str, reference: str) -> Vend | None:
     # Almost always there is none: ask for the id alone and load the vend only if found.
-    vend_id = (
-        session.connection()
-        .execute(_BY_REFERENCE, {"ref_channel": channel, "ref": reference})
-        .scalar()
-    )
+    vend_id = _BY_REFERENCE.scalar(session, {"ref_channel": channel, "ref": reference})
     return None if vend_id is None else session.get(Vend, vend_id)
 
 
-_BY_REFERENCE = select(Vend.__table__.c.id).where(
-    Vend.__table__.c.channel == bindparam("ref_channel"),
-    Vend.__table__.c.reference == bindparam("ref"),
+_BY_REFERENCE = DriverStatement(
+    select(Vend.__table__.c.id).where(
+        Vend.__table__.c.channel == bindparam("ref_channel"),
+        Vend.__table__.c.reference == bindparam("ref"),
+    )
 )
 
 
@@ -462,12 +479,16 @@ _LOCK_LINKED_ACCOUNT = _LINKED_ACCOUNT.with_for_update(of=Account).execution_opt
 )
 # The meter (by number) with its account, locked, in one query, with what the receipt
 # prints of the customer and the tariff, and the tariff's newest version (load_tariff).
-_LOCK_ACCOUNT_BY_NUMBER = (
+_accounts = cast(Table, Account.__table__)
+_ACCOUNT_KEYS = tuple(column.key for column in _accounts.columns)
+_ACCOUNT_WIDTH = len(_ACCOUNT_KEYS)
+_ACCOUNT_STATUS = _ACCOUNT_KEYS.index("status")
+_LOCK_ACCOUNT_BY_NUMBER = DriverStatement(
     select(
-        Account,
         Customer.name,
         TariffRecord.timezone,
         newest_version_id_of(Account.tariff_code),
+        *_accounts.columns,
         *SUMMARY_COLUMNS,
     )
     .join(
@@ -478,8 +499,7 @@ _LOCK_ACCOUNT_BY_NUMBER = (
     .outerjoin(TariffRecord, TariffRecord.code == Account.tariff_code)
     .join_from(AccountMeter, SUMMARY_COLUMNS[0].table, SUMMARY_COLUMNS[0] == AccountMeter.meter_id)
     .where(meter_number_column == bindparam("locked_number"))
-    .with_for_update(of=Account)
-    .execution_options(populate_existing=True)
+    .with_for_update(of=_accounts)
 )
 
 
@@ -575,9 +595,7 @@ def _credit_token(
     ref = current_key_ref(meter)
     try:
         attributes = security_module.key_attributes(ref)
-        cursor = (
-            session.connection().execute(_LOCK_TID_CURSOR, {"cursor_meter_id": meter.id}).first()
-        )
+        cursor = _LOCK_TID_CURSOR.first(session, {"cursor_meter_id": meter.id})
         tid = tid_after(
             None if cursor is None else (cursor[0], cursor[1], cursor[2], cursor[3]),
             ref,
@@ -612,8 +630,8 @@ class _TidWrite:
 
 def _write_tid(session: Session, write: _TidWrite) -> None:
     if write.exists:
-        session.connection().execute(
-            _SET_TID,
+        _SET_TID.execute(
+            session,
             {"cursor_meter_id": write.meter_id, **{f"new_{k}": v for k, v in write.values.items()}},
         )
     else:
@@ -624,7 +642,7 @@ def _write_tid(session: Session, write: _TidWrite) -> None:
 
 # The cursor is locked when read: the account's lock already keeps two vends for one meter
 # apart, and this keeps anything else that issues TIDs for the meter out too.
-_LOCK_TID_CURSOR = (
+_LOCK_TID_CURSOR = DriverStatement(
     select(
         _tid_cursors.c.supply_group_code,
         _tid_cursors.c.key_revision,

@@ -29,6 +29,7 @@ from headend.audit import AuditSink
 from headend.interface import SUMMARY_COLUMNS, MeterSummary, find_meter, move_meter_key
 from protocols.sts import StsError
 from protocols.sts.keys import check_key_revision, check_supply_group_code, check_tariff_index
+from vending.driver_statements import DriverStatement
 from vending.errors import VendingError
 from vending.keystore import KeyStoreError
 from vending.models_keychange import (
@@ -220,15 +221,17 @@ _LOCK_PENDING_ID = (
 )
 
 
-_METER_AND_PENDING = select(
-    select(KeyChangeRecord.id)
-    .where(
-        KeyChangeRecord.meter_id == SUMMARY_COLUMNS[0],
-        KeyChangeRecord.status == KEY_CHANGE_PENDING,
-    )
-    .scalar_subquery(),
-    *SUMMARY_COLUMNS,
-).where(SUMMARY_COLUMNS[0] == bindparam("vend_meter_id"))
+_METER_AND_PENDING = DriverStatement(
+    select(
+        select(KeyChangeRecord.id)
+        .where(
+            KeyChangeRecord.meter_id == SUMMARY_COLUMNS[0],
+            KeyChangeRecord.status == KEY_CHANGE_PENDING,
+        )
+        .scalar_subquery(),
+        *SUMMARY_COLUMNS,
+    ).where(SUMMARY_COLUMNS[0] == bindparam("vend_meter_id"))
+)
 
 
 def hand_out_with_vend(
@@ -252,7 +255,7 @@ def hand_out_with_vend(
     # Almost always nothing is pending: the meter as it is now (the key the token is made
     # under) and whether a key change is pending, in one query. A key change requested
     # after it orders after this vend; a pending one is locked before it is acted on.
-    row = session.connection().execute(_METER_AND_PENDING, {"vend_meter_id": meter.id}).first()
+    row = _METER_AND_PENDING.first(session, {"vend_meter_id": meter.id})
     if row is None or row[0] is None:
         return (meter if row is None else MeterSummary(*row[1:])), []
     pending = pending_key_change(session, meter.id, lock=True)

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from vending.counter import PaymentMethod
+from vending.driver_statements import DriverStatement
 from vending.errors import VendingError
 from vending.models import Shift, Vend, VendingPoint
 from vending.models_counter import VendingPointBanking
@@ -151,14 +152,14 @@ class OpenShift:
 
 def current_shift_point(session: Session, clerk: str) -> OpenShift | None:
     """``clerk``'s open shift with its point, in one query (no objects loaded)."""
-    row = session.connection().execute(_OPEN_SHIFT_POINT, {"shift_clerk": clerk}).first()
+    row = _OPEN_SHIFT_POINT.first(session, {"shift_clerk": clerk})
     return None if row is None else OpenShift(*row)
 
 
 # Built once: every counter vend asks (building the expression cost more than running it).
 _IS_OPEN = (Shift.clerk == bindparam("shift_clerk"), Shift.closed_at.is_(None))
 _OPEN_SHIFT = select(Shift).where(*_IS_OPEN)
-_OPEN_SHIFT_POINT = (
+_OPEN_SHIFT_POINT = DriverStatement(
     select(
         Shift.id,
         Shift.clerk,

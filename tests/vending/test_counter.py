@@ -19,7 +19,7 @@ from tests.vending.world import (
     build_world,
     drn,
 )
-from vending.counter import PaymentMethod, VendRequest, vend
+from vending.counter import PaymentMethod, VendRequest, lock_for_vend, vend
 from vending.errors import VendingError
 from vending.models import Account, LedgerEntry, MeterTidCursor, Vend
 
@@ -193,3 +193,28 @@ def test_a_central_balance_meter_gets_a_ledger_credit_instead_of_a_token(
     with world.session_factory() as session:
         entry = session.scalars(select(LedgerEntry)).one()
     assert (entry.kind, entry.amount_minor) == ("payment", 10_000)
+
+
+def test_the_vend_lock_gives_the_account_the_session_holds_as_the_row_now_says(
+    world: VendingWorld,
+) -> None:
+    meter_number = add_metered_customer(world, 1)
+    with world.session_factory() as session, session.begin():
+        held = session.scalar(select(Account))
+        assert held is not None
+        held.debt_minor = 12345  # changed in memory, never written
+        locked = lock_for_vend(session, meter_number)
+        assert locked.account is held
+        assert held.debt_minor == 0
+        assert not session.is_modified(held)  # the in-memory change is gone, not written
+
+
+def test_the_vend_lock_loads_the_account_into_the_session(world: VendingWorld) -> None:
+    meter_number = add_metered_customer(world, 1)
+    with world.session_factory() as session, session.begin():
+        locked = lock_for_vend(session, meter_number)
+        account = locked.account
+        assert account in session and not session.is_modified(account)
+        assert session.get(Account, account.id) is account
+        stored = session.connection().execute(select(Account.__table__)).one()._asdict()
+        assert {name: getattr(account, name) for name in stored} == stored
