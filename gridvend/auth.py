@@ -36,6 +36,7 @@ from gridvend.audit import AuditLog
 from gridvend.db import READ_ONLY_OPTION
 from headend.models import NAMING_CONVENTION, BigId
 from headend.sqltypes import UtcDateTime
+from vending.driver_statements import DriverStatement
 
 T = TypeVar("T")
 TOKEN_LIFETIME = timedelta(hours=12)
@@ -318,20 +319,24 @@ def _new_token(session: Session, user: User, now: datetime) -> TokenOut:
     return TokenOut(access_token=token, expires_at=expires_at, role=Role(user.role))
 
 
-def principal_for_token(connection: Connection, token: str, now: datetime) -> Principal | None:
-    row = connection.execute(_BY_DIGEST, {"digest": _digest(token)}).first()
+def principal_for_token(
+    connection: Connection | Session, token: str, now: datetime
+) -> Principal | None:
+    row = _BY_DIGEST.first(connection, {"digest": _digest(token)})
     if row is None:
         return None
-    if row.revoked or row.expires_at <= now or not row.active:
+    user_id, username, role, active, revoked, expires_at = row
+    if revoked or expires_at <= now or not active:
         return None
-    return Principal(row.id, row.username, Role(row.role))
+    return Principal(user_id, username, Role(role))
 
 
 # Every API request asks this: one lookup on the unique digest's index, columns only (no
-# ORM objects), the statement built once.
+# ORM objects), on the driver directly (vending.driver_statements), outside a transaction
+# when the caller's connection has none: one statement needs none.
 _users = cast(Table, User.__table__)
 _tokens = cast(Table, AccessToken.__table__)
-_BY_DIGEST = (
+_BY_DIGEST = DriverStatement(
     select(
         _users.c.id,
         _users.c.username,
@@ -358,7 +363,8 @@ class Auth:
     def __init__(self, session_factory: sessionmaker[Session]) -> None:
         bind = session_factory.kw.get("bind")
         # A token check only reads: on SQLite it must not queue for the write lock behind
-        # every vend in progress. A plain connection: no session needed for one select.
+        # every vend in progress. A plain connection and no transaction: one select needs
+        # neither a session nor a BEGIN.
         self._reader: Engine | None = (
             bind.execution_options(**{READ_ONLY_OPTION: True}) if isinstance(bind, Engine) else None
         )
@@ -403,7 +409,7 @@ class Auth:
                 principal = principal_for_token(connection, token, now)
         else:
             with self._session_factory() as session:
-                principal = principal_for_token(session.connection(), token, now)
+                principal = principal_for_token(session, token, now)
         if principal is None:
             raise _http_error(401, "invalid_token", "the token is unknown, expired or revoked")
         if principal.role not in allowed:

@@ -7,8 +7,10 @@ and the database spend on it: measured, the statements' Python overhead was half
 vend transaction's CPU. A ``DriverStatement`` is still written and compiled by SQLAlchemy
 (once per dialect), converts its parameters and results with its columns' own bind and
 result processors, and runs on the DBAPI connection of the caller's session, inside the
-caller's transaction. Driver errors come out as SQLAlchemy's exception classes
-(``IntegrityError``, ``OperationalError``, ...), as from ``Connection.execute``.
+caller's transaction (on a plain ``Connection`` outside a transaction: as the driver
+runs a statement alone, e.g. SQLite's autocommit). Driver errors come out as SQLAlchemy's
+exception classes (``IntegrityError``, ``OperationalError``, ...), as from
+``Connection.execute``.
 
 Not for statements whose columns have Python-side defaults (refused when compiled) or
 with expanding (``IN``) parameters; SQLAlchemy's statement events do not see these
@@ -21,13 +23,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Dialect
+from sqlalchemy import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
 Processor = Callable[[Any], Any]
+# Where a statement runs: a session (in its transaction) or a connection.
+Runner = Session | Connection
 
 
 @dataclass(slots=True)
@@ -52,28 +56,29 @@ class DriverStatement:
         self._columns = list(columns)
         self._by_dialect: dict[str, _Compiled] = {}
 
-    def rows(self, session: Session, parameters: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    def rows(self, on: Runner, parameters: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """Run it and return the rows it gives (a SELECT's, or a RETURNING clause's)."""
-        return self._run(session, parameters, fetch=True)[0]
+        return self._run(on, parameters, fetch=True)[0]
 
-    def first(self, session: Session, parameters: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    def first(self, on: Runner, parameters: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """The first row, or None."""
-        rows = self.rows(session, parameters)
+        rows = self.rows(on, parameters)
         return rows[0] if rows else None
 
-    def scalar(self, session: Session, parameters: Mapping[str, Any]) -> Any:
+    def scalar(self, on: Runner, parameters: Mapping[str, Any]) -> Any:
         """The first column of the first row, or None."""
-        rows = self.rows(session, parameters)
+        rows = self.rows(on, parameters)
         return rows[0][0] if rows else None
 
-    def execute(self, session: Session, parameters: Mapping[str, Any]) -> int:
+    def execute(self, on: Runner, parameters: Mapping[str, Any]) -> int:
         """Run it; the number of rows the database reports changed."""
-        return self._run(session, parameters, fetch=False)[1]
+        return self._run(on, parameters, fetch=False)[1]
 
     def _run(
-        self, session: Session, parameters: Mapping[str, Any], *, fetch: bool
+        self, on: Runner, parameters: Mapping[str, Any], *, fetch: bool
     ) -> tuple[list[tuple[Any, ...]], int]:
-        connection = session.connection()  # begins the session's transaction if need be
+        # A session's connection begins the session's transaction if need be.
+        connection = on.connection() if isinstance(on, Session) else on
         dialect = connection.dialect
         compiled = self._by_dialect.get(dialect.name)
         if compiled is None:

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Engine, Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -138,3 +138,23 @@ def test_columns_left_to_python_side_defaults_are_refused(
     statement = DriverStatement(insert(_accounts), columns=keys)  # debt_minor: default=0
     with session_factory() as session, pytest.raises(ValueError, match="defaults"):
         statement.execute(session, {})
+
+
+def _in_transaction(dbapi_connection: Any) -> bool:
+    if hasattr(dbapi_connection, "in_transaction"):  # sqlite3
+        return bool(dbapi_connection.in_transaction)
+    from psycopg.pq import TransactionStatus
+
+    return bool(dbapi_connection.info.transaction_status != TransactionStatus.IDLE)
+
+
+def test_on_a_connection_without_a_transaction_nothing_is_left_open(
+    engine: Engine, session_factory: sessionmaker[Session], customer_id: int
+) -> None:
+    with session_factory() as session, session.begin():
+        _INSERT_ACCOUNT.execute(session, _account_values(customer_id, "A-1"))
+    for _ in range(2):  # the second time on the connection the first gave back
+        with engine.connect() as connection:
+            assert _ACCOUNT_BY_NUMBER.first(connection, {"number": "A-1"}) is not None
+        with engine.connect() as connection:
+            assert not _in_transaction(connection.connection.dbapi_connection)
