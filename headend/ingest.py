@@ -988,10 +988,12 @@ class _StoredReads:
                     ):
                         open_keys.append(key)
                 elif side == "before" and history.low is not None:
-                    # Derivation reaches back past the previous real read to the one
-                    # before it, and validation to the previous measured read.
+                    # Derivation reaches back to the real read at or before its span's
+                    # start (the third one back when a meter reports every interval), and
+                    # validation to the previous measured read. With fewer loaded, asking
+                    # here (one query for the batch) spares a query per register later.
                     earlier = [r for r in history.reads if r.timestamp < lo]
-                    if len(earlier) < 2 or not any(r.quality is Quality.MEASURED for r in earlier):
+                    if len(earlier) < 3 or not any(r.quality is Quality.MEASURED for r in earlier):
                         open_keys.append(key)
             if not open_keys:
                 continue
