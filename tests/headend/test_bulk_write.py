@@ -12,6 +12,8 @@ from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from headend.bulk_write import BulkStatement
+from headend.connectors.modbus_models import ModbusPollOutcome
+from headend.connectors.modbus_poll.recorder import _INSERT_OUTCOMES
 from headend.ingest import _bulk_insert_ignoring, _table
 from headend.models import ConsumptionEventRecord, Meter, Reading, ReadingEstimate
 from headend.registry import MeterRegistration, register_meter
@@ -194,3 +196,33 @@ def test_a_row_skipped_by_on_conflict_is_not_counted(
         assert statement.execute(connection, rows) == 0
     with session_factory() as session:
         assert session.scalar(select(func.count()).select_from(Reading)) == len(rows)
+
+
+def test_poll_outcomes_written_by_the_recorder_are_stored_as_the_orm_stores_them(
+    session_factory: sessionmaker[Session],
+) -> None:
+    [meter_id] = _meters(session_factory, 1)
+    rows = [
+        {
+            "meter_id": meter_id,
+            "poll_group": "energy",
+            "interval_ts": T0 + timedelta(minutes=15 * k),
+            "ok": k % 2 == 0,
+            "reason": None if k % 2 == 0 else "timeout",
+            "exception_code": None if k < 3 else 2,
+            "detail": "" if k % 2 == 0 else "unit 3: no reply in 1.0 s",
+            "attempts": 1 + k,
+            "requests": 2 * k,
+            "channel": "tcp:127.0.0.1:5020",
+            "worker": "modbus-test",
+            "started_at": (T0 + timedelta(seconds=k)).astimezone(PLUS_TWO),
+            "finished_at": T0 + timedelta(seconds=k, milliseconds=250),
+        }
+        for k in range(5)
+    ]
+    _same_as_orm(
+        session_factory,
+        ModbusPollOutcome,
+        rows,
+        lambda s: _INSERT_OUTCOMES.execute(s.connection(), rows),
+    )
