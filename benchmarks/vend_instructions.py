@@ -11,17 +11,28 @@ database: 50 warm-up vends and then N = 10, and then N = 60 vends. Start-up, imp
 warm-up are the same in both runs, so the difference over 50 is one vend's instructions.
 ``--tree`` measures another checkout (e.g. an older commit in a git worktree) with this
 interpreter, for a before/after pair. Takes about three minutes a tree.
+
+``--rest`` counts a whole vend through the REST API instead: the tree's
+``benchmarks.vend_api`` server (uvicorn, one process) runs under callgrind, 60 vends warm
+it up, its counters are zeroed (``callgrind_control -z``), one client sends 50 vends one
+after the other and the counters are dumped (``-d``): HTTP, the token check, the vend and
+the answer, both of uvicorn's threads. Threads take turns under valgrind, so what
+contention between threads costs is not in this figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -128,9 +139,95 @@ def measure(tree: Path) -> int:
     return (many - few) // 50
 
 
+def measure_rest(tree: Path, warm_up: int = 60, vends: int = 50) -> int:
+    sys.path[:0] = [str(tree), str(tree / "benchmarks")]
+    import aiohttp
+    import vend_api
+
+    with tempfile.TemporaryDirectory() as work:
+        made = vend_api._setup(f"sqlite:///{work}/vends.db", 50, 1)
+        port = vend_api._free_port()
+        out = f"{work}/callgrind.out"
+        server = subprocess.Popen(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={out}",
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "benchmarks.vend_api:app_factory",
+                "--factory",
+                f"--port={port}",
+                "--log-level=error",
+                "--no-access-log",
+            ],
+            cwd=tree,
+            env={
+                **os.environ,
+                "BENCH_DATABASE_URL": made.url,
+                "BENCH_KEK": made.kek_b64,
+                "PYTHONPATH": str(tree),
+            },
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        async def sell(first: int, count: int) -> None:
+            headers = {"Authorization": f"Bearer {made.tokens[0]}"}
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+                for i in range(first, first + count):
+                    body = {
+                        "meter_number": made.meters[i % len(made.meters)],
+                        "amount": f"{50 + i % 50}.00",
+                        "reference": f"counted-{i}",
+                    }
+                    async with http.post("/api/vending/vends", json=body, headers=headers) as r:
+                        if r.status != 201:
+                            raise SystemExit(f"vend answered {r.status}: {await r.text()}")
+
+        try:
+            _wait_for(port, server)
+            asyncio.run(sell(0, warm_up))
+            subprocess.run(
+                ["callgrind_control", "-z", str(server.pid)], check=True, capture_output=True
+            )
+            asyncio.run(sell(warm_up, vends))
+            subprocess.run(
+                ["callgrind_control", "-d", str(server.pid)], check=True, capture_output=True
+            )
+        finally:
+            server.terminate()
+            server.wait(120)
+        summary = re.search(r"^summary: (\d+)", Path(f"{out}.1").read_text(), re.MULTILINE)
+        if summary is None:
+            raise SystemExit("callgrind's dump has no summary")
+        return int(summary.group(1)) // vends
+
+
+def _callgrind_control(option: str, pid: int) -> None:
+    subprocess.run(["callgrind_control", option, str(pid)], check=True, capture_output=True)
+
+
+def _wait_for(port: int, server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 600  # imports under valgrind take a minute or two
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit("the server exited while starting under valgrind")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(1)
+    raise SystemExit("the server did not start under valgrind")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tree", type=Path, default=ROOT, help="the checkout to measure")
+    parser.add_argument(
+        "--rest", action="store_true", help="a whole vend through the REST API (see above)"
+    )
     parser.add_argument("--setup-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--vend", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -145,6 +242,10 @@ def main() -> None:
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
+    if args.rest:
+        print(f"instructions per REST vend (callgrind, the server), tree {tree}", flush=True)
+        print(f"  {measure_rest(tree):,} instructions/vend", flush=True)
+        return
     print(f"instructions per counter vend (callgrind), tree {tree}", flush=True)
     print(f"  {measure(tree):,} instructions/vend", flush=True)
 
