@@ -3,8 +3,10 @@
 Each message is acknowledged to the broker only after its batch is committed (paho's
 manual acks), and the session is persistent, so a worker that dies mid-batch gets the
 unacknowledged messages again on reconnect. Ingestion de-duplicates, so a redelivery
-never doubles a reading. With a shared-subscription group, several workers split the
-fleet's telemetry and events between them (MQTT 5 brokers only).
+never doubles a reading. Messages go from paho's callback into a ``BatchInbox`` on the
+event loop's thread, and each batch is stored on a worker thread. With a
+shared-subscription group, several workers split the fleet's telemetry and events
+between them (MQTT 5 brokers only).
 
 Status is subscribed without the group: MQTT 5 brokers do not hand retained messages to
 shared subscriptions, so a fresh worker would never learn which meters are offline (the
@@ -21,9 +23,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiomqtt
+from paho.mqtt.client import MQTTMessage
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from headend.connectors.batching import BatchInbox
 from headend.connectors.reconnect import run_reconnecting
 from headend.ingest import InboundMessage
 from protocols.mqtt import MeterChannel, TopicScheme
@@ -89,20 +93,26 @@ class MqttIngestWorker:
         # aiomqtt 2.x does not expose manual acks; its paho client does.
         paho = client._client
         paho.manual_ack_set(True)
-        queue: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+        inbox: BatchInbox[MQTTMessage] = BatchInbox(self._batch_size, self._batch_wait_s)
+        # Straight from paho's callback into the inbox, set before connecting so that no
+        # retained message goes to aiomqtt's queue: its iterator costs a task per message.
+        paho.on_message = lambda _client, _userdata, message: inbox.put(message)
         async with client:
             for topic_filter in self.subscriptions():
                 await client.subscribe(topic_filter, qos=1)
             self.connected.set()
             log.info("head-end subscribed to %s", ", ".join(self.subscriptions()))
-            writer = asyncio.create_task(self._write_batches(queue, paho))
+            writer = asyncio.create_task(self._write_batches(inbox, paho))
+            disconnected = asyncio.create_task(_until_disconnected(client))
             try:
-                async for message in client.messages:
-                    queue.put_nowait(message)
-                    if writer.done():
-                        writer.result()
+                done, _ = await asyncio.wait(
+                    {writer, disconnected}, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    task.result()
             finally:
                 writer.cancel()
+                disconnected.cancel()
 
     def _make_client(self) -> aiomqtt.Client:
         if self._mqtt_v5:
@@ -124,32 +134,18 @@ class MqttIngestWorker:
             clean_session=False,
         )
 
-    async def _write_batches(self, queue: asyncio.Queue[aiomqtt.Message], paho: Any) -> None:
+    async def _write_batches(self, inbox: BatchInbox[MQTTMessage], paho: Any) -> None:
         while True:
-            batch = [await queue.get()]
-            deadline = asyncio.get_running_loop().time() + self._batch_wait_s
-            while len(batch) < self._batch_size:
-                if not queue.empty():
-                    # Messages that arrived while the last batch was stored: a timed get
-                    # would cost a task and a timer each, several times the message's own.
-                    batch.append(queue.get_nowait())
-                    continue
-                timeout = deadline - asyncio.get_running_loop().time()
-                if timeout <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(queue.get(), timeout))
-                except TimeoutError:
-                    break
+            batch = await inbox.next_batch()
             await self._ingest_until_stored(batch)
             for message in batch:
                 if message.qos > 0:
                     paho.ack(message.mid, message.qos)
 
-    async def _ingest_until_stored(self, batch: list[aiomqtt.Message]) -> None:
+    async def _ingest_until_stored(self, batch: list[MQTTMessage]) -> None:
         now = datetime.now(UTC)
         inbound = [
-            InboundMessage(topic=m.topic.value, payload=_payload_bytes(m), received_at=now)
+            InboundMessage(topic=_topic_text(m), payload=_payload(m), received_at=now)
             for m in batch
         ]
         backoff = 0.2
@@ -169,10 +165,21 @@ class MqttIngestWorker:
 _SHARED = (MeterChannel.TELEMETRY, MeterChannel.EVENTS)
 
 
-def _payload_bytes(message: aiomqtt.Message) -> bytes:
-    payload = message.payload
-    if isinstance(payload, bytes | bytearray):
-        return bytes(payload)
-    if isinstance(payload, str):
-        return payload.encode()
-    return b"" if payload is None else str(payload).encode()
+async def _until_disconnected(client: aiomqtt.Client) -> None:
+    """Return never; raise ``MqttError`` when the connection is lost. Every message goes to
+    the inbox, so aiomqtt's queue stays empty and its iterator only ends on a disconnect."""
+    async for _message in client.messages:
+        pass
+
+
+def _payload(message: MQTTMessage) -> bytes:
+    payload = message.payload  # bytes as paho decodes a PUBLISH; typed wider
+    return payload if isinstance(payload, bytes) else bytes(payload)
+
+
+def _topic_text(message: MQTTMessage) -> str:
+    try:
+        return message.topic
+    except UnicodeDecodeError:
+        # Kept (and rejected as a bad topic by ingestion) rather than breaking the batch.
+        return message._topic.decode("utf-8", "backslashreplace")
