@@ -9,6 +9,7 @@ repay a fixed instalment per week. Shares of a payment are rounded down (money r
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import ClassVar
@@ -67,11 +68,27 @@ class DebtRecoveryRule:
     def from_document(cls, document: object) -> DebtRecoveryRule:
         """The rule from its stored dict; DebtRuleError for unknown keys or bad values.
         An empty dict is "no recovery"."""
+        if cls is DebtRecoveryRule and isinstance(document, dict):
+            # Every vend reads its account's rule: the same few documents, validated once.
+            try:
+                return _rule_of_items(tuple(sorted(document.items())))
+            except TypeError:  # a value that cannot be a cache key (a list, a dict)
+                pass
+        return cls._validated(document)
+
+    @classmethod
+    def _validated(cls, document: object) -> DebtRecoveryRule:
         try:
             doc = DebtRecoveryDocument.model_validate(document)
         except ValidationError as exc:
             raise DebtRuleError(f"invalid debt recovery rule: {exc}") from exc
         return cls(**doc.model_dump())
+
+
+@functools.lru_cache(maxsize=256)
+def _rule_of_items(items: tuple[tuple[object, object], ...]) -> DebtRecoveryRule:
+    # Rules are frozen: one instance may serve every account with an equal document.
+    return DebtRecoveryRule._validated(dict(items))
 
 
 class DebtRecoveryDocument(BaseModel):

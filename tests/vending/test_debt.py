@@ -119,3 +119,15 @@ def test_a_bad_stored_rule_is_refused(document: object) -> None:
 def test_an_empty_stored_rule_recovers_nothing() -> None:
     rule = DebtRecoveryRule.from_document({})
     assert recover_from_purchase(Money(1000, ZAR), Money(1000, ZAR), rule) == Money(0, ZAR)
+
+
+def test_a_stored_rule_is_read_once_and_a_bad_one_refused_every_time() -> None:
+    document = {"percent_of_purchase": "25", "cap_per_purchase_minor": 5000}
+    first = DebtRecoveryRule.from_document(dict(document))
+    assert DebtRecoveryRule.from_document(dict(document)) is first
+    assert first == DebtRecoveryRule(percent_of_purchase=Decimal(25), cap_per_purchase_minor=5000)
+    assert DebtRecoveryRule.from_document({}) == DebtRecoveryRule()
+    for bad in ({"percent_of_purchase": "250"}, {"unknown": 1}, {"percent_of_purchase": [1]}):
+        for _ in range(2):
+            with pytest.raises(DebtRuleError):
+                DebtRecoveryRule.from_document(bad)
