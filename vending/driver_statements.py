@@ -1,16 +1,16 @@
-"""The vend's statements run straight on the database driver, bound as SQLAlchemy binds.
+"""Hot statements run straight on the database driver, bound as SQLAlchemy binds them.
 
-A counter vend runs a dozen small statements. Through ``Connection.execute`` each one
-costs SQLAlchemy's per-execution work (cache key and cache look-up, an execution context,
-the parameters built and processed, a result object) several times over what the driver
-and the database spend on it: measured, the statements' Python overhead was half of the
-vend transaction's CPU. A ``DriverStatement`` is still written and compiled by SQLAlchemy
-(once per dialect), converts its parameters and results with its columns' own bind and
-result processors, and runs on the DBAPI connection of the caller's session, inside the
-caller's transaction (on a plain ``Connection`` outside a transaction: as the driver
-runs a statement alone, e.g. SQLite's autocommit). Driver errors come out as SQLAlchemy's
-exception classes (``IntegrityError``, ``OperationalError``, ...), as from
-``Connection.execute``.
+A counter vend runs a dozen small statements (and every API request checks its token).
+Through ``Connection.execute`` each one costs SQLAlchemy's per-execution work (cache key
+and cache look-up, an execution context, the parameters built and processed, a result
+object) several times over what the driver and the database spend on it: measured, the
+statements' Python overhead was half of the vend transaction's CPU. A ``DriverStatement``
+is still written and compiled by SQLAlchemy (once per dialect), converts its parameters
+and results with its columns' own bind and result processors, and runs on the DBAPI
+connection of the caller's session, inside the caller's transaction (on a plain
+``Connection`` outside a transaction: as the driver runs a statement alone, e.g. SQLite's
+autocommit). Driver errors come out as SQLAlchemy's exception classes (``IntegrityError``,
+``OperationalError``, ...), as from ``Connection.execute``.
 
 Not for statements whose columns have Python-side defaults (refused when compiled) or
 with expanding (``IN``) parameters; SQLAlchemy's statement events do not see these
