@@ -70,7 +70,8 @@ class IntervalConsumption:
         return (self.meter_id, self.quantity, self.t_start)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: made per boundary and never shared, and a frozen __init__ costs more.
+@dataclass(slots=True)
 class _Point:
     value: Decimal
     quality: Quality
@@ -159,7 +160,12 @@ def _point_at(
     lo = bisect.bisect_left(times, b - tolerance)
     hi = bisect.bisect_right(times, b + tolerance)
     if lo < hi:
-        read = min(anchors[lo:hi], key=lambda r: (abs(r.timestamp - b), r.timestamp))
+        # One read within the tolerance is the usual case: nothing to choose between.
+        read = (
+            anchors[lo]
+            if hi - lo == 1
+            else min(anchors[lo:hi], key=lambda r: (abs(r.timestamp - b), r.timestamp))
+        )
         reason = "" if read.quality is Quality.MEASURED else f"flagged read at {_fmt(read)}"
         return _Point(read.value, read.quality, reason)
     i = bisect.bisect_left(times, b)

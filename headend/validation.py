@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import functools
 import math
 import operator
 from collections.abc import Iterable, Sequence
@@ -380,7 +381,14 @@ class VeeSettings:
 
     def tolerance_for(self, interval: timedelta) -> timedelta:
         """The alignment tolerance used with ``interval``: never more than a quarter of it."""
-        return min(self.alignment_tolerance, interval / 4)
+        return _capped_tolerance(self.alignment_tolerance, interval)
+
+
+# Asked for several times per read with the same two durations: a timedelta division and a
+# min each time were a measurable share of ingestion.
+@functools.lru_cache(maxsize=256)
+def _capped_tolerance(alignment: timedelta, interval: timedelta) -> timedelta:
+    return min(alignment, interval / 4)
 
 
 def _require_positive(name: str, value: object) -> None:
@@ -396,10 +404,19 @@ DEFAULT_SETTINGS = VeeSettings()
 
 def check_interval(interval: timedelta) -> None:
     """Raise ValueError unless ``interval`` is whole seconds, positive and divides a day."""
+    # Checked once per register of every batch, and a meter fleet has one or two intervals.
+    if type(interval) is timedelta and interval in _CHECKED_INTERVALS:
+        return
     if not isinstance(interval, timedelta) or interval <= timedelta(0):
         raise ValueError(f"interval must be a positive timedelta, got {interval!r}")
     if interval % timedelta(seconds=1) or _DAY % interval:
         raise ValueError(f"interval {interval} must be whole seconds and divide a day")
+    if type(interval) is timedelta and len(_CHECKED_INTERVALS) < 64:
+        _CHECKED_INTERVALS.add(interval)
+
+
+# Intervals check_interval has accepted (a timedelta's value never changes).
+_CHECKED_INTERVALS: set[timedelta] = set()
 
 
 def floor_boundary(ts: datetime, interval: timedelta) -> datetime:
@@ -409,8 +426,8 @@ def floor_boundary(ts: datetime, interval: timedelta) -> datetime:
 
 def ceil_boundary(ts: datetime, interval: timedelta) -> datetime:
     """The interval boundary at or after ``ts``."""
-    floor = floor_boundary(ts, interval)
-    return floor if floor == ts else floor + interval
+    past = (ts - _EPOCH) % interval
+    return ts if not past else ts - past + interval
 
 
 def boundaries(start: datetime, end: datetime, interval: timedelta) -> Iterable[datetime]:
@@ -637,9 +654,11 @@ def validate_reads(
         if _is_context(r, profile):
             by_quantity.setdefault(r.quantity, []).append(r)
     registers = _Registers({q: _Register(reads) for q, reads in by_quantity.items()})
+    # The same for every read of the call: worked out once, not per read.
+    judging = _Judging(now, settings, settings.tolerance_for(profile.interval))
     verdicts = []
     for i, read in enumerate(reads):
-        verdict = _judge(read, registers, profile, now, settings)
+        verdict = _judge(read, registers, profile, judging)
         verdicts.append(verdict)
         kept = verdict.to_stored() if i < len(reads) - 1 else None
         if kept is not None and _is_context(kept, profile):
@@ -661,13 +680,35 @@ def _is_context(read: StoredRead, profile: MeterProfile) -> bool:
     )
 
 
+class _Judging:
+    """What every read of one ``validate_reads`` call is judged with."""
+
+    __slots__ = ("latest", "now", "oldest", "settings", "tolerance")
+
+    def __init__(self, now: datetime, settings: VeeSettings, tolerance: timedelta) -> None:
+        self.now = now
+        self.settings = settings
+        self.tolerance = tolerance
+        # None where the bound falls outside the datetime range: _judge then computes it
+        # per read, raising just as it always did.
+        self.latest = _shifted(now, settings.clock_tolerance)
+        self.oldest = _shifted(now, -settings.max_read_age)
+
+
+def _shifted(ts: datetime, by: timedelta) -> datetime | None:
+    try:
+        return ts + by
+    except OverflowError:
+        return None
+
+
 def _judge(
     read: RegisterRead,
     registers: _Registers,
     profile: MeterProfile,
-    now: datetime,
-    settings: VeeSettings,
+    judging: _Judging,
 ) -> Verdict:
+    now, settings = judging.now, judging.settings
     findings: list[Finding] = []
 
     def flag(code: Flag, reason: str) -> None:
@@ -688,12 +729,14 @@ def _judge(
     if ts is None:
         flag(Flag.INVALID_TIMESTAMP, f"{read.timestamp!r} is not a timezone-aware UTC instant")
     else:
-        if ts > now + settings.clock_tolerance:
+        latest = judging.latest
+        oldest = judging.oldest
+        if ts > (now + settings.clock_tolerance if latest is None else latest):
             flag(
                 Flag.FUTURE_TIMESTAMP,
                 f"{_fmt_ts(ts)} is more than {settings.clock_tolerance} after now ({_fmt_ts(now)})",
             )
-        elif ts < now - settings.max_read_age:
+        elif ts < (now - settings.max_read_age if oldest is None else oldest):
             flag(
                 Flag.STALE_TIMESTAMP,
                 f"{_fmt_ts(ts)} is more than {settings.max_read_age} before now ({_fmt_ts(now)})",
@@ -739,7 +782,7 @@ def _judge(
             )
         else:
             # An estimate within the alignment tolerance is for the boundary this read holds.
-            near = settings.tolerance_for(profile.interval) + _MICROSECOND
+            near = judging.tolerance + _MICROSECOND
             for estimate in register.between(ts - near, ts + near):
                 if estimate.quality is Quality.ESTIMATED:
                     flag(
@@ -747,7 +790,8 @@ def _judge(
                         f"a real read for the estimate at {_fmt_ts(estimate.timestamp)}",
                     )
 
-    if any(f.flag.category is Category.RECORD for f in findings):
+    # Most reads have no findings: skip the generators then.
+    if findings and any(f.flag.category is Category.RECORD for f in findings):
         return Verdict(read, Status.REJECTED, tuple(findings))
 
     if (
@@ -757,9 +801,13 @@ def _judge(
         and ts is not None
         and value is not None
     ):
-        findings.extend(_consumption_findings(quantity, ts, value, register, profile, settings))
+        findings.extend(
+            _consumption_findings(
+                quantity, ts, value, register, profile, settings, judging.tolerance
+            )
+        )
 
-    if any(f.flag.category is Category.CONSUMPTION for f in findings):
+    if findings and any(f.flag.category is Category.CONSUMPTION for f in findings):
         verdict = Verdict(read, Status.FLAGGED, tuple(findings))
     else:
         verdict = Verdict(read, Status.ACCEPTED, tuple(findings))
@@ -822,10 +870,10 @@ def _consumption_findings(
     register: _Register,
     profile: MeterProfile,
     settings: VeeSettings,
+    tolerance: timedelta,
 ) -> list[Finding]:
     findings: list[Finding] = []
     unit = quantity.info.unit
-    tolerance = settings.tolerance_for(profile.interval)
     found = register.previous_measured(ts)
     following = register.next_measured(ts)
 
