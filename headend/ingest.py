@@ -930,7 +930,8 @@ class _StoredReads:
             "hi": hi,
         }
         statement = _READINGS_IN_WINDOW if model is Reading else _ESTIMATES_IN_WINDOW
-        rows: list[Any] = list(self._session.connection().execute(statement, parameters))
+        # .all() fetches in one call; iterating the result fetched row by row.
+        rows: list[Any] = self._session.connection().execute(statement, parameters).all()
         if model is ReadingEstimate:
             self._note_estimates_span(keys, lo, hi)
         for row in rows:
