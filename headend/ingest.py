@@ -931,7 +931,7 @@ class _StoredReads:
         }
         statement = _READINGS_IN_WINDOW if model is Reading else _ESTIMATES_IN_WINDOW
         # .all() fetches in one call; iterating the result fetched row by row.
-        rows: list[Any] = self._session.connection().execute(statement, parameters).all()
+        rows: Sequence[Any] = self._session.connection().execute(statement, parameters).all()
         if model is ReadingEstimate:
             self._note_estimates_span(keys, lo, hi)
         for row in rows:
@@ -1037,7 +1037,7 @@ class _StoredReads:
         a loaded real read with another value before the batch read ends the walk first.
         """
         wanted: set[tuple[_Key, Decimal]] = set()
-        for meter_id, items in incoming.items():
+        for items in incoming.values():
             for item in items:
                 key = item.key
                 history = self._histories.get(key)

@@ -655,7 +655,7 @@ def validate_reads(
             by_quantity.setdefault(r.quantity, []).append(r)
     registers = _Registers({q: _Register(reads) for q, reads in by_quantity.items()})
     # The same for every read of the call: worked out once, not per read.
-    judging = _Judging(now, settings, settings.tolerance_for(profile.interval))
+    judging = _Judging(now, settings, profile)
     verdicts = []
     for i, read in enumerate(reads):
         verdict = _judge(read, registers, profile, judging)
@@ -683,16 +683,43 @@ def _is_context(read: StoredRead, profile: MeterProfile) -> bool:
 class _Judging:
     """What every read of one ``validate_reads`` call is judged with."""
 
-    __slots__ = ("latest", "now", "oldest", "settings", "tolerance")
+    __slots__ = (
+        "_margin_ratio",
+        "_power_ratio",
+        "bounds",
+        "latest",
+        "now",
+        "oldest",
+        "profile",
+        "settings",
+        "tolerance",
+    )
 
-    def __init__(self, now: datetime, settings: VeeSettings, tolerance: timedelta) -> None:
+    def __init__(self, now: datetime, settings: VeeSettings, profile: MeterProfile) -> None:
         self.now = now
         self.settings = settings
-        self.tolerance = tolerance
+        self.profile = profile
+        self.tolerance = settings.tolerance_for(profile.interval)
         # None where the bound falls outside the datetime range: _judge then computes it
         # per read, raising just as it always did.
         self.latest = _shifted(now, settings.clock_tolerance)
         self.oldest = _shifted(now, -settings.max_read_age)
+        # Physical (min, max) per quantity, filled as quantities come (_range_problem).
+        self.bounds: dict[Quantity, tuple[Decimal | None, Decimal | None]] = {}
+        self._power_ratio: tuple[int, int] | None = None
+        self._margin_ratio: tuple[int, int] | None = None
+
+    def power_ratio(self) -> tuple[int, int]:
+        """The meter's maximum power (W) as an integer ratio, worked out once."""
+        if self._power_ratio is None:
+            self._power_ratio = self.profile.max_power_w.as_integer_ratio()
+        return self._power_ratio
+
+    def margin_ratio(self) -> tuple[int, int]:
+        """The spike margin as an integer ratio, worked out once."""
+        if self._margin_ratio is None:
+            self._margin_ratio = self.settings.spike_margin.as_integer_ratio()
+        return self._margin_ratio
 
 
 def _shifted(ts: datetime, by: timedelta) -> datetime | None:
@@ -755,7 +782,7 @@ def _judge(
     else:
         value = read.value
         if quantity is not None:
-            range_problem = _range_problem(quantity, value, profile, settings)
+            range_problem = _range_problem(quantity, value, profile, judging)
             if range_problem:
                 flag(Flag.OUT_OF_RANGE, range_problem)
 
@@ -801,11 +828,7 @@ def _judge(
         and ts is not None
         and value is not None
     ):
-        findings.extend(
-            _consumption_findings(
-                quantity, ts, value, register, profile, settings, judging.tolerance
-            )
-        )
+        findings.extend(_consumption_findings(quantity, ts, value, register, judging))
 
     if findings and any(f.flag.category is Category.CONSUMPTION for f in findings):
         verdict = Verdict(read, Status.FLAGGED, tuple(findings))
@@ -827,17 +850,42 @@ def _judge(
 
 
 def _range_problem(
-    quantity: Quantity, value: Decimal, profile: MeterProfile, settings: VeeSettings
+    quantity: Quantity, value: Decimal, profile: MeterProfile, judging: _Judging
 ) -> str:
     """Why ``value`` is outside what ``quantity`` can physically read on this meter."""
-    lo: Decimal | None = None
-    hi: Decimal | None = None
-    if quantity.info.kind is Kind.CUMULATIVE:
-        lo = Decimal(0)
+    lo: Decimal | None
+    hi: Decimal | None
+    if quantity in _CUMULATIVE:
+        lo, hi = _ZERO, None
         capacity = profile.register_capacity_kwh
         if capacity is not None and value >= capacity:
             return f"{value} kWh is at or above the register capacity {capacity} kWh"
-    elif quantity is Quantity.VOLTAGE_V:
+    else:
+        bounds = judging.bounds.get(quantity)
+        if bounds is None:
+            bounds = judging.bounds[quantity] = _bounds(quantity, profile, judging.settings)
+        lo, hi = bounds
+    # Credit may be negative (emergency credit, debt): any finite value is possible.
+    if lo is not None and value < lo:
+        unit = _unit_suffix(quantity)
+        return f"{value}{unit} is below the physical minimum {lo}{unit}"
+    if hi is not None and value > hi:
+        unit = _unit_suffix(quantity)
+        return f"{value}{unit} is above the physical maximum {hi}{unit}"
+    return ""
+
+
+_ZERO = Decimal(0)
+_CUMULATIVE = frozenset(q for q in Quantity if q.info.kind is Kind.CUMULATIVE)
+
+
+def _bounds(
+    quantity: Quantity, profile: MeterProfile, settings: VeeSettings
+) -> tuple[Decimal | None, Decimal | None]:
+    """The physical (min, max) of an instantaneous ``quantity`` on this meter (None: none)."""
+    lo: Decimal | None = None
+    hi: Decimal | None = None
+    if quantity is Quantity.VOLTAGE_V:
         lo, hi = Decimal(0), profile.nominal_voltage_v * settings.voltage_max_factor
     elif quantity is Quantity.CURRENT_A:
         lo, hi = Decimal(0), profile.rated_max_current_a * settings.overload_factor
@@ -849,14 +897,7 @@ def _range_problem(
         lo, hi = profile.nominal_frequency_hz - spread, profile.nominal_frequency_hz + spread
     elif quantity is Quantity.POWER_FACTOR:
         lo, hi = Decimal(-1), Decimal(1)
-    # Credit may be negative (emergency credit, debt): any finite value is possible.
-    if lo is not None and value < lo:
-        unit = _unit_suffix(quantity)
-        return f"{value}{unit} is below the physical minimum {lo}{unit}"
-    if hi is not None and value > hi:
-        unit = _unit_suffix(quantity)
-        return f"{value}{unit} is above the physical maximum {hi}{unit}"
-    return ""
+    return lo, hi
 
 
 def _unit_suffix(quantity: Quantity) -> str:
@@ -868,10 +909,9 @@ def _consumption_findings(
     ts: datetime,
     value: Decimal,
     register: _Register,
-    profile: MeterProfile,
-    settings: VeeSettings,
-    tolerance: timedelta,
+    judging: _Judging,
 ) -> list[Finding]:
+    profile, settings, tolerance = judging.profile, judging.settings, judging.tolerance
     findings: list[Finding] = []
     unit = quantity.info.unit
     found = register.previous_measured(ts)
@@ -882,9 +922,9 @@ def _consumption_findings(
         elapsed = ts - previous.timestamp
         delta = value - previous.value
         if delta < 0:
-            findings.append(_backwards(quantity, previous, ts, value, profile, settings))
+            findings.append(_backwards(quantity, previous, ts, value, judging))
         else:
-            spike = _spike(quantity, delta, elapsed, profile, settings, previous.value, value)
+            spike = _spike(quantity, delta, elapsed, judging, previous.value, value)
             if spike:
                 # Formatted only for a finding: most reads have none.
                 since = f"the read of {previous.value} {unit} at {_fmt_ts(previous.timestamp)}"
@@ -910,7 +950,7 @@ def _consumption_findings(
         if delta < 0:
             findings.append(Finding(Flag.NEGATIVE_CONSUMPTION, f"{value} {unit} is above {later}"))
         else:
-            spike = _spike(quantity, delta, elapsed, profile, settings, value, following.value)
+            spike = _spike(quantity, delta, elapsed, judging, value, following.value)
             if spike:
                 findings.append(Finding(Flag.SPIKE, f"{spike} until {later}"))
         gap = _gap_finding(ts, following.timestamp, register, profile.interval, tolerance)
@@ -924,9 +964,9 @@ def _backwards(
     previous: StoredRead,
     ts: datetime,
     value: Decimal,
-    profile: MeterProfile,
-    settings: VeeSettings,
+    judging: _Judging,
 ) -> Finding:
+    profile = judging.profile
     unit = quantity.info.unit
     fell = (
         f"register fell from {previous.value} {unit} at {_fmt_ts(previous.timestamp)} "
@@ -936,9 +976,7 @@ def _backwards(
     if capacity is not None:
         wrapped = capacity - previous.value + value
         elapsed = ts - previous.timestamp
-        if wrapped > 0 and not _exceeds_rating(
-            wrapped, elapsed, profile, settings, quantity, value
-        ):
+        if wrapped > 0 and not _exceeds_rating(wrapped, elapsed, judging, quantity, value):
             return Finding(
                 Flag.ROLLOVER,
                 f"{fell}: a wrap at capacity {capacity} {unit} would mean {wrapped} {unit}",
@@ -950,12 +988,12 @@ def _spike(
     quantity: Quantity,
     delta: Decimal,
     elapsed: timedelta,
-    profile: MeterProfile,
-    settings: VeeSettings,
+    judging: _Judging,
     *values: Decimal,
 ) -> str:
-    if not _exceeds_rating(delta, elapsed, profile, settings, quantity, *values):
+    if not _exceeds_rating(delta, elapsed, judging, quantity, *values):
         return ""
+    profile, settings = judging.profile, judging.settings
     decimals = resolution_decimals(quantity, *values)
     limit = max_energy_kwh(profile, elapsed) * Fraction(settings.spike_margin)
     limit += Fraction(1, 10**decimals)
@@ -969,8 +1007,7 @@ def _spike(
 def _exceeds_rating(
     energy_kwh: Decimal,
     elapsed: timedelta,
-    profile: MeterProfile,
-    settings: VeeSettings,
+    judging: _Judging,
     quantity: Quantity,
     *values: Decimal,
 ) -> bool:
@@ -983,8 +1020,8 @@ def _exceeds_rating(
     if energy_kwh <= 0:
         return False
     en, ed = energy_kwh.as_integer_ratio()
-    pn, pd = profile.max_power_w.as_integer_ratio()
-    mn, md = settings.spike_margin.as_integer_ratio()
+    pn, pd = judging.power_ratio()
+    mn, md = judging.margin_ratio()
     scale = 10 ** resolution_decimals(quantity, *values)
     microseconds = elapsed // _MICROSECOND
     # en/ed > pn*us*mn / (pd*md*W) + 1/scale, with W the microsecond-watts in a kWh.
