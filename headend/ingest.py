@@ -169,7 +169,7 @@ class PolledEvents:
     source: str = "modbus"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per message, never shared
 class _ReadingSet:
     meter_id: int
     ts: datetime
@@ -177,7 +177,7 @@ class _ReadingSet:
     message: InboundMessage
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per message, never shared
 class _Parsed:
     message: InboundMessage
     meter_comm_id: str

@@ -516,7 +516,14 @@ def decimals_of(value: Decimal) -> int:
 
 def resolution_decimals(quantity: Quantity, *values: Decimal) -> int:
     """Decimal places of the register's resolution: the quantity's, or finer if reads are."""
-    return max([quantity.info.decimals, *(decimals_of(v) for v in values)])
+    # decimals_of inlined: this runs per read and per derived register.
+    decimals = quantity.info.decimals
+    for value in values:
+        exponent = value.as_tuple().exponent
+        assert isinstance(exponent, int)  # finite values only
+        if -exponent > decimals:
+            decimals = -exponent
+    return decimals
 
 
 def max_energy_kwh(profile: MeterProfile, elapsed: timedelta) -> Fraction:
@@ -543,6 +550,14 @@ class _Register:
     def __init__(self, reads: Iterable[StoredRead]) -> None:
         self._reads: list[StoredRead] = sorted(reads, key=_by_time)
         self._times: list[datetime] = [r.timestamp for r in self._reads]
+
+    @classmethod
+    def empty(cls) -> _Register:
+        """A register without stored reads (most instantaneous ones), without sorting."""
+        register = cls.__new__(cls)
+        register._reads = []
+        register._times = []
+        return register
 
     def add(self, read: StoredRead) -> None:
         i = bisect.bisect_right(self._times, read.timestamp)
@@ -599,7 +614,7 @@ class _Registers(dict[Quantity, _Register]):
     (building one for every quantity of every meter was measurable per batch)."""
 
     def __missing__(self, quantity: Quantity) -> _Register:
-        register = self[quantity] = _Register(())
+        register = self[quantity] = _Register.empty()
         return register
 
 
