@@ -120,15 +120,14 @@ def interval_consumption(
     times = [a.timestamp for a in anchors]
     meter_id, quantity = anchors[0].meter_id, anchors[0].quantity
     records: list[IntervalConsumption] = []
-    previous: tuple[datetime, _Point] | None = None
+    # A boundary's steps are kept for the next interval, which starts there.
+    previous: tuple[datetime, _Point, int] | None = None
     for b in boundaries(first, last, interval):
         point = _point_at(b, anchors, times, tolerance, settings)
+        steps = to_steps(point.value, decimals)
         if previous is not None:
-            t_start, start_point = previous
-            energy = from_steps(
-                to_steps(point.value, decimals) - to_steps(start_point.value, decimals),
-                decimals,
-            )
+            t_start, start_point, start_steps = previous
+            energy = from_steps(steps - start_steps, decimals)
             quality = worst_quality(start_point.quality, point.quality)
             reasons = [r for r in (start_point.reason, point.reason) if r]
             if energy < 0:
@@ -145,7 +144,7 @@ def interval_consumption(
                     "; ".join(dict.fromkeys(reasons)),
                 )
             )
-        previous = (b, point)
+        previous = (b, point, steps)
     return tuple(records)
 
 
