@@ -70,7 +70,8 @@ class IntervalConsumption:
         return (self.meter_id, self.quantity, self.t_start)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: made per boundary and never shared, and a frozen __init__ costs more.
+@dataclass(slots=True)
 class _Point:
     value: Decimal
     quality: Quality
@@ -119,15 +120,14 @@ def interval_consumption(
     times = [a.timestamp for a in anchors]
     meter_id, quantity = anchors[0].meter_id, anchors[0].quantity
     records: list[IntervalConsumption] = []
-    previous: tuple[datetime, _Point] | None = None
+    # A boundary's steps are kept for the next interval, which starts there.
+    previous: tuple[datetime, _Point, int] | None = None
     for b in boundaries(first, last, interval):
         point = _point_at(b, anchors, times, tolerance, settings)
+        steps = to_steps(point.value, decimals)
         if previous is not None:
-            t_start, start_point = previous
-            energy = from_steps(
-                to_steps(point.value, decimals) - to_steps(start_point.value, decimals),
-                decimals,
-            )
+            t_start, start_point, start_steps = previous
+            energy = from_steps(steps - start_steps, decimals)
             quality = worst_quality(start_point.quality, point.quality)
             reasons = [r for r in (start_point.reason, point.reason) if r]
             if energy < 0:
@@ -144,7 +144,7 @@ def interval_consumption(
                     "; ".join(dict.fromkeys(reasons)),
                 )
             )
-        previous = (b, point)
+        previous = (b, point, steps)
     return tuple(records)
 
 
@@ -159,7 +159,12 @@ def _point_at(
     lo = bisect.bisect_left(times, b - tolerance)
     hi = bisect.bisect_right(times, b + tolerance)
     if lo < hi:
-        read = min(anchors[lo:hi], key=lambda r: (abs(r.timestamp - b), r.timestamp))
+        # One read within the tolerance is the usual case: nothing to choose between.
+        read = (
+            anchors[lo]
+            if hi - lo == 1
+            else min(anchors[lo:hi], key=lambda r: (abs(r.timestamp - b), r.timestamp))
+        )
         reason = "" if read.quality is Quality.MEASURED else f"flagged read at {_fmt(read)}"
         return _Point(read.value, read.quality, reason)
     i = bisect.bisect_left(times, b)

@@ -169,7 +169,7 @@ class PolledEvents:
     source: str = "modbus"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per message, never shared
 class _ReadingSet:
     meter_id: int
     ts: datetime
@@ -177,7 +177,7 @@ class _ReadingSet:
     message: InboundMessage
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per message, never shared
 class _Parsed:
     message: InboundMessage
     meter_comm_id: str
@@ -330,6 +330,7 @@ class Ingestor:
                 detail = f"[invalid_timestamp] {rs.ts!r} is not a timezone-aware UTC instant"
                 self._reject(session, batch, rs.message, RejectReason.INVALID_READING, detail)
                 continue
+            utc: datetime | None = None
             for quantity, value in rs.values.items():
                 storable = _storable(value, quantity)
                 if storable is None:
@@ -339,16 +340,18 @@ class Ingestor:
                     )
                     self._reject(session, batch, rs.message, RejectReason.INVALID_READING, detail)
                     continue
+                if utc is None:
+                    utc = rs.ts.astimezone(UTC)  # once per message, not per value
                 read = RegisterRead(str(rs.meter_id), quantity, rs.ts, storable)
-                incoming.setdefault(rs.meter_id, []).append(_Incoming(read, rs.message))
+                key = (rs.meter_id, _QUANTITY_NAMES[quantity])
+                incoming.setdefault(rs.meter_id, []).append(_Incoming(read, rs.message, key, utc))
         if not incoming:
             return set(profiles)
 
         registers: dict[_Key, list[datetime]] = {}
-        for meter_id, items in incoming.items():
+        for items in incoming.values():
             for item in items:
-                ts = item.read.timestamp.astimezone(UTC)
-                registers.setdefault((meter_id, item.read.quantity.value), []).append(ts)
+                registers.setdefault(item.key, []).append(item.utc)
         stored = _StoredReads(session, profiles, self._settings)
         stored.load({key: (min(times), max(times)) for key, times in registers.items()}, incoming)
 
@@ -364,7 +367,7 @@ class Ingestor:
                 self._settings,
             )
             for item, verdict in zip(items, verdicts, strict=True):
-                key = (meter_id, item.read.quantity.value)
+                key = item.key
                 if verdict.status is VerdictStatus.DUPLICATE:
                     batch.readings_duplicate += 1
                     continue
@@ -375,7 +378,7 @@ class Ingestor:
                 stored.add(key, kept)
                 if kept.quality is Quality.FLAGGED:
                     batch.readings_flagged += 1
-                if kept.quantity.info.kind is Kind.CUMULATIVE:
+                if kept.quantity in _CUMULATIVE:
                     changed.setdefault(key, []).append(kept.timestamp)
                 rows.append(
                     {
@@ -385,7 +388,7 @@ class Ingestor:
                         "value": kept.value,
                         "source": item.message.source,
                         "received_at": item.message.received_at,
-                        "quality": kept.quality.value,
+                        "quality": _QUALITY_NAMES[kept.quality],
                         # Most reads have no findings: skip building empty strings.
                         "flags": _flags(verdict) if verdict.findings else "",
                         "reason": verdict.reason if verdict.findings else "",
@@ -822,10 +825,13 @@ _PUBLISHED_IN_WINDOW = (
 _STREAM_LOCK_KEY = 0x67765F636F6E73  # "gv_cons"
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one per value of every message, never shared, and a frozen __init__ costs more.
+@dataclass(slots=True)
 class _Incoming:
     read: RegisterRead
     message: InboundMessage
+    key: _Key  # (meter id, quantity name) of ``read``
+    utc: datetime  # ``read.timestamp`` in UTC
 
 
 @dataclass(frozen=True, slots=True)
@@ -883,9 +889,7 @@ class _StoredReads:
         the estimates there; instantaneous ones only what is stored at the batch's own
         timestamps (duplicates and conflicts are all validation asks of them).
         """
-        cumulative = {
-            k: v for k, v in spans.items() if _quantity(k[1]).info.kind is Kind.CUMULATIVE
-        }
+        cumulative = {k: v for k, v in spans.items() if k[1] in _CUMULATIVE_NAMES}
         instantaneous = {k: v for k, v in spans.items() if k not in cumulative}
         for key, (lo, hi) in cumulative.items():
             margin = _WINDOW_INTERVALS * self._profiles[key[0]].interval
@@ -926,7 +930,8 @@ class _StoredReads:
             "hi": hi,
         }
         statement = _READINGS_IN_WINDOW if model is Reading else _ESTIMATES_IN_WINDOW
-        rows: list[Any] = list(self._session.connection().execute(statement, parameters))
+        # .all() fetches in one call; iterating the result fetched row by row.
+        rows: Sequence[Any] = self._session.connection().execute(statement, parameters).all()
         if model is ReadingEstimate:
             self._note_estimates_span(keys, lo, hi)
         for row in rows:
@@ -1032,9 +1037,9 @@ class _StoredReads:
         a loaded real read with another value before the batch read ends the walk first.
         """
         wanted: set[tuple[_Key, Decimal]] = set()
-        for meter_id, items in incoming.items():
+        for items in incoming.values():
             for item in items:
-                key = (meter_id, item.read.quantity.value)
+                key = item.key
                 history = self._histories.get(key)
                 if key not in spans or history is None or history.low is None:
                     continue  # not a loaded register, or its whole history is loaded
@@ -1300,6 +1305,11 @@ def _at_resolution(value: Decimal, quantity: Quantity) -> Decimal:
 # and ingestion does it for every stored read it loads.
 _QUANTITIES = {q.value: q for q in Quantity}
 _QUALITIES = {q.value: q for q in Quality}
+_QUANTITY_NAMES = {q: q.value for q in Quantity}
+_QUALITY_NAMES = {q: q.value for q in Quality}
+# Cumulative registers, by member and by name: ``q.info.kind`` is two lookups per read.
+_CUMULATIVE = frozenset(q for q in Quantity if q.info.kind is Kind.CUMULATIVE)
+_CUMULATIVE_NAMES = frozenset(q.value for q in _CUMULATIVE)
 # One step of each quantity's resolution (0.001 for three decimals), built once.
 _RESOLUTIONS = {q: Decimal(1).scaleb(-q.info.decimals) for q in Quantity}
 

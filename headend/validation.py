@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import functools
 import math
 import operator
 from collections.abc import Iterable, Sequence
@@ -380,7 +381,14 @@ class VeeSettings:
 
     def tolerance_for(self, interval: timedelta) -> timedelta:
         """The alignment tolerance used with ``interval``: never more than a quarter of it."""
-        return min(self.alignment_tolerance, interval / 4)
+        return _capped_tolerance(self.alignment_tolerance, interval)
+
+
+# Asked for several times per read with the same two durations: a timedelta division and a
+# min each time were a measurable share of ingestion.
+@functools.lru_cache(maxsize=256)
+def _capped_tolerance(alignment: timedelta, interval: timedelta) -> timedelta:
+    return min(alignment, interval / 4)
 
 
 def _require_positive(name: str, value: object) -> None:
@@ -396,10 +404,19 @@ DEFAULT_SETTINGS = VeeSettings()
 
 def check_interval(interval: timedelta) -> None:
     """Raise ValueError unless ``interval`` is whole seconds, positive and divides a day."""
+    # Checked once per register of every batch, and a meter fleet has one or two intervals.
+    if type(interval) is timedelta and interval in _CHECKED_INTERVALS:
+        return
     if not isinstance(interval, timedelta) or interval <= timedelta(0):
         raise ValueError(f"interval must be a positive timedelta, got {interval!r}")
     if interval % timedelta(seconds=1) or _DAY % interval:
         raise ValueError(f"interval {interval} must be whole seconds and divide a day")
+    if type(interval) is timedelta and len(_CHECKED_INTERVALS) < 64:
+        _CHECKED_INTERVALS.add(interval)
+
+
+# Intervals check_interval has accepted (a timedelta's value never changes).
+_CHECKED_INTERVALS: set[timedelta] = set()
 
 
 def floor_boundary(ts: datetime, interval: timedelta) -> datetime:
@@ -409,8 +426,8 @@ def floor_boundary(ts: datetime, interval: timedelta) -> datetime:
 
 def ceil_boundary(ts: datetime, interval: timedelta) -> datetime:
     """The interval boundary at or after ``ts``."""
-    floor = floor_boundary(ts, interval)
-    return floor if floor == ts else floor + interval
+    past = (ts - _EPOCH) % interval
+    return ts if not past else ts - past + interval
 
 
 def boundaries(start: datetime, end: datetime, interval: timedelta) -> Iterable[datetime]:
@@ -499,7 +516,14 @@ def decimals_of(value: Decimal) -> int:
 
 def resolution_decimals(quantity: Quantity, *values: Decimal) -> int:
     """Decimal places of the register's resolution: the quantity's, or finer if reads are."""
-    return max([quantity.info.decimals, *(decimals_of(v) for v in values)])
+    # decimals_of inlined: this runs per read and per derived register.
+    decimals = quantity.info.decimals
+    for value in values:
+        exponent = value.as_tuple().exponent
+        assert isinstance(exponent, int)  # finite values only
+        if -exponent > decimals:
+            decimals = -exponent
+    return decimals
 
 
 def max_energy_kwh(profile: MeterProfile, elapsed: timedelta) -> Fraction:
@@ -526,6 +550,14 @@ class _Register:
     def __init__(self, reads: Iterable[StoredRead]) -> None:
         self._reads: list[StoredRead] = sorted(reads, key=_by_time)
         self._times: list[datetime] = [r.timestamp for r in self._reads]
+
+    @classmethod
+    def empty(cls) -> _Register:
+        """A register without stored reads (most instantaneous ones), without sorting."""
+        register = cls.__new__(cls)
+        register._reads = []
+        register._times = []
+        return register
 
     def add(self, read: StoredRead) -> None:
         i = bisect.bisect_right(self._times, read.timestamp)
@@ -582,7 +614,7 @@ class _Registers(dict[Quantity, _Register]):
     (building one for every quantity of every meter was measurable per batch)."""
 
     def __missing__(self, quantity: Quantity) -> _Register:
-        register = self[quantity] = _Register(())
+        register = self[quantity] = _Register.empty()
         return register
 
 
@@ -637,9 +669,11 @@ def validate_reads(
         if _is_context(r, profile):
             by_quantity.setdefault(r.quantity, []).append(r)
     registers = _Registers({q: _Register(reads) for q, reads in by_quantity.items()})
+    # The same for every read of the call: worked out once, not per read.
+    judging = _Judging(now, settings, profile)
     verdicts = []
     for i, read in enumerate(reads):
-        verdict = _judge(read, registers, profile, now, settings)
+        verdict = _judge(read, registers, profile, judging)
         verdicts.append(verdict)
         kept = verdict.to_stored() if i < len(reads) - 1 else None
         if kept is not None and _is_context(kept, profile):
@@ -661,13 +695,62 @@ def _is_context(read: StoredRead, profile: MeterProfile) -> bool:
     )
 
 
+class _Judging:
+    """What every read of one ``validate_reads`` call is judged with."""
+
+    __slots__ = (
+        "_margin_ratio",
+        "_power_ratio",
+        "bounds",
+        "latest",
+        "now",
+        "oldest",
+        "profile",
+        "settings",
+        "tolerance",
+    )
+
+    def __init__(self, now: datetime, settings: VeeSettings, profile: MeterProfile) -> None:
+        self.now = now
+        self.settings = settings
+        self.profile = profile
+        self.tolerance = settings.tolerance_for(profile.interval)
+        # None where the bound falls outside the datetime range: _judge then computes it
+        # per read, raising just as it always did.
+        self.latest = _shifted(now, settings.clock_tolerance)
+        self.oldest = _shifted(now, -settings.max_read_age)
+        # Physical (min, max) per quantity, filled as quantities come (_range_problem).
+        self.bounds: dict[Quantity, tuple[Decimal | None, Decimal | None]] = {}
+        self._power_ratio: tuple[int, int] | None = None
+        self._margin_ratio: tuple[int, int] | None = None
+
+    def power_ratio(self) -> tuple[int, int]:
+        """The meter's maximum power (W) as an integer ratio, worked out once."""
+        if self._power_ratio is None:
+            self._power_ratio = self.profile.max_power_w.as_integer_ratio()
+        return self._power_ratio
+
+    def margin_ratio(self) -> tuple[int, int]:
+        """The spike margin as an integer ratio, worked out once."""
+        if self._margin_ratio is None:
+            self._margin_ratio = self.settings.spike_margin.as_integer_ratio()
+        return self._margin_ratio
+
+
+def _shifted(ts: datetime, by: timedelta) -> datetime | None:
+    try:
+        return ts + by
+    except OverflowError:
+        return None
+
+
 def _judge(
     read: RegisterRead,
     registers: _Registers,
     profile: MeterProfile,
-    now: datetime,
-    settings: VeeSettings,
+    judging: _Judging,
 ) -> Verdict:
+    now, settings = judging.now, judging.settings
     findings: list[Finding] = []
 
     def flag(code: Flag, reason: str) -> None:
@@ -688,12 +771,14 @@ def _judge(
     if ts is None:
         flag(Flag.INVALID_TIMESTAMP, f"{read.timestamp!r} is not a timezone-aware UTC instant")
     else:
-        if ts > now + settings.clock_tolerance:
+        latest = judging.latest
+        oldest = judging.oldest
+        if ts > (now + settings.clock_tolerance if latest is None else latest):
             flag(
                 Flag.FUTURE_TIMESTAMP,
                 f"{_fmt_ts(ts)} is more than {settings.clock_tolerance} after now ({_fmt_ts(now)})",
             )
-        elif ts < now - settings.max_read_age:
+        elif ts < (now - settings.max_read_age if oldest is None else oldest):
             flag(
                 Flag.STALE_TIMESTAMP,
                 f"{_fmt_ts(ts)} is more than {settings.max_read_age} before now ({_fmt_ts(now)})",
@@ -712,7 +797,7 @@ def _judge(
     else:
         value = read.value
         if quantity is not None:
-            range_problem = _range_problem(quantity, value, profile, settings)
+            range_problem = _range_problem(quantity, value, profile, judging)
             if range_problem:
                 flag(Flag.OUT_OF_RANGE, range_problem)
 
@@ -739,7 +824,7 @@ def _judge(
             )
         else:
             # An estimate within the alignment tolerance is for the boundary this read holds.
-            near = settings.tolerance_for(profile.interval) + _MICROSECOND
+            near = judging.tolerance + _MICROSECOND
             for estimate in register.between(ts - near, ts + near):
                 if estimate.quality is Quality.ESTIMATED:
                     flag(
@@ -747,7 +832,8 @@ def _judge(
                         f"a real read for the estimate at {_fmt_ts(estimate.timestamp)}",
                     )
 
-    if any(f.flag.category is Category.RECORD for f in findings):
+    # Most reads have no findings: skip the generators then.
+    if findings and any(f.flag.category is Category.RECORD for f in findings):
         return Verdict(read, Status.REJECTED, tuple(findings))
 
     if (
@@ -757,9 +843,9 @@ def _judge(
         and ts is not None
         and value is not None
     ):
-        findings.extend(_consumption_findings(quantity, ts, value, register, profile, settings))
+        findings.extend(_consumption_findings(quantity, ts, value, register, judging))
 
-    if any(f.flag.category is Category.CONSUMPTION for f in findings):
+    if findings and any(f.flag.category is Category.CONSUMPTION for f in findings):
         verdict = Verdict(read, Status.FLAGGED, tuple(findings))
     else:
         verdict = Verdict(read, Status.ACCEPTED, tuple(findings))
@@ -779,17 +865,42 @@ def _judge(
 
 
 def _range_problem(
-    quantity: Quantity, value: Decimal, profile: MeterProfile, settings: VeeSettings
+    quantity: Quantity, value: Decimal, profile: MeterProfile, judging: _Judging
 ) -> str:
     """Why ``value`` is outside what ``quantity`` can physically read on this meter."""
-    lo: Decimal | None = None
-    hi: Decimal | None = None
-    if quantity.info.kind is Kind.CUMULATIVE:
-        lo = Decimal(0)
+    lo: Decimal | None
+    hi: Decimal | None
+    if quantity in _CUMULATIVE:
+        lo, hi = _ZERO, None
         capacity = profile.register_capacity_kwh
         if capacity is not None and value >= capacity:
             return f"{value} kWh is at or above the register capacity {capacity} kWh"
-    elif quantity is Quantity.VOLTAGE_V:
+    else:
+        bounds = judging.bounds.get(quantity)
+        if bounds is None:
+            bounds = judging.bounds[quantity] = _bounds(quantity, profile, judging.settings)
+        lo, hi = bounds
+    # Credit may be negative (emergency credit, debt): any finite value is possible.
+    if lo is not None and value < lo:
+        unit = _unit_suffix(quantity)
+        return f"{value}{unit} is below the physical minimum {lo}{unit}"
+    if hi is not None and value > hi:
+        unit = _unit_suffix(quantity)
+        return f"{value}{unit} is above the physical maximum {hi}{unit}"
+    return ""
+
+
+_ZERO = Decimal(0)
+_CUMULATIVE = frozenset(q for q in Quantity if q.info.kind is Kind.CUMULATIVE)
+
+
+def _bounds(
+    quantity: Quantity, profile: MeterProfile, settings: VeeSettings
+) -> tuple[Decimal | None, Decimal | None]:
+    """The physical (min, max) of an instantaneous ``quantity`` on this meter (None: none)."""
+    lo: Decimal | None = None
+    hi: Decimal | None = None
+    if quantity is Quantity.VOLTAGE_V:
         lo, hi = Decimal(0), profile.nominal_voltage_v * settings.voltage_max_factor
     elif quantity is Quantity.CURRENT_A:
         lo, hi = Decimal(0), profile.rated_max_current_a * settings.overload_factor
@@ -801,14 +912,7 @@ def _range_problem(
         lo, hi = profile.nominal_frequency_hz - spread, profile.nominal_frequency_hz + spread
     elif quantity is Quantity.POWER_FACTOR:
         lo, hi = Decimal(-1), Decimal(1)
-    # Credit may be negative (emergency credit, debt): any finite value is possible.
-    if lo is not None and value < lo:
-        unit = _unit_suffix(quantity)
-        return f"{value}{unit} is below the physical minimum {lo}{unit}"
-    if hi is not None and value > hi:
-        unit = _unit_suffix(quantity)
-        return f"{value}{unit} is above the physical maximum {hi}{unit}"
-    return ""
+    return lo, hi
 
 
 def _unit_suffix(quantity: Quantity) -> str:
@@ -820,12 +924,11 @@ def _consumption_findings(
     ts: datetime,
     value: Decimal,
     register: _Register,
-    profile: MeterProfile,
-    settings: VeeSettings,
+    judging: _Judging,
 ) -> list[Finding]:
+    profile, settings, tolerance = judging.profile, judging.settings, judging.tolerance
     findings: list[Finding] = []
     unit = quantity.info.unit
-    tolerance = settings.tolerance_for(profile.interval)
     found = register.previous_measured(ts)
     following = register.next_measured(ts)
 
@@ -834,9 +937,9 @@ def _consumption_findings(
         elapsed = ts - previous.timestamp
         delta = value - previous.value
         if delta < 0:
-            findings.append(_backwards(quantity, previous, ts, value, profile, settings))
+            findings.append(_backwards(quantity, previous, ts, value, judging))
         else:
-            spike = _spike(quantity, delta, elapsed, profile, settings, previous.value, value)
+            spike = _spike(quantity, delta, elapsed, judging, previous.value, value)
             if spike:
                 # Formatted only for a finding: most reads have none.
                 since = f"the read of {previous.value} {unit} at {_fmt_ts(previous.timestamp)}"
@@ -862,7 +965,7 @@ def _consumption_findings(
         if delta < 0:
             findings.append(Finding(Flag.NEGATIVE_CONSUMPTION, f"{value} {unit} is above {later}"))
         else:
-            spike = _spike(quantity, delta, elapsed, profile, settings, value, following.value)
+            spike = _spike(quantity, delta, elapsed, judging, value, following.value)
             if spike:
                 findings.append(Finding(Flag.SPIKE, f"{spike} until {later}"))
         gap = _gap_finding(ts, following.timestamp, register, profile.interval, tolerance)
@@ -876,9 +979,9 @@ def _backwards(
     previous: StoredRead,
     ts: datetime,
     value: Decimal,
-    profile: MeterProfile,
-    settings: VeeSettings,
+    judging: _Judging,
 ) -> Finding:
+    profile = judging.profile
     unit = quantity.info.unit
     fell = (
         f"register fell from {previous.value} {unit} at {_fmt_ts(previous.timestamp)} "
@@ -888,9 +991,7 @@ def _backwards(
     if capacity is not None:
         wrapped = capacity - previous.value + value
         elapsed = ts - previous.timestamp
-        if wrapped > 0 and not _exceeds_rating(
-            wrapped, elapsed, profile, settings, quantity, value
-        ):
+        if wrapped > 0 and not _exceeds_rating(wrapped, elapsed, judging, quantity, value):
             return Finding(
                 Flag.ROLLOVER,
                 f"{fell}: a wrap at capacity {capacity} {unit} would mean {wrapped} {unit}",
@@ -902,12 +1003,12 @@ def _spike(
     quantity: Quantity,
     delta: Decimal,
     elapsed: timedelta,
-    profile: MeterProfile,
-    settings: VeeSettings,
+    judging: _Judging,
     *values: Decimal,
 ) -> str:
-    if not _exceeds_rating(delta, elapsed, profile, settings, quantity, *values):
+    if not _exceeds_rating(delta, elapsed, judging, quantity, *values):
         return ""
+    profile, settings = judging.profile, judging.settings
     decimals = resolution_decimals(quantity, *values)
     limit = max_energy_kwh(profile, elapsed) * Fraction(settings.spike_margin)
     limit += Fraction(1, 10**decimals)
@@ -921,8 +1022,7 @@ def _spike(
 def _exceeds_rating(
     energy_kwh: Decimal,
     elapsed: timedelta,
-    profile: MeterProfile,
-    settings: VeeSettings,
+    judging: _Judging,
     quantity: Quantity,
     *values: Decimal,
 ) -> bool:
@@ -935,8 +1035,8 @@ def _exceeds_rating(
     if energy_kwh <= 0:
         return False
     en, ed = energy_kwh.as_integer_ratio()
-    pn, pd = profile.max_power_w.as_integer_ratio()
-    mn, md = settings.spike_margin.as_integer_ratio()
+    pn, pd = judging.power_ratio()
+    mn, md = judging.margin_ratio()
     scale = 10 ** resolution_decimals(quantity, *values)
     microseconds = elapsed // _MICROSECOND
     # en/ed > pn*us*mn / (pd*md*W) + 1/scale, with W the microsecond-watts in a kWh.
