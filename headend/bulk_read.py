@@ -17,6 +17,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Dialect, Select
 
+from headend.driver_binding import bind_plan
+
 __all__ = ["BulkLookup"]
 
 
@@ -76,15 +78,14 @@ class BulkLookup:
 
     def _compile(self, dialect: Dialect) -> _Compiled:
         sql = self._statement.compile(dialect=dialect)
-        names = tuple(sql.positiontup) if sql.positional and sql.positiontup else tuple(sql.binds)
+        names, processors = bind_plan(sql, dialect)
         defaults = {name: bind.value for name, bind in sql.binds.items() if not bind.required}
-        types = [sql.binds[name].type.dialect_impl(dialect) for name in names]
         column_type = self._statement.selected_columns[0].type.dialect_impl(dialect)
         return _Compiled(
             sql.string,
             names,
             defaults,
-            tuple(type_.bind_processor(dialect) for type_ in types),
+            processors,
             sql.positional,
             column_type.result_processor(dialect, None),
         )

@@ -17,6 +17,8 @@ from typing import Any
 from sqlalchemy import Connection, Dialect
 from sqlalchemy.sql.dml import UpdateBase
 
+from headend.driver_binding import bind_plan
+
 
 @dataclass(frozen=True, slots=True)
 class _Compiled:
@@ -70,7 +72,5 @@ class BulkStatement:
         sql = self._statement.compile(
             dialect=dialect, column_keys=self._columns or None, for_executemany=True
         )
-        names = tuple(sql.positiontup) if sql.positional and sql.positiontup else tuple(sql.binds)
-        types = [sql.binds[name].type.dialect_impl(dialect) for name in names]
-        processors = tuple(type_.bind_processor(dialect) for type_ in types)
+        names, processors = bind_plan(sql, dialect)
         return _Compiled(sql.string, names, processors, sql.positional)

@@ -29,6 +29,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from headend.driver_binding import bind_plan
+
 Processor = Callable[[Any], Any]
 # Where a statement runs: a session (in its transaction) or a connection.
 Runner = Session | Connection
@@ -116,12 +118,8 @@ def _compile(statement: ClauseElement, columns: list[str], dialect: Dialect) -> 
     assert isinstance(compiled, SQLCompiler)
     if compiled.insert_prefetch or compiled.update_prefetch:
         raise ValueError("a DriverStatement cannot fill in Python-side column defaults")
-    if compiled.positional and compiled.positiontup is not None:
-        names = tuple(compiled.positiontup)
-    else:
-        names = tuple(compiled.binds)
+    names, processors = bind_plan(compiled, dialect)
     binds = [compiled.binds[name] for name in names]
-    processors = tuple(b.type.dialect_impl(dialect).bind_processor(dialect) for b in binds)
     preset = {
         name: b.effective_value for name, b in zip(names, binds, strict=True) if not b.required
     }
