@@ -161,7 +161,7 @@ async def _run(
         def order(n: int) -> dict[str, str]:
             return {
                 "reference": f"BENCH-{n:08d}",
-                "amount": "20.00",
+                "amount": "100.00",
                 "currency": "ZAR",
                 "meter_number": numbers[n % len(numbers)],
             }

@@ -10,14 +10,12 @@ No `from __future__ import annotations` here: FastAPI resolves the route signatu
 
 import threading
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, status
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
@@ -62,6 +60,7 @@ from vending.channels.service import (
 from vending.channels.signing import SignatureError, check_timestamp, parse_headers
 from vending.counter import PaymentMethod
 from vending.keystore import KeyEncryptionKey
+from vending.lanes import ThreadLane, lane_size_for
 from vending.money import Currency, Money
 from vending.security_module import SecurityModule
 
@@ -163,13 +162,9 @@ def make_router(
     limiter = RateLimiter()
     counter = {"requests": 0}
     counter_lock = threading.Lock()
-    bind = session_factory.kw.get("bind")
-    # SQLite has one writer at a time and its busy handler sleeps (up to 100 ms) while it
-    # waits; queueing this process's transactions on a lock instead wakes the next one
-    # as soon as the last commits. PostgreSQL runs them concurrently.
-    one_writer: AbstractContextManager[Any] = (
-        threading.Lock() if bind is not None and bind.dialect.name == "sqlite" else nullcontext()
-    )
+    # One thread on SQLite, which runs write transactions one at a time anyway (see
+    # vending.lanes); requests beyond the lane wait on the event loop.
+    lane = ThreadLane(lane_size_for(session_factory))
 
     def sweep_due() -> bool:
         with counter_lock:
@@ -193,7 +188,7 @@ def make_router(
         channel_id: int | None = None
         for _attempt in range(DUPLICATE_RETRIES):
             channel_id = None
-            with one_writer, session_factory() as session:
+            with session_factory() as session:
                 try:
                     with session.begin():
                         caller = authenticate(
@@ -217,7 +212,7 @@ def make_router(
         assert refused is not None
         if channel_id is not None and refused.code != "replayed_nonce":
             # The request was genuine but refused: its nonce is still spent.
-            with one_writer, session_factory() as session:
+            with session_factory() as session:
                 try:
                     with session.begin():
                         record_nonce(session, channel_id, signed.nonce, now)
@@ -231,7 +226,7 @@ def make_router(
         body = await request.body()
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         headers: dict[str, str | None] = dict(request.headers)
-        answer = await run_in_threadpool(run_signed, request.method, path, body, headers, work)
+        answer = await lane.run(run_signed, request.method, path, body, headers, work)
         return Response(answer.body, status_code=answer.status, media_type=answer.media_type)
 
     def json_answer(document: Any) -> _Answer:
