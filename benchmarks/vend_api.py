@@ -16,14 +16,17 @@ entry, commit. The meters are spread over the clients, so concurrent vends also 
 same meters. Prints a table of vends/s, latency percentiles, the server's CPU per vend
 (user + system time of the uvicorn process and its workers, from /proc: steadier than
 wall-clock rates on a shared machine) and the load generator's (this process's) CPU per
-vend; checks that every answer was 201 and no TID repeats. ``--workers N`` runs N uvicorn
+vend, and on PostgreSQL the CPU of this machine's PostgreSQL processes per vend (all of
+them, from /proc: so nothing else may use the server during the run, and a remote server
+counts 0); checks that every answer was 201 and no TID repeats. ``--workers N`` runs N uvicorn
 worker processes; ``--points N`` spreads the clerks over N vending points (with one,
 every vend takes cash for the same point and waits for its row lock). ``--vend-threads N``
 sets how many worker threads a server process vends on (vending.lanes; default one on
 SQLite, eight on PostgreSQL).
 
 ``--in-process N`` measures the vend transaction alone instead (N vends through
-``vending.api.counter_vend``, one thread, no HTTP): SQL statements and CPU per vend.
+``vending.api.counter_vend``, one thread, no HTTP): SQL statements and CPU per vend
+(and PostgreSQL's, as above).
 """
 
 from __future__ import annotations
@@ -197,6 +200,23 @@ def _server_cpu_s(pid: int) -> float:
     return total
 
 
+def _postgres_cpu_s() -> float:
+    """User + system CPU seconds of this machine's live PostgreSQL processes (backends, WAL
+    writer, checkpointer...), from /proc: a local server's own cost, which shares the
+    cores with the API. 0 where /proc is not there or the server runs elsewhere."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0.0
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            if (process / "comm").read_text().strip() != "postgres":
+                continue
+            fields = (process / "stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 def app_factory() -> Any:
     """The app each server worker runs (database and KEK from the environment)."""
     from fastapi import FastAPI
@@ -292,16 +312,23 @@ def in_process(name: str, url: str, vends: int) -> None:
     for i in range(len(setup.meters)):  # warm-up: every meter's key cached
         one(i)
     statements = 0
+    database_cpu = _postgres_cpu_s()
     cpu = time.process_time()
     wall = time.perf_counter()
     for i in range(len(setup.meters), len(setup.meters) + vends):
         one(i)
     cpu = time.process_time() - cpu
     wall = time.perf_counter() - wall
+    database_cpu = _postgres_cpu_s() - database_cpu
     engine.dispose()
     print(
         f"  {name:<10} in-process: {statements / vends:.1f} statements/vend, "
-        f"CPU {cpu / vends * 1000:.2f} ms/vend, wall {wall / vends * 1000:.2f} ms/vend",
+        f"CPU {cpu / vends * 1000:.2f} ms/vend, wall {wall / vends * 1000:.2f} ms/vend"
+        + (
+            f", PostgreSQL's CPU {database_cpu / vends * 1000:.2f} ms/vend"
+            if name == "postgresql"
+            else ""
+        ),
         flush=True,
     )
 
@@ -453,9 +480,11 @@ def bench(name: str, url: str, args: argparse.Namespace) -> list[dict[str, Any]]
         warm_up = _drive(base, setup, min(200, args.vends), max(args.concurrency), args.client)
         asyncio.run(warm_up)
         for concurrency in args.concurrency:
-            cpu = _server_cpu_s(child.pid)
+            cpu, database_cpu = _server_cpu_s(child.pid), _postgres_cpu_s()
             result = asyncio.run(_drive(base, setup, args.vends, concurrency, args.client))
             result["server_cpu_ms"] = (_server_cpu_s(child.pid) - cpu) / args.vends * 1000
+            database_cpu = _postgres_cpu_s() - database_cpu if name == "postgresql" else 0.0
+            result["database_cpu_ms"] = database_cpu / args.vends * 1000
             rows.append(
                 {"database": name, "workers": args.workers, "concurrency": concurrency, **result}
             )
@@ -464,6 +493,7 @@ def bench(name: str, url: str, args: argparse.Namespace) -> list[dict[str, Any]]
                 f"(p50 {result['p50']:.1f} ms, p95 {result['p95']:.1f} ms, "
                 f"server CPU {result['server_cpu_ms']:.1f} ms/vend, "
                 f"client CPU {result['client_cpu_ms']:.1f} ms/vend, "
+                f"PostgreSQL CPU {result['database_cpu_ms']:.1f} ms/vend, "
                 f"answers {result['statuses']} {result['errors'] or ''}, "
                 f"duplicate TIDs {result['duplicate_tids']})",
                 flush=True,
@@ -557,15 +587,15 @@ def main() -> None:
     print()
     print(
         "| database | server workers | concurrent clients | vends | seconds | vends/s "
-        "| p50 ms | p95 ms | server CPU ms/vend | client CPU ms/vend |"
+        "| p50 ms | p95 ms | server CPU ms/vend | client CPU ms/vend | PostgreSQL CPU ms/vend |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['database']} | {r['workers']} | {r['concurrency']} | {r['vends']} "
             f"| {r['seconds']:.1f} "
             f"| {r['rate']:.0f} | {r['p50']:.1f} | {r['p95']:.1f} | {r['server_cpu_ms']:.1f} "
-            f"| {r['client_cpu_ms']:.1f} |"
+            f"| {r['client_cpu_ms']:.1f} | {r['database_cpu_ms']:.1f} |"
         )
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
