@@ -45,6 +45,7 @@ from headend.models import (
     ReadingEstimate,
     RejectedMessage,
 )
+from headend.sql_lists import among
 from headend.validation import (
     DEFAULT_SETTINGS,
     Flag,
@@ -750,20 +751,20 @@ _CONSUMPTION = _table(ConsumptionEventRecord)
 _INSERT_CONSUMPTION = BulkStatement(insert(_CONSUMPTION), _inserted_columns(_CONSUMPTION))
 _LOCK_METERS_BY_COMM_ID = (
     select(Meter.comm_id, Meter.id)
-    .where(Meter.comm_id.in_(bindparam("comm_ids", expanding=True)))
+    .where(among(Meter.comm_id, "comm_ids"))
     .order_by(Meter.id)
     .with_for_update()
 )
 _LOCK_METER_PROFILES = (
     select(Meter.id, Meter.phases, Meter.rated_max_current_a)
-    .where(Meter.id.in_(bindparam("meter_ids", expanding=True)))
+    .where(among(Meter.id, "meter_ids"))
     .order_by(Meter.id)
     .with_for_update()
 )
 _INSTALLED_AT = (
     select(MeterLifecycleChange.meter_id, func.max(MeterLifecycleChange.changed_at))
     .where(
-        MeterLifecycleChange.meter_id.in_(bindparam("meter_ids", expanding=True)),
+        among(MeterLifecycleChange.meter_id, "meter_ids"),
         MeterLifecycleChange.to_state == MeterLifecycle.INSTALLED.value,
     )
     .group_by(MeterLifecycleChange.meter_id)
@@ -771,24 +772,24 @@ _INSTALLED_AT = (
 _READINGS_IN_WINDOW = select(
     Reading.meter_id, Reading.quantity, Reading.ts, Reading.value, Reading.quality
 ).where(
-    Reading.meter_id.in_(bindparam("meters", expanding=True)),
-    Reading.quantity.in_(bindparam("quantities", expanding=True)),
+    among(Reading.meter_id, "meters"),
+    among(Reading.quantity, "quantities"),
     Reading.ts >= bindparam("lo"),
     Reading.ts <= bindparam("hi"),
 )
 _ESTIMATES_IN_WINDOW = select(
     ReadingEstimate.meter_id, ReadingEstimate.quantity, ReadingEstimate.ts, ReadingEstimate.value
 ).where(
-    ReadingEstimate.meter_id.in_(bindparam("meters", expanding=True)),
-    ReadingEstimate.quantity.in_(bindparam("quantities", expanding=True)),
+    among(ReadingEstimate.meter_id, "meters"),
+    among(ReadingEstimate.quantity, "quantities"),
     ReadingEstimate.ts >= bindparam("lo"),
     ReadingEstimate.ts <= bindparam("hi"),
 )
 _REGISTERS_WITH_READS_AFTER = (
     select(Reading.meter_id, Reading.quantity)
     .where(
-        Reading.meter_id.in_(bindparam("meters", expanding=True)),
-        Reading.quantity.in_(bindparam("quantities", expanding=True)),
+        among(Reading.meter_id, "meters"),
+        among(Reading.quantity, "quantities"),
         Reading.ts > bindparam("edge"),
     )
     .distinct()
@@ -796,8 +797,8 @@ _REGISTERS_WITH_READS_AFTER = (
 _REGISTERS_WITH_READS_BEFORE = (
     select(Reading.meter_id, Reading.quantity)
     .where(
-        Reading.meter_id.in_(bindparam("meters", expanding=True)),
-        Reading.quantity.in_(bindparam("quantities", expanding=True)),
+        among(Reading.meter_id, "meters"),
+        among(Reading.quantity, "quantities"),
         Reading.ts < bindparam("edge"),
     )
     .distinct()
@@ -814,8 +815,8 @@ _PUBLISHED_IN_WINDOW = (
         ConsumptionEventRecord.reason,
     )
     .where(
-        ConsumptionEventRecord.meter_id.in_(bindparam("meters", expanding=True)),
-        ConsumptionEventRecord.quantity.in_(bindparam("quantities", expanding=True)),
+        among(ConsumptionEventRecord.meter_id, "meters"),
+        among(ConsumptionEventRecord.quantity, "quantities"),
         ConsumptionEventRecord.t_start >= bindparam("lo"),
         ConsumptionEventRecord.t_start <= bindparam("hi"),
     )

@@ -198,6 +198,22 @@ def test_a_row_skipped_by_on_conflict_is_not_counted(
         assert session.scalar(select(func.count()).select_from(Reading)) == len(rows)
 
 
+def test_a_key_repeated_within_one_call_is_stored_and_counted_once(
+    session_factory: sessionmaker[Session],
+) -> None:
+    # PostgreSQL runs the call as one INSERT ... SELECT: ON CONFLICT DO NOTHING must skip
+    # the second row of a key inside the statement as executemany skips it row by row.
+    rows = _reading_rows(_meters(session_factory, 1))
+    repeated = [rows[0], rows[1], {**rows[0], "value": Decimal(7)}, rows[1]]
+    with session_factory() as session, session.begin():
+        connection = session.connection()
+        statement = _bulk_insert_ignoring(connection.dialect.name, _table(Reading))
+        assert statement.execute(connection, repeated) == 2
+    with session_factory() as session:
+        stored = session.scalars(select(Reading.value).order_by(Reading.ts)).all()
+    assert stored == [rows[0]["value"], rows[1]["value"]]
+
+
 def test_poll_outcomes_written_by_the_recorder_are_stored_as_the_orm_stores_them(
     session_factory: sessionmaker[Session],
 ) -> None:
