@@ -170,12 +170,34 @@ class PolledEvents:
     source: str = "modbus"
 
 
+@dataclass(frozen=True, slots=True)
+class _Rejection:
+    """A message to keep in ``rejected_messages``, found by checks that need no database
+    (so possibly before the transaction; it is recorded inside, with the batch)."""
+
+    message: InboundMessage
+    reason: RejectReason
+    detail: str
+
+
+@dataclass(slots=True)  # not frozen: built per message, never shared
+class _PreparedReads:
+    """A telemetry message's storable reads as meter ``meter_id``'s, and the rejections of
+    what cannot be stored (see ``_prepare_reads``)."""
+
+    meter_id: int
+    items: list[_Incoming]
+    rejections: list[_Rejection]
+
+
 @dataclass(slots=True)  # not frozen: built per message, never shared
 class _ReadingSet:
     meter_id: int
     ts: datetime
     values: Mapping[Quantity, Decimal]
     message: InboundMessage
+    # Built before the transaction, for the meter id it was then thought to have.
+    prepared: _PreparedReads | None = None
 
 
 @dataclass(slots=True)  # not frozen: built per message, never shared
@@ -183,6 +205,7 @@ class _Parsed:
     message: InboundMessage
     meter_comm_id: str
     body: TelemetryReport | MeterEvent | Status
+    prepared: _PreparedReads | None = None  # telemetry only, see Ingestor._prepare_hinted
 
 
 class Ingestor:
@@ -204,6 +227,10 @@ class Ingestor:
         self._settings = settings
         self._clock = clock
         self.stats = IngestStats()
+        # comm id -> meter id as the registry said in earlier batches. Only a hint: each
+        # batch still reads (and on PostgreSQL locks) the meter rows, and a message whose
+        # meter id turns out different is prepared again.
+        self._meter_id_hints: dict[str, int] = {}
 
     def ingest(self, messages: Sequence[InboundMessage]) -> IngestStats:
         """Store one batch atomically and return what happened to it.
@@ -212,9 +239,15 @@ class Ingestor:
         not stored at all and may be retried as a whole.
         """
         batch = IngestStats(messages=len(messages))
+        # Database-independent work first: on SQLite the transaction holds the database's
+        # one write lock from its first statement, and other workers wait for it.
+        parsed, rejections = self._parse_all(messages)
+        self._prepare_hinted(parsed)
         with self._session_factory() as session, session.begin():
-            parsed = self._parse_all(session, messages, batch)
-            meter_ids = self._meter_ids(session, {p.meter_comm_id for p in parsed})
+            self._record(session, batch, rejections)
+            comm_ids = {p.meter_comm_id for p in parsed}
+            meter_ids = self._meter_ids(session, comm_ids)
+            self._learn_meter_ids(comm_ids, meter_ids)
             accepted: list[tuple[_Parsed, int]] = []
             for item in parsed:
                 meter_id = meter_ids.get(item.meter_comm_id)
@@ -229,7 +262,7 @@ class Ingestor:
                 else:
                     accepted.append((item, meter_id))
             reading_sets = [
-                _ReadingSet(meter_id, item.body.ts, item.body.values, item.message)
+                _ReadingSet(meter_id, item.body.ts, item.body.values, item.message, item.prepared)
                 for item, meter_id in accepted
                 if isinstance(item.body, TelemetryReport)
             ]
@@ -253,8 +286,9 @@ class Ingestor:
         """Store polled readings and events of registered meters in one transaction (see
         ``ingest``); events are stored and graded exactly as MQTT meters' events are."""
         batch = IngestStats(messages=len(polls))
+        # Prepared before the transaction (see ingest): a poll knows its meter id.
+        reading_sets = [_polled_set(p) for p in polls]
         with self._session_factory() as session, session.begin():
-            reading_sets = [_ReadingSet(p.meter_id, p.ts, p.values, p.as_message()) for p in polls]
             known = self._store_readings(session, batch, reading_sets)
             if events:
                 self._store_polled_events(session, batch, events, known)
@@ -269,14 +303,15 @@ class Ingestor:
         return batch
 
     def _parse_all(
-        self, session: Session, messages: Sequence[InboundMessage], batch: IngestStats
-    ) -> list[_Parsed]:
+        self, messages: Sequence[InboundMessage]
+    ) -> tuple[list[_Parsed], list[_Rejection]]:
         parsed: list[_Parsed] = []
+        rejections: list[_Rejection] = []
         for message in messages:
             try:
                 meter_comm_id, channel = self._scheme.parse_meter_topic(message.topic)
             except TopicError as exc:
-                self._reject(session, batch, message, RejectReason.BAD_TOPIC, str(exc))
+                rejections.append(_Rejection(message, RejectReason.BAD_TOPIC, str(exc)))
                 continue
             try:
                 body: TelemetryReport | MeterEvent | Status
@@ -289,10 +324,27 @@ class Ingestor:
                 else:
                     raise PayloadError(f"the head-end does not consume {channel.value} messages")
             except PayloadError as exc:
-                self._reject(session, batch, message, RejectReason.BAD_PAYLOAD, str(exc))
+                rejections.append(_Rejection(message, RejectReason.BAD_PAYLOAD, str(exc)))
                 continue
             parsed.append(_Parsed(message, meter_comm_id, body))
-        return parsed
+        return parsed, rejections
+
+    def _prepare_hinted(self, parsed: list[_Parsed]) -> None:
+        """Prepare the reads of telemetry from comm ids with a meter id hint (before the
+        transaction; ``_store_readings`` uses them only if the registry agrees)."""
+        hints = self._meter_id_hints
+        for item in parsed:
+            meter_id = hints.get(item.meter_comm_id)
+            if meter_id is not None and isinstance(item.body, TelemetryReport):
+                body = item.body
+                item.prepared = _prepare_reads(meter_id, body.ts, body.values, item.message)
+
+    def _learn_meter_ids(self, comm_ids: set[str], meter_ids: dict[str, int]) -> None:
+        """Hints for the next batches: the registry's answer for ``comm_ids``."""
+        hints = self._meter_id_hints
+        for comm_id in comm_ids - meter_ids.keys():
+            hints.pop(comm_id, None)  # no longer registered (or never was)
+        hints.update(meter_ids)
 
     @staticmethod
     def _meter_ids(session: Session, comm_ids: set[str]) -> dict[str, int]:
@@ -326,26 +378,12 @@ class Ingestor:
                 detail = f"meter id {rs.meter_id} is not in the registry"
                 self._reject(session, batch, rs.message, RejectReason.UNKNOWN_METER, detail)
                 continue
-            if not isinstance(rs.ts, datetime) or rs.ts.utcoffset() is None:
-                # Validation would reject it too, but the context queries need a UTC instant.
-                detail = f"[invalid_timestamp] {rs.ts!r} is not a timezone-aware UTC instant"
-                self._reject(session, batch, rs.message, RejectReason.INVALID_READING, detail)
-                continue
-            utc: datetime | None = None
-            for quantity, value in rs.values.items():
-                storable = _storable(value, quantity)
-                if storable is None:
-                    detail = (
-                        f"{quantity} at {_fmt_ts(rs.ts)}: {value} is outside the storable "
-                        f"range (magnitude below {_MAX_STORABLE})"
-                    )
-                    self._reject(session, batch, rs.message, RejectReason.INVALID_READING, detail)
-                    continue
-                if utc is None:
-                    utc = rs.ts.astimezone(UTC)  # once per message, not per value
-                read = RegisterRead(str(rs.meter_id), quantity, rs.ts, storable)
-                key = (rs.meter_id, _QUANTITY_NAMES[quantity])
-                incoming.setdefault(rs.meter_id, []).append(_Incoming(read, rs.message, key, utc))
+            prepared = rs.prepared
+            if prepared is None or prepared.meter_id != rs.meter_id:
+                prepared = _prepare_reads(rs.meter_id, rs.ts, rs.values, rs.message)
+            self._record(session, batch, prepared.rejections)
+            if prepared.items:
+                incoming.setdefault(rs.meter_id, []).extend(prepared.items)
         if not incoming:
             return set(profiles)
 
@@ -612,6 +650,11 @@ class Ingestor:
             _meter_update(columns[1:]).execute(session.connection(), rows)
 
     @staticmethod
+    def _record(session: Session, batch: IngestStats, rejections: list[_Rejection]) -> None:
+        for rejection in rejections:
+            Ingestor._reject(session, batch, rejection.message, rejection.reason, rejection.detail)
+
+    @staticmethod
     def _reject(
         session: Session,
         batch: IngestStats,
@@ -630,6 +673,45 @@ class Ingestor:
                 received_at=message.received_at,
             )
         )
+
+
+def _polled_set(poll: PolledReading) -> _ReadingSet:
+    message = poll.as_message()
+    prepared = _prepare_reads(poll.meter_id, poll.ts, poll.values, message)
+    return _ReadingSet(poll.meter_id, poll.ts, poll.values, message, prepared)
+
+
+def _prepare_reads(
+    meter_id: int, ts: datetime, values: Mapping[Quantity, Decimal], message: InboundMessage
+) -> _PreparedReads:
+    """The message's values as reads of ``meter_id`` at the storage resolution, and the
+    rejections of a timestamp that is not a UTC instant and of values too large to store.
+
+    Needs no database, so it runs before the transaction wherever the meter id is known.
+    """
+    prepared = _PreparedReads(meter_id, [], [])
+    if not isinstance(ts, datetime) or ts.utcoffset() is None:
+        # Validation would reject it too, but the context queries need a UTC instant.
+        detail = f"[invalid_timestamp] {ts!r} is not a timezone-aware UTC instant"
+        prepared.rejections.append(_Rejection(message, RejectReason.INVALID_READING, detail))
+        return prepared
+    meter = str(meter_id)  # what RegisterRead and validation call a meter
+    utc: datetime | None = None
+    for quantity, value in values.items():
+        storable = _storable(value, quantity)
+        if storable is None:
+            detail = (
+                f"{quantity} at {_fmt_ts(ts)}: {value} is outside the storable "
+                f"range (magnitude below {_MAX_STORABLE})"
+            )
+            prepared.rejections.append(_Rejection(message, RejectReason.INVALID_READING, detail))
+            continue
+        if utc is None:
+            utc = ts.astimezone(UTC)  # once per message, not per value
+        read = RegisterRead(meter, quantity, ts, storable)
+        key = (meter_id, _QUANTITY_NAMES[quantity])
+        prepared.items.append(_Incoming(read, message, key, utc))
+    return prepared
 
 
 def _flags(verdict: Verdict) -> str:
