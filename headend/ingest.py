@@ -243,9 +243,9 @@ class Ingestor:
         # one write lock from its first statement, and other workers wait for it.
         parsed, rejections = self._parse_all(messages)
         self._prepare_hinted(parsed)
+        comm_ids = {p.meter_comm_id for p in parsed}
         with self._session_factory() as session, session.begin():
             self._record(session, batch, rejections)
-            comm_ids = {p.meter_comm_id for p in parsed}
             meter_ids = self._meter_ids(session, comm_ids)
             self._learn_meter_ids(comm_ids, meter_ids)
             accepted: list[tuple[_Parsed, int]] = []
