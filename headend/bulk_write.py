@@ -8,11 +8,11 @@ per call with that column's own bind processor, and hands the rows to the driver
 caller's connection, inside the caller's transaction.
 
 On SQLite the rows go as one DBAPI executemany (the sqlite3 module loops in C). On
-PostgreSQL they go as one execution of the statement rewritten over ``unnest()`` of one
-array per column, sent in psycopg's binary format: psycopg's executemany costs Python
-work and a server-side statement per row (a 2,000-row readings insert: 27-43 µs of client
-CPU and 34-47 µs of PostgreSQL's a row, against 5-7 and 14-18 µs as arrays; see
-docs/performance.md).
+PostgreSQL through psycopg (gridvend's driver) they go as one execution of the statement
+rewritten over ``unnest()`` of one array per column, sent in psycopg's binary format:
+psycopg's executemany costs Python work and a server-side statement per row (a 2,000-row
+readings insert: 27-43 µs of client CPU and 34-47 µs of PostgreSQL's a row, against 5-7
+and 14-18 µs as arrays; see docs/performance.md). Other drivers get the executemany.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class BulkStatement:
             dialect=dialect, column_keys=self._columns or None, for_executemany=True
         )
         names, processors = bind_plan(sql, dialect)
-        if dialect.name != "postgresql":
+        if dialect.driver != "psycopg":
             return _Compiled(sql.string, names, processors, sql.positional, as_arrays=False)
         types = {name: sql.binds[name].type for name in names}
         sql_over_arrays = _over_arrays(self._statement, types, dialect)
