@@ -27,7 +27,7 @@ from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.elements import ClauseElement
 from sqlalchemy.sql.visitors import replacement_traverse
 
-from headend.driver_binding import bind_plan
+from headend.driver_binding import binary_placeholders, bind_plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +114,4 @@ def _over_arrays(statement: UpdateBase, types: Mapping[str, Any], dialect: Diale
         rewritten = statement.from_select(list(types), select(*(batch.c[n] for n in types)))
     else:
         rewritten = replacement_traverse(statement, {}, column_for)  # type: ignore[call-overload]
-    sql = rewritten.compile(dialect=dialect).string
-    for name in types:
-        sql = sql.replace(f"%({name})s", f"%({name})b")
-    return sql
+    return binary_placeholders(rewritten.compile(dialect=dialect).string, types)
