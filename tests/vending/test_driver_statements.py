@@ -158,3 +158,15 @@ def test_on_a_connection_without_a_transaction_nothing_is_left_open(
             assert _ACCOUNT_BY_NUMBER.first(connection, {"number": "A-1"}) is not None
         with engine.connect() as connection:
             assert not _in_transaction(connection.connection.dbapi_connection)
+
+
+def test_a_connection_the_pool_replaced_runs_statements_on_its_own_cursor(
+    engine: Engine, session_factory: sessionmaker[Session], customer_id: int
+) -> None:
+    with session_factory() as session, session.begin():
+        _INSERT_ACCOUNT.execute(session, _account_values(customer_id, "A-1"))
+    with engine.connect() as connection:
+        assert _ACCOUNT_BY_NUMBER.first(connection, {"number": "A-1"}) is not None
+        connection.invalidate()  # the driver connection, and the cursor kept with it, closed
+    with engine.connect() as connection:
+        assert _ACCOUNT_BY_NUMBER.first(connection, {"number": "A-1"}) is not None
