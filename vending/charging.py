@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -440,6 +441,11 @@ class UsageCostCurve:
     quantities; this precomputes everything that does not depend on the quantity (price
     breaks, fixed lines, other versions' groups) and applies the same lines and rounding
     as `compute_charges`, without building lines. Tests hold the two equal.
+
+    The quantity-dependent part runs on integers (kWh counted in `1/unit` kWh, every
+    rate over one common denominator) and rounds with `_round_half_even`, which is
+    `round_charge` on the same exact value: Fraction arithmetic normalises every
+    intermediate result and was two fifths of a vend's pricing.
     """
 
     def __init__(
@@ -451,64 +457,137 @@ class UsageCostCurve:
         free_units: bool,
         accruals: Sequence[Accrual],
     ) -> None:
-        eff = version.effective_from
-        regimes = _regimes(version, band, free_units)
+        prices = _curve_prices(currency, version, band, free_units)
+        self._prices = prices
+        # Every kWh figure here is a whole number of 1/unit kWh.
+        self._unit = math.lcm(prices.unit, position.denominator)
+        self._position = position.numerator * (self._unit // position.denominator)
+        scale = self._unit // prices.unit
         self._pieces = [
-            (
-                start,
-                regimes[j + 1][0] if j + 1 < len(regimes) else None,
-                key[0] != 0,
-                major_to_minor(rate, currency),
-            )
-            for j, (start, key, rate) in enumerate(regimes)
+            (start * scale, None if end is None else end * scale, chargeable, rate)
+            for start, end, chargeable, rate in prices.pieces
         ]
-        self._position = position
-        self._levies = [
-            (major_to_minor(lv.per_kwh, currency), exact(lv.percent_of_energy) / 100, lv.taxable)
-            for lv in version.levies
-        ]
-        self._vat = exact(version.vat_percent) / 100
+        eff = version.effective_from
         same = [a for a in accruals if a.version.effective_from == eff]
         other = compute_charges(
             currency, [], [a for a in accruals if a.version.effective_from != eff]
         )
-        self._other_total, self._other_exact = other.total.minor, other.exact_total
         fixed = _fixed_lines(currency, version, same)
         self._fixed_total = sum(line.amount.minor for line in fixed)
-        self._fixed_exact = sum((line.exact_minor for line in fixed), Fraction(0))
+        fixed_exact = sum((line.exact_minor for line in fixed), Fraction(0))
+        self._other_total = other.total.minor
+        self._exact_base = other.exact_total + fixed_exact * (1 + prices.vat)
 
-    def _slices(self, kwh: Fraction) -> list[tuple[Fraction, bool, Fraction]]:
-        lo, hi = self._position, self._position + kwh
+    def _slices(self, kwh: Fraction) -> tuple[int, list[tuple[int, bool, int]]]:
+        """The unit the slices count kWh in, and each price's (kWh, chargeable, rate)."""
+        unit, scale = self._unit, 1
+        if unit % kwh.denominator:
+            unit = math.lcm(unit, kwh.denominator)
+            scale = unit // self._unit
+        lo = self._position * scale
+        hi = lo + kwh.numerator * (unit // kwh.denominator)
         out = []
         for start, end, chargeable, rate in self._pieces:
-            a = max(lo, start)
-            b = hi if end is None else min(hi, end)
+            a = max(lo, start * scale)
+            b = hi if end is None else min(hi, end * scale)
             if b > a:
                 out.append((b - a, chargeable, rate))
-        return out
+        return unit, out
 
     def total(self, kwh: Fraction) -> int:
         """The rounded total, in minor units, of `kwh` at the usage's position."""
-        slices = self._slices(kwh)
-        energy = sum(round_charge(k * rate) for k, _c, rate in slices)
-        chargeable = sum((k for k, c, _r in slices if c), Fraction(0))
+        unit, slices = self._slices(kwh)
+        prices = self._prices
+        per_energy_line = unit * prices.rate_denominator
+        energy = sum(_round_half_even(k * rate, per_energy_line) for k, _c, rate in slices)
+        chargeable = sum(k for k, c, _r in slices if c)
         levies = taxable = 0
-        for per_kwh, pct, is_taxable in self._levies if slices else ():
-            amount = round_charge(chargeable * per_kwh + pct * energy)
+        for pn, pd, qn, qd, is_taxable in prices.levies if slices else ():
+            # chargeable/unit x pn/pd + qn/qd x energy, over one denominator.
+            amount = _round_half_even(
+                chargeable * pn * qd + qn * energy * unit * pd, unit * pd * qd
+            )
             levies += amount
             taxable += amount if is_taxable else 0
-        vat = round_charge((energy + self._fixed_total + taxable) * self._vat)
+        vat = _round_half_even(
+            (energy + self._fixed_total + taxable) * prices.vat.numerator, prices.vat.denominator
+        )
         return self._other_total + energy + self._fixed_total + levies + vat
 
     def exact(self, kwh: Fraction) -> Fraction:
         """The unrounded total, in minor units (linear between price breaks)."""
-        slices = self._slices(kwh)
-        energy = sum((k * rate for k, _c, rate in slices), Fraction(0))
-        chargeable = sum((k for k, c, _r in slices if c), Fraction(0))
-        levies = taxable = Fraction(0)
-        for per_kwh, pct, is_taxable in self._levies if slices else ():
-            amount = chargeable * per_kwh + pct * energy
-            levies += amount
-            taxable += amount if is_taxable else 0
-        vat = (energy + self._fixed_exact + taxable) * self._vat
-        return self._other_exact + energy + self._fixed_exact + levies + vat
+        unit, slices = self._slices(kwh)
+        if not slices:
+            return self._exact_base
+        prices = self._prices
+        energy = Fraction(sum(k * rate for k, _c, rate in slices), unit * prices.rate_denominator)
+        chargeable = Fraction(sum(k for k, c, _r in slices if c), unit)
+        return self._exact_base + energy * prices.per_energy + chargeable * prices.per_kwh
+
+
+@dataclass(frozen=True, slots=True)
+class _CurvePrices:
+    """What a `UsageCostCurve` needs of a tariff version, in integers where it can."""
+
+    # kWh figures below count 1/unit kWh.
+    unit: int
+    # (start, end or None, chargeable, rate x rate_denominator in minor units per kWh)
+    pieces: tuple[tuple[int, int | None, bool, int], ...]
+    rate_denominator: int
+    # (per kWh numerator, denominator, percent of energy numerator, denominator, taxable)
+    levies: tuple[tuple[int, int, int, int, bool], ...]
+    vat: Fraction
+    # The exact total is linear in the energy's exact cost E and its chargeable kWh C
+    # (levies and VAT are shares of them): base + E x per_energy + C x per_kwh.
+    per_energy: Fraction
+    per_kwh: Fraction
+
+
+# Like _regimes: the same version is priced on every vend.
+@functools.lru_cache(maxsize=1024)
+def _curve_prices(
+    currency: Currency, version: TariffVersion, band: str | None, free_units: bool
+) -> _CurvePrices:
+    regimes = _regimes(version, band, free_units)
+    starts = [start for start, _key, _rate in regimes]
+    rates = [major_to_minor(rate, currency) for _start, _key, rate in regimes]
+    unit = math.lcm(*(x.denominator for x in starts))
+    rate_denominator = math.lcm(*(r.denominator for r in rates))
+    ends: list[Fraction | None] = [*starts[1:], None]
+    pieces = tuple(
+        (
+            start.numerator * (unit // start.denominator),
+            None if end is None else end.numerator * (unit // end.denominator),
+            key[0] != 0,
+            rate.numerator * (rate_denominator // rate.denominator),
+        )
+        for (start, key, _r), end, rate in zip(regimes, ends, rates, strict=True)
+    )
+    levies = [
+        (major_to_minor(lv.per_kwh, currency), exact(lv.percent_of_energy) / 100, lv.taxable)
+        for lv in version.levies
+    ]
+    vat = exact(version.vat_percent) / 100
+    taxable_pct = sum((pct for _p, pct, taxable in levies if taxable), Fraction(0))
+    taxable_per_kwh = sum((p for p, _pct, taxable in levies if taxable), Fraction(0))
+    return _CurvePrices(
+        unit=unit,
+        pieces=pieces,
+        rate_denominator=rate_denominator,
+        levies=tuple(
+            (per_kwh.numerator, per_kwh.denominator, pct.numerator, pct.denominator, taxable)
+            for per_kwh, pct, taxable in levies
+        ),
+        vat=vat,
+        per_energy=1 + sum((pct for _p, pct, _t in levies), Fraction(0)) + vat * (1 + taxable_pct),
+        per_kwh=sum((p for p, _pct, _t in levies), Fraction(0)) + vat * taxable_per_kwh,
+    )
+
+
+def _round_half_even(numerator: int, denominator: int) -> int:
+    """`round_charge(Fraction(numerator, denominator))` for a positive denominator."""
+    quotient, remainder = divmod(numerator, denominator)
+    twice = 2 * remainder
+    if twice > denominator or (twice == denominator and quotient % 2):
+        quotient += 1
+    return quotient
