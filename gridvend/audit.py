@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import JSON, MetaData, String, Table, event, select, text
+from sqlalchemy import JSON, MetaData, String, Table, bindparam, event, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, SessionTransaction, mapped_column
 
 from headend.models import NAMING_CONVENTION, BigId
@@ -93,6 +93,7 @@ _PENDING_KEY = "gridvend.audit.pending"
 _APPEND_LOCK_KEY = 7243001
 _table = cast(Table, AuditEntry.__table__)
 # Run on the driver directly: every vend appends an entry (vending.driver_statements).
+_APPEND_LOCK = DriverStatement(select(func.pg_advisory_xact_lock(bindparam("key"))))
 _LAST_HASH = DriverStatement(select(_table.c.hash).order_by(_table.c.id.desc()).limit(1))
 _INSERT = DriverStatement(
     _table.insert(), columns=["ts", "actor", "action", "subject", "detail", "prev_hash", "hash"]
@@ -119,11 +120,10 @@ def _write_pending(session: Session) -> None:
         return
     # The act's own changes first, so a failing flush raises before the lock is taken.
     session.flush()
-    connection = session.connection()
-    if connection.dialect.name == "postgresql":
+    if session.connection().dialect.name == "postgresql":
         # Serialise appends so concurrent writers queue instead of failing on prev_hash;
         # held to the commit that follows.
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _APPEND_LOCK_KEY})
+        _APPEND_LOCK.execute(session, {"key": _APPEND_LOCK_KEY})
     prev_hash = _LAST_HASH.scalar(session, {}) or GENESIS_HASH
     rows = []
     for entry in pending:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import DatabaseError
@@ -97,3 +99,15 @@ def test_entries_are_chained_in_the_order_they_were_recorded_across_transactions
     assert _subjects(session_factory) == ["first:0", "first:1", "first:2", "meter:0", "meter:1"]
     with session_factory() as session:
         assert verify_chain(session).entries == 5
+
+
+def test_concurrent_transactions_all_append_to_one_unbroken_chain(
+    session_factory: sessionmaker[Session],
+) -> None:
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        for finished in [pool.submit(_append, session_factory, 10) for _ in range(6)]:
+            finished.result()  # no append failed on a link another one took
+    with session_factory() as session:
+        report = verify_chain(session)
+    assert report.intact
+    assert report.entries == 60
