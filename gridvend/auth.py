@@ -364,10 +364,14 @@ class Auth:
         bind = session_factory.kw.get("bind")
         # A token check only reads: on SQLite it must not queue for the write lock behind
         # every vend in progress. A plain connection and no transaction: one select needs
-        # neither a session nor a BEGIN.
-        self._reader: Engine | None = (
-            bind.execution_options(**{READ_ONLY_OPTION: True}) if isinstance(bind, Engine) else None
-        )
+        # neither a session nor a BEGIN (psycopg would send one, and the pool a ROLLBACK
+        # when the connection goes back: two round trips more, in autocommit neither).
+        self._reader: Engine | None = None
+        if isinstance(bind, Engine):
+            options: dict[str, Any] = {READ_ONLY_OPTION: True}
+            if bind.dialect.name == "postgresql":
+                options["isolation_level"] = "AUTOCOMMIT"
+            self._reader = bind.execution_options(**options)
         self._session_factory = session_factory
         self.bearer = HTTPBearer(auto_error=False)
 

@@ -19,6 +19,15 @@ TEST_DATABASE_URL = os.environ.get("GRIDVEND_TEST_DATABASE_URL")
 TEST_MQTT_URL = os.environ.get("GRIDVEND_TEST_MQTT_URL")
 
 
+def in_transaction(dbapi_connection: Any) -> bool:
+    """Whether the driver's connection is inside a transaction (sqlite3 or psycopg)."""
+    if hasattr(dbapi_connection, "in_transaction"):  # sqlite3
+        return bool(dbapi_connection.in_transaction)
+    from psycopg.pq import TransactionStatus
+
+    return bool(dbapi_connection.info.transaction_status != TransactionStatus.IDLE)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "database_url" in getattr(item, "fixturenames", ()):

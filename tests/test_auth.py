@@ -4,12 +4,18 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import Engine, event, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from gridvend.app import create_app
-from gridvend.auth import AccessToken
-from tests.conftest import TEST_PASSWORD, add_user, bearer_headers, make_security_module
+from gridvend.auth import AccessToken, Auth, Role
+from tests.conftest import (
+    TEST_PASSWORD,
+    add_user,
+    bearer_headers,
+    in_transaction,
+    make_security_module,
+)
 
 
 @pytest.fixture
@@ -96,3 +102,20 @@ def test_only_an_admin_creates_users(
         "/api/auth/users", json=body, headers=bearer_headers(session_factory, "admin")
     )
     assert again.status_code == 409
+
+
+def test_a_token_check_is_one_statement_outside_any_transaction(
+    engine: Engine, session_factory: sessionmaker[Session]
+) -> None:
+    # Every request checks its token: a transaction around the one select would cost
+    # PostgreSQL a BEGIN and, when the connection goes back to the pool, a ROLLBACK.
+    token = bearer_headers(session_factory, "clerk")["Authorization"].removeprefix("Bearer ")
+    left_open: list[bool] = []
+
+    def before_reset(dbapi_connection: object, *_: object) -> None:
+        left_open.append(in_transaction(dbapi_connection))
+
+    event.listen(engine.pool, "reset", before_reset)
+    principal = Auth(session_factory).check(token, frozenset({Role.CLERK}))
+    assert principal.role is Role.CLERK
+    assert left_open == [False]

@@ -12,6 +12,7 @@ from sqlalchemy import Engine, Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from tests.conftest import in_transaction
 from vending.driver_statements import DriverStatement
 from vending.models import Account, Customer, TariffRecord
 
@@ -140,14 +141,6 @@ def test_columns_left_to_python_side_defaults_are_refused(
         statement.execute(session, {})
 
 
-def _in_transaction(dbapi_connection: Any) -> bool:
-    if hasattr(dbapi_connection, "in_transaction"):  # sqlite3
-        return bool(dbapi_connection.in_transaction)
-    from psycopg.pq import TransactionStatus
-
-    return bool(dbapi_connection.info.transaction_status != TransactionStatus.IDLE)
-
-
 def test_on_a_connection_without_a_transaction_nothing_is_left_open(
     engine: Engine, session_factory: sessionmaker[Session], customer_id: int
 ) -> None:
@@ -157,7 +150,7 @@ def test_on_a_connection_without_a_transaction_nothing_is_left_open(
         with engine.connect() as connection:
             assert _ACCOUNT_BY_NUMBER.first(connection, {"number": "A-1"}) is not None
         with engine.connect() as connection:
-            assert not _in_transaction(connection.connection.dbapi_connection)
+            assert not in_transaction(connection.connection.dbapi_connection)
 
 
 def test_a_connection_the_pool_replaced_runs_statements_on_its_own_cursor(
