@@ -563,7 +563,8 @@ def main() -> None:
         f"vends through the REST API: {args.vends} per run, {args.meters} meters, "
         f"{args.points} vending point(s), {args.client} client, "
         f"Python {platform.python_version()}, "
-        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, "
+        f"machine speed {_machine_speed()}"
     )
     rows: list[dict[str, Any]] = []
     if not args.skip_sqlite:
@@ -597,7 +598,21 @@ def main() -> None:
             f"| {r['rate']:.0f} | {r['p50']:.1f} | {r['p95']:.1f} | {r['server_cpu_ms']:.1f} "
             f"| {r['client_cpu_ms']:.1f} | {r['database_cpu_ms']:.1f} |"
         )
-    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}, machine speed {_machine_speed()}")
+
+
+def _machine_speed() -> str:
+    """EA07 credit tokens a CPU second on one core, as sts_bench.py's first line (90,655
+    on a quiet machine, 3 December). This machine's speed moves by a factor of two or
+    more from one minute to the next; the figure tells a slow phase from a slower change."""
+    from protocols.sts import CreditToken, CreditType, DecoderKey, encode_token
+
+    key = DecoderKey.from_hex("e653341f9d5bf36f", "07")
+    count = 5_000
+    start = time.process_time()
+    for i in range(count):
+        encode_token(CreditToken(CreditType.ELECTRICITY, 5_871_715 + i, 100 + i, i & 15), key)
+    return f"{count / (time.process_time() - start):,.0f} EA07 tokens/s"
 
 
 def _in_process_runs(args: argparse.Namespace) -> None:
