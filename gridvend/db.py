@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 import time
 from pathlib import Path
@@ -101,31 +103,130 @@ BUSY_TIMEOUT_S = 30.0
 
 
 class _WriterQueue:
-    """The write transactions of this process on one SQLite file, one at a time.
+    """The write transactions on one SQLite file, one at a time, across threads and
+    processes.
 
     SQLite lets one writer in; the others wait in its busy handler, which sleeps 1, 2,
-    5, ... up to 100 ms between tries, so a waiting vend sleeps on past the moment the
-    lock frees (a p95 of hundreds of ms at 8 concurrent vends) and every waiter retries
-    on its own. Here they queue on a lock taken before BEGIN IMMEDIATE and given back
-    right after the COMMIT or ROLLBACK, so the next one starts at once. Writers in other
-    processes still meet at SQLite's lock. A writer that cannot have the lock within the
-    busy timeout goes on to BEGIN IMMEDIATE unqueued (SQLite then answers "database is
-    locked" as before), so nothing waits for ever.
+    5, ... up to 100 ms between tries, so a waiting writer sleeps on past the moment the
+    lock frees (a p95 of hundreds of ms at 8 concurrent vends; with two worker processes
+    the lock stood idle a quarter of the time) and every waiter retries on its own. Here
+    writers queue before BEGIN IMMEDIATE and the turn is given back right after the
+    COMMIT or ROLLBACK: the threads of this process on a thread lock, then the processes
+    on a lock file (:class:`_ProcessTurn`). A writer that cannot have its turn within
+    the busy timeout goes on to BEGIN IMMEDIATE unqueued (SQLite then answers "database
+    is locked" as before), so nothing waits for ever.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, path: str) -> None:
         self._lock = threading.Lock()
-        # The DB-API connection whose transaction holds the lock (one at a time).
+        self._processes = _ProcessTurn(f"{path}-writers")
+        # The DB-API connection whose transaction holds the lock (one at a time), and
+        # whether it also has this process's turn at the file.
         self._holder: Any = None
+        self._has_turn = False
 
     def enter(self, connection: Any) -> None:
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
         if self._lock.acquire(timeout=BUSY_TIMEOUT_S):
             self._holder = _raw(connection)
+            self._has_turn = self._processes.enter(deadline)
 
     def leave(self, connection: Any) -> None:
         if connection is not None and self._holder is _raw(connection):
             self._holder = None
+            if self._has_turn:
+                self._has_turn = False
+                self._processes.leave()
             self._lock.release()
+
+
+class _ProcessTurn:
+    """The processes' turn at one SQLite file's write lock: an exclusive ``flock`` on a
+    lock file beside it (``<database>-writers``; the kernel drops it when a process
+    dies). Only the thread holding its process's thread lock asks, so each process
+    waits with one thread at most.
+
+    ``flock`` cannot wait with a timeout, and polling it would leave gaps (or, polled
+    often, take the GIL from the event loop). So a waiting writer hands the blocking
+    ``flock`` to a helper thread, which the kernel wakes the moment the lock is free
+    (with the GIL released while it blocks), and waits on a condition with the
+    deadline. A writer that gives up leaves the helper to release the lock when it comes.
+    The helper is started at the first wait and ends after a minute without one.
+    """
+
+    _IDLE, _WANTED, _GRANTED, _HELD, _ABANDONED = range(5)
+    _HELPER_IDLE_S = 60.0
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._fd: int | None = None
+        self._pid = 0
+        self._cond = threading.Condition()
+        self._state = self._IDLE
+        self._helper: threading.Thread | None = None
+
+    def enter(self, deadline: float) -> bool:
+        """Wait for this process's turn until ``deadline`` (monotonic); whether it came."""
+        fd = self._open()
+        if fd is None:
+            return False
+        with self._cond:
+            if self._state == self._IDLE:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    self._state = self._HELD
+                    return True
+                except BlockingIOError:
+                    pass
+            self._state = self._WANTED
+            if self._helper is None:
+                self._helper = threading.Thread(
+                    target=self._wait_for_the_lock, args=(fd,), name="sqlite-writers", daemon=True
+                )
+                self._helper.start()
+            self._cond.notify_all()
+            granted = self._cond.wait_for(
+                lambda: self._state == self._GRANTED, max(0.0, deadline - time.monotonic())
+            )
+            self._state = self._HELD if granted else self._ABANDONED
+            return granted
+
+    def leave(self) -> None:
+        with self._cond:
+            if self._fd is not None and self._state == self._HELD:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                self._state = self._IDLE
+
+    def _wait_for_the_lock(self, fd: int) -> None:
+        while True:
+            with self._cond:
+                if not self._cond.wait_for(
+                    lambda: self._state == self._WANTED, self._HELPER_IDLE_S
+                ):
+                    self._helper = None
+                    return
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with self._cond:
+                if self._state == self._WANTED:
+                    self._state = self._GRANTED
+                    self._cond.notify_all()
+                else:  # the writer gave up waiting
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    self._state = self._IDLE
+
+    def _open(self) -> int | None:
+        if self._pid != os.getpid():
+            # First use, or a forked child: locks, threads and the condition are not
+            # inherited.
+            self._pid = os.getpid()
+            self._cond = threading.Condition()
+            self._state = self._IDLE
+            self._helper = None
+            try:
+                self._fd = os.open(self._path, os.O_RDONLY | os.O_CREAT, 0o644)
+            except OSError:  # e.g. a read-only directory: SQLite's own lock only
+                self._fd = None
+        return self._fd
 
 
 def _raw(connection: Any) -> Any:
@@ -141,7 +242,10 @@ _writer_queues_lock = threading.Lock()
 def _writer_queue(path: str) -> _WriterQueue:
     # One queue per file: every engine of this process on the file shares it.
     with _writer_queues_lock:
-        return _writer_queues.setdefault(path, _WriterQueue())
+        queue = _writer_queues.get(path)
+        if queue is None:
+            queue = _writer_queues[path] = _WriterQueue(path)
+        return queue
 
 
 def _queue_writers(engine: Engine, queue: _WriterQueue) -> None:
