@@ -216,14 +216,18 @@ class _ProcessTurn:
 
     def _open(self) -> int | None:
         if self._pid != os.getpid():
-            # First use, or a forked child: locks, threads and the condition are not
-            # inherited.
+            # First use, or a forked child: its threads and condition are not inherited,
+            # and it takes turns with its parent on a descriptor of its own. Closing the
+            # inherited copy leaves the parent's turn alone (flock belongs to the open
+            # file, which the parent still has open).
+            if self._fd is not None:
+                os.close(self._fd)
             self._pid = os.getpid()
             self._cond = threading.Condition()
             self._state = self._IDLE
             self._helper = None
             try:
-                self._fd = os.open(self._path, os.O_RDONLY | os.O_CREAT, 0o644)
+                self._fd = os.open(self._path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
             except OSError:  # e.g. a read-only directory: SQLite's own lock only
                 self._fd = None
         return self._fd

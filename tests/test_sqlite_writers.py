@@ -5,9 +5,11 @@ lets the writer go on to SQLite's own lock."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +171,32 @@ def test_a_turn_held_past_the_busy_timeout_lets_the_writer_go_on(
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_forked_child_takes_turns_with_its_parent(sqlite_engine: Engine, tmp_path: Path) -> None:
+    with sqlite_engine.begin() as connection:  # the parent has taken a turn before
+        connection.execute(text("INSERT INTO t VALUES (1)"))
+    go_read, go_write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (runs in the child)
+        status = 1
+        try:
+            engine = _impatient(make_engine(f"sqlite:///{tmp_path / 'writers.db'}"))
+            os.read(go_read, 1)  # the parent now holds a write transaction
+            with engine.begin() as connection:
+                connection.execute(text("INSERT INTO t VALUES (2)"))
+            status = 0
+        finally:
+            os._exit(status)
+    with sqlite_engine.begin() as connection:
+        connection.execute(text("INSERT INTO t VALUES (3)"))
+        os.write(go_write, b"x")
+        time.sleep(0.5)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0  # its write waited for the parent's
+    with sqlite_engine.connect() as connection:
+        assert connection.execute(text("SELECT x FROM t ORDER BY rowid")).scalars().all() == [
+            1,
+            3,
+            2,
+        ]
